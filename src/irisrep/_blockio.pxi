@@ -1,0 +1,1 @@
+# _blockio: placeholder until the topic lands.

@@ -1,0 +1,1 @@
+# _btree: placeholder until the topic lands.

@@ -1,0 +1,4 @@
+# Declarations of irisrep._core, one included file per topic (see _core.pyx).
+include "_keycodec.pxd"
+include "_blockio.pxd"
+include "_btree.pxd"

@@ -1,0 +1,1 @@
+# _keycodec: placeholder until the topic lands.

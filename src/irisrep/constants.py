@@ -1,0 +1,49 @@
+"""Every size and limit in irisrep, in one place.
+
+On-disk layout sizes are also defined in `include/irisrep_block.h` (the C side
+needs them at compile time); `tests/test_constants.py` checks the two agree.
+Units come last in names: `_bytes`, `_ms`, `_count`.
+"""
+
+# --- block store (include/irisrep_block.h) -------------------------------------------
+BLOCK_SIZE = 8192
+BLOCK_HEADER_SIZE = 40
+BLOCK_PAYLOAD_MAX = BLOCK_SIZE - BLOCK_HEADER_SIZE
+DB_FORMAT_VERSION = 1
+DB_MAGIC = b"IRISRPDB"
+BLOCK_NO_MAX = 2**32 - 2  # u32 block numbers; 0xFFFFFFFF is "none"
+BLOCK_NONE = 2**32 - 1
+
+# Block types (IR_BT_* in the header).
+BT_HEADER = 1
+BT_LEAF = 2
+BT_INTERNAL = 3
+BT_OVERFLOW = 4
+BT_FREE = 5
+
+# --- I/O ----------------------------------------------------------------------------
+IO_ALIGN = 4096  # O_DIRECT alignment of buffer, offset and length
+DIRECT_IO_MODES = ("required", "optional", "disabled")
+DIRECT_IO_DEFAULT = "optional"
+
+# --- key codec (IRIS limits) --------------------------------------------------------
+REFERENCE_BYTES_MAX = 511  # encoded global reference (name + subscripts)
+GLOBAL_NAME_CHARS_MAX = 31
+SUBSCRIPT_LEVELS_MAX = 255
+STRING_CHARS_MAX = 3_641_144  # IRIS long-string limit, for values
+NUMBER_DIGITS_MAX = 18  # significant digits of a canonical number
+NUMBER_EXPONENT_MIN = -128  # decimal exponent range of a canonical number
+NUMBER_EXPONENT_MAX = 127
+
+# --- B+tree and buffer pool ---------------------------------------------------------
+# A value whose encoded form is longer than this goes to an overflow chain, so that
+# every leaf holds at least three entries (511-byte key + inline value + framing).
+INLINE_VALUE_BYTES_MAX = 1536
+LEAF_ENTRY_OVERHEAD_BYTES = 6  # u16 key length + u32 value length
+INTERNAL_ENTRY_OVERHEAD_BYTES = 6  # u16 key length + u32 child
+# Two neighbours are merged when together they fit in this share of a block.
+MERGE_FILL_BYTES_MAX = BLOCK_PAYLOAD_MAX * 3 // 4
+BUFFER_POOL_BLOCKS_DEFAULT = 16_384  # 128 MiB of 8 KiB blocks
+BUFFER_POOL_BLOCKS_MIN = 64
+# A flush cycle starts when dirty blocks pass this share of the pool.
+DIRTY_SHARE_FLUSH = 0.5

@@ -1,0 +1,117 @@
+"""The error tree: one base, a few typed leaves, the IRIS error word on each.
+
+Rules: bad input raises one of these and changes nothing; `OSError` from the
+operating system stays `OSError` (except where a failed fsync makes a member stop,
+which is `DurabilityError`); bugs are never caught and turned into these.
+"""
+
+from __future__ import annotations
+
+
+class IrisrepError(Exception):
+    """Base of every error irisrep raises on purpose."""
+
+    iris_word = "<ERROR>"
+
+
+class UndefinedError(IrisrepError, KeyError):
+    """The node has no value (`<UNDEFINED>`)."""
+
+    iris_word = "<UNDEFINED>"
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else self.iris_word
+
+
+class SubscriptError(IrisrepError, ValueError):
+    """A bad subscript or global name, or a reference over 511 encoded bytes (`<SUBSCRIPT>`)."""
+
+    iris_word = "<SUBSCRIPT>"
+
+
+class MaxStringError(IrisrepError, ValueError):
+    """A value longer than the IRIS string limit (`<MAXSTRING>`)."""
+
+    iris_word = "<MAXSTRING>"
+
+
+class IllegalValueError(IrisrepError, ValueError):
+    """A value irisrep cannot store: NaN, an infinity, or a type other than str/int/float/bytes."""
+
+    iris_word = "<ILLEGAL VALUE>"
+
+
+class ProtectError(IrisrepError):
+    """A write to a read-only (mirrored, non-primary) database (`<PROTECT>`)."""
+
+    iris_word = "<PROTECT>"
+
+
+class NotPrimaryError(IrisrepError):
+    """This member is not the primary; `primary` names the one that is, if known."""
+
+    iris_word = "<PROTECT>"
+
+    def __init__(self, message: str, primary: str | None = None) -> None:
+        super().__init__(message)
+        self.primary = primary
+
+
+class FencedError(IrisrepError):
+    """A frame or request from an older epoch."""
+
+
+class LockTimeoutError(IrisrepError):
+    """A lock was not granted within its timeout."""
+
+
+class TransactionError(IrisrepError):
+    """Transaction misuse: commit with no transaction, rollback below level 0, too deep."""
+
+
+class CorruptError(IrisrepError):
+    """Stored bytes fail verification. Names the file, the place, expected and found."""
+
+    def __init__(self, message: str, *, path: str = "", offset: int = -1,
+                 expected: object = None, found: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+        self.expected = expected
+        self.found = found
+
+
+class BlockCorruptError(CorruptError):
+    """A database block failed its checksum or does not identify itself as expected."""
+
+    def __init__(self, message: str, *, path: str = "", block: int = -1,
+                 expected: object = None, found: object = None) -> None:
+        from .constants import BLOCK_SIZE
+
+        super().__init__(message, path=path, offset=block * BLOCK_SIZE,
+                         expected=expected, found=found)
+        self.block = block
+
+
+class JournalCorruptError(CorruptError):
+    """A journal frame failed verification in a place that is not a torn tail."""
+
+
+class DurabilityError(IrisrepError):
+    """A write could not be made durable (fsync failed): the member stops taking writes."""
+
+
+class ConfigError(IrisrepError, ValueError):
+    """A bad setting: names the key and says what is allowed."""
+
+
+class ClosedError(IrisrepError):
+    """Use of a database or global after `close()`."""
+
+
+__all__ = [
+    "IrisrepError", "UndefinedError", "SubscriptError", "MaxStringError", "IllegalValueError",
+    "ProtectError",
+    "NotPrimaryError", "FencedError", "LockTimeoutError", "TransactionError", "CorruptError",
+    "BlockCorruptError", "JournalCorruptError", "DurabilityError", "ConfigError", "ClosedError",
+]
