@@ -1,1 +1,80 @@
-# _btree declarations.
+# Declarations for _btree.pxi: block images, B+tree nodes, the tree and its cursor.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "irisrep_block.h":
+    int IR_BLOCK_SIZE
+    int IR_BLOCK_HEADER_SIZE
+    int IR_BLOCK_PAYLOAD_MAX
+    int IR_BT_HEADER
+    int IR_BT_LEAF
+    int IR_BT_INTERNAL
+    int IR_BT_OVERFLOW
+    int IR_BT_FREE
+    int IR_OFF_CHECKSUM
+    int IR_OFF_BLOCK_NO
+    int IR_OFF_DB_ID
+    int IR_OFF_TYPE
+    int IR_OFF_LEVEL
+    int IR_OFF_COUNT
+    int IR_OFF_USED
+    int IR_OFF_LINK
+    int IR_OFF_POSITION
+    uint64_t ir_block_checksum(const unsigned char *block) nogil
+    void ir_block_seal(unsigned char *block, uint32_t block_no, uint32_t db_id,
+                       uint8_t type, uint8_t level, uint16_t count, uint16_t used,
+                       uint32_t link, uint64_t position) nogil
+
+
+cdef extern from "irisrep_endian.h":
+    uint16_t ir_get_u16(const unsigned char *p) nogil
+    uint32_t ir_get_u32(const unsigned char *p) nogil
+    uint64_t ir_get_u64(const unsigned char *p) nogil
+    void ir_put_u16(unsigned char *p, uint16_t v) nogil
+    void ir_put_u32(unsigned char *p, uint32_t v) nogil
+    void ir_put_u64(unsigned char *p, uint64_t v) nogil
+
+
+cdef class Node:
+    cdef public uint32_t block_no   # where this node lives in the database file
+    cdef public int level           # 0 for a leaf; a parent is one above its children
+    cdef public list keys           # sorted encoded keys; internal: keys[0] == b"" (-inf)
+    cdef public list vals           # leaf: stored values (inline or overflow reference)
+    cdef public list children       # internal: child block numbers, one per key
+    cdef public Py_ssize_t nbytes   # payload bytes this node encodes to
+    cdef public bint dirty          # changed since the last flush cycle
+    cdef public bint ref            # second-chance bit for the pool's eviction clock
+    cdef public uint64_t position   # journal position of the last change (0: none)
+
+
+cdef class BTree:
+    cdef public object store        # BlockStore: allocate/free/read_image/put_image
+    cdef public uint32_t db_id
+    cdef public uint32_t root       # root block number
+    cdef public dict pool           # block_no -> Node, bounded by capacity (clean ones)
+    cdef public dict dirty          # block_no -> Node changed since the last flush
+    cdef public Py_ssize_t capacity  # pool size in blocks
+    cdef public uint64_t mod_count  # bumped by every structural or value change
+    cdef Node _get(self, uint32_t block_no)
+    cdef void _touch_dirty(self, Node node)
+    cdef Node _new_node(self, int level)
+    cdef void _free_node(self, Node node)
+    cdef object _split(self, Node node)
+    cdef void _free_value(self, bytes stored)
+    cdef void _free_subtree(self, uint32_t block_no)
+    cdef bint _kill_range(self, Node node, bytes lo, bytes hi)
+    cdef void _merge_children(self, Node parent, Py_ssize_t i, Py_ssize_t last)
+
+
+cdef class Cursor:
+    cdef BTree tree
+    cdef list path                  # [(internal Node, child index)] from the root down
+    cdef Node leaf
+    cdef Py_ssize_t pos
+    cdef uint64_t mod_count         # tree.mod_count when positioned; stale -> re-seek
+    cdef bytes last_key
+    cdef bint reverse
+    cdef bint done
+    cdef _position(self, bytes key, bint inclusive)
+    cdef _settle(self)
+    cdef _revalidate(self)

@@ -1,1 +1,749 @@
-# _btree: placeholder until the topic lands.
+# _btree.pxi: block images, B+tree nodes, the tree over a block store, and cursors.
+#
+# Owns: the leaf/internal/overflow block formats of include/irisrep_block.h, node
+# split and merge, range kill, ordered seeks and a bounded pool of decoded nodes.
+# Promises: every image read is verified (checksum, own block number, database id,
+# type, structure) before a byte of it is used, and a failure raises
+# BlockCorruptError naming file, block, expected and found; all leaves are at
+# level 0 and every non-root node holds at least one entry; keys are compared as
+# bytes, so the key codec's encoding decides the order.
+#
+# The tree never writes a file itself: it marks nodes dirty and hands images to the
+# block store, and a flush cycle (Database) writes a consistent set of them. That is
+# the seam the write image journal hooks into.
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy, memset
+
+from irisrep.constants import (
+    INLINE_VALUE_BYTES_MAX as _INLINE_VALUE_BYTES_MAX,
+    MERGE_FILL_BYTES_MAX as _MERGE_FILL_BYTES_MAX,
+)
+from irisrep.errors import BlockCorruptError as _BlockCorruptError
+
+DEF ENTRY_OVERHEAD = 6          # u16 key length + u32 value length or child number
+DEF OVERFLOW_TAG = 5            # stored-value tag: a reference to an overflow chain
+DEF OVERFLOW_REF_BYTES = 9      # tag + u32 first block + u32 total length
+
+cdef Py_ssize_t INLINE_MAX = _INLINE_VALUE_BYTES_MAX
+cdef Py_ssize_t MERGE_MAX = _MERGE_FILL_BYTES_MAX
+cdef bytes MINUS_INF = b""
+
+
+cdef inline int _cmp(bytes a, bytes b):
+    """Bytewise comparison; a shorter key that is a prefix of the other sorts first."""
+    cdef Py_ssize_t la = PyBytes_GET_SIZE(a)
+    cdef Py_ssize_t lb = PyBytes_GET_SIZE(b)
+    cdef int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), la if la < lb else lb)
+    if c != 0:
+        return c
+    return (la > lb) - (la < lb)
+
+
+cdef inline Py_ssize_t _bisect_left(list keys, bytes key):
+    cdef Py_ssize_t lo = 0, hi = len(keys), mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _cmp(<bytes>keys[mid], key) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _bisect_right(list keys, bytes key):
+    cdef Py_ssize_t lo = 0, hi = len(keys), mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _cmp(key, <bytes>keys[mid]) < 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+cdef inline Py_ssize_t _child_index(Node node, bytes key):
+    """Index of the child whose range holds key: the last i with keys[i] <= key."""
+    cdef Py_ssize_t i = _bisect_right(node.keys, key) - 1
+    return i if i > 0 else 0
+
+
+def _corrupt(path, block_no, what, expected, found):
+    return _BlockCorruptError(
+        f"{path}: block {block_no}: {what}: expected {expected!r}, found {found!r}",
+        path=path, block=block_no, expected=expected, found=found)
+
+
+def verify_image(bytes image, uint32_t block_no, uint32_t db_id, path):
+    """Check an 8 KiB image's checksum and that it names itself block_no of db_id.
+
+    Raises BlockCorruptError naming the file, block, expected and found values.
+    Returns the block type.
+    """
+    if PyBytes_GET_SIZE(image) != IR_BLOCK_SIZE:
+        raise _corrupt(path, block_no, "short block", IR_BLOCK_SIZE, PyBytes_GET_SIZE(image))
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(image)
+    cdef uint64_t stored = ir_get_u64(p + IR_OFF_CHECKSUM)
+    cdef uint64_t actual = ir_block_checksum(p)
+    if stored != actual:
+        raise _corrupt(path, block_no, "checksum mismatch",
+                       f"{stored:#018x}", f"{actual:#018x}")
+    if ir_get_u32(p + IR_OFF_BLOCK_NO) != block_no:
+        raise _corrupt(path, block_no, "block names another block number (misdirected write)",
+                       block_no, ir_get_u32(p + IR_OFF_BLOCK_NO))
+    if ir_get_u32(p + IR_OFF_DB_ID) != db_id:
+        raise _corrupt(path, block_no, "block belongs to another database",
+                       db_id, ir_get_u32(p + IR_OFF_DB_ID))
+    return p[IR_OFF_TYPE]
+
+
+def seal_image(bytes payload, uint32_t block_no, uint32_t db_id, int btype, int level=0,
+               int count=0, uint32_t link=0xFFFFFFFF, uint64_t position=0):
+    """Build a sealed 8 KiB image from a payload (header, overflow and free blocks)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    if n > IR_BLOCK_PAYLOAD_MAX:
+        raise ValueError(f"payload of {n} bytes exceeds {IR_BLOCK_PAYLOAD_MAX}")
+    cdef bytes image = PyBytes_FromStringAndSize(NULL, IR_BLOCK_SIZE)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(image)
+    memset(p, 0, IR_BLOCK_SIZE)
+    memcpy(p + IR_BLOCK_HEADER_SIZE, PyBytes_AS_STRING(payload), n)
+    ir_block_seal(p, block_no, db_id, <uint8_t>btype, <uint8_t>level, <uint16_t>count,
+                  <uint16_t>n, link, position)
+    return image
+
+
+def image_fields(bytes image):
+    """(type, level, count, used, link, position) of a verified image."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(image)
+    return (p[IR_OFF_TYPE], p[IR_OFF_LEVEL], ir_get_u16(p + IR_OFF_COUNT),
+            ir_get_u16(p + IR_OFF_USED), ir_get_u32(p + IR_OFF_LINK),
+            ir_get_u64(p + IR_OFF_POSITION))
+
+
+def image_payload(bytes image):
+    """The `used` payload bytes of a verified image."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(image)
+    cdef uint16_t used = ir_get_u16(p + IR_OFF_USED)
+    if used > IR_BLOCK_PAYLOAD_MAX:
+        used = IR_BLOCK_PAYLOAD_MAX
+    return image[IR_BLOCK_HEADER_SIZE:IR_BLOCK_HEADER_SIZE + used]
+
+
+cdef class Node:
+    """A decoded leaf or internal block held in the buffer pool."""
+
+    def __init__(self, uint32_t block_no, int level):
+        self.block_no = block_no
+        self.level = level
+        self.keys = []
+        self.vals = [] if level == 0 else None
+        self.children = [] if level > 0 else None
+        self.nbytes = 0
+        self.dirty = False
+        self.ref = True
+        self.position = 0
+
+    def encode(self, uint32_t db_id):
+        """The sealed 8 KiB image of this node."""
+        cdef bytes image = PyBytes_FromStringAndSize(NULL, IR_BLOCK_SIZE)
+        cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(image)
+        cdef unsigned char *w = p + IR_BLOCK_HEADER_SIZE
+        cdef Py_ssize_t i, n = len(self.keys), kl, vl
+        cdef bytes k, v
+        assert self.nbytes <= IR_BLOCK_PAYLOAD_MAX, "node overflows its block"
+        memset(p, 0, IR_BLOCK_SIZE)
+        for i in range(n):
+            k = <bytes>self.keys[i]
+            kl = PyBytes_GET_SIZE(k)
+            ir_put_u16(w, <uint16_t>kl)
+            memcpy(w + 2, PyBytes_AS_STRING(k), kl)
+            w += 2 + kl
+            if self.level == 0:
+                v = <bytes>self.vals[i]
+                vl = PyBytes_GET_SIZE(v)
+                ir_put_u32(w, <uint32_t>vl)
+                memcpy(w + 4, PyBytes_AS_STRING(v), vl)
+                w += 4 + vl
+            else:
+                ir_put_u32(w, <uint32_t>self.children[i])
+                w += 4
+        assert w - (p + IR_BLOCK_HEADER_SIZE) == self.nbytes, "node byte count drifted"
+        ir_block_seal(p, self.block_no, db_id,
+                      IR_BT_LEAF if self.level == 0 else IR_BT_INTERNAL,
+                      <uint8_t>self.level, <uint16_t>n, <uint16_t>self.nbytes,
+                      0xFFFFFFFF, self.position)
+        return image
+
+    def __repr__(self):
+        return (f"Node(block={self.block_no}, level={self.level}, entries={len(self.keys)}, "
+                f"bytes={self.nbytes}, dirty={self.dirty})")
+
+
+def decode_node(bytes image, uint32_t block_no, uint32_t db_id, path):
+    """Verify an image and decode it into a Node; structure errors are corruption."""
+    cdef int btype = verify_image(image, block_no, db_id, path)
+    if btype != IR_BT_LEAF and btype != IR_BT_INTERNAL:
+        raise _corrupt(path, block_no, "not a tree block", "leaf or internal", btype)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(image)
+    cdef int level = p[IR_OFF_LEVEL]
+    cdef uint16_t count = ir_get_u16(p + IR_OFF_COUNT)
+    cdef uint16_t used = ir_get_u16(p + IR_OFF_USED)
+    if (btype == IR_BT_LEAF) != (level == 0):
+        raise _corrupt(path, block_no, "level does not match block type",
+                       "0 for leaves only", level)
+    if used > IR_BLOCK_PAYLOAD_MAX:
+        raise _corrupt(path, block_no, "payload length", f"<= {IR_BLOCK_PAYLOAD_MAX}", used)
+    cdef Node node = Node(block_no, level)
+    node.position = ir_get_u64(p + IR_OFF_POSITION)
+    cdef Py_ssize_t off = IR_BLOCK_HEADER_SIZE, end = IR_BLOCK_HEADER_SIZE + used
+    cdef Py_ssize_t i, kl, vl
+    cdef list keys = node.keys
+    for i in range(count):
+        if off + 2 > end:
+            raise _corrupt(path, block_no, f"entry {i} runs past the payload", end, off + 2)
+        kl = ir_get_u16(p + off)
+        if off + 2 + kl + 4 > end:
+            raise _corrupt(path, block_no, f"entry {i} runs past the payload", end,
+                           off + 2 + kl + 4)
+        keys.append(PyBytes_FromStringAndSize(<char *>p + off + 2, kl))
+        off += 2 + kl
+        if level == 0:
+            vl = ir_get_u32(p + off)
+            if off + 4 + vl > end:
+                raise _corrupt(path, block_no, f"value {i} runs past the payload", end,
+                               off + 4 + vl)
+            node.vals.append(PyBytes_FromStringAndSize(<char *>p + off + 4, vl))
+            off += 4 + vl
+        else:
+            node.children.append(ir_get_u32(p + off))
+            off += 4
+    if off != end:
+        raise _corrupt(path, block_no, "payload length does not match its entries", used,
+                       off - IR_BLOCK_HEADER_SIZE)
+    node.nbytes = used
+    node.dirty = False
+    return node
+
+
+cdef class BTree:
+    """A B+tree of encoded keys -> stored values over a block store.
+
+    Not thread-safe by itself: the Database holds its lock around every call.
+    """
+
+    def __init__(self, store, uint32_t db_id, uint32_t root, Py_ssize_t capacity):
+        self.store = store
+        self.db_id = db_id
+        self.root = root
+        self.pool = {}
+        self.dirty = {}
+        self.capacity = capacity
+        self.mod_count = 0
+
+    def init_empty(self):
+        """Make the root an empty leaf (a new database); it is written at the next flush."""
+        cdef Node node = Node(self.root, 0)
+        self._touch_dirty(node)
+
+    # --- the buffer pool -------------------------------------------------------------
+
+    cdef Node _get(self, uint32_t block_no):
+        cdef Node node = <Node>self.pool.get(block_no)
+        if node is not None:
+            node.ref = True
+            return node
+        node = decode_node(self.store.read_image(block_no), block_no, self.db_id,
+                           self.store.path)
+        if len(self.pool) >= self.capacity:
+            self.evict()
+        self.pool[block_no] = node
+        return node
+
+    def node(self, uint32_t block_no):
+        """The decoded node of a block (through the pool)."""
+        return self._get(block_no)
+
+    def evict(self):
+        """Second-chance eviction of clean nodes down to 7/8 of capacity.
+
+        Dirty nodes are never evicted: they leave the pool's dirty set only through a
+        flush cycle, which is what keeps every block write inside the WIJ protocol.
+        A node evicted while a caller still holds it is harmless: a change to it goes
+        through _touch_dirty, which puts it back.
+        """
+        cdef Py_ssize_t target = self.capacity - self.capacity // 8
+        cdef Node node
+        cdef list second = []
+        for block_no, node in list(self.pool.items()):
+            if len(self.pool) <= target:
+                break
+            if node.dirty or block_no == self.root:
+                continue
+            if node.ref:
+                node.ref = False
+                second.append(block_no)
+                continue
+            del self.pool[block_no]
+        for block_no in second:
+            if len(self.pool) <= target:
+                break
+            node = <Node>self.pool.get(block_no)
+            if node is not None and not node.dirty and not node.ref:
+                del self.pool[block_no]
+
+    cdef void _touch_dirty(self, Node node):
+        node.dirty = True
+        node.ref = True
+        self.dirty[node.block_no] = node
+        self.pool[node.block_no] = node
+
+    cdef Node _new_node(self, int level):
+        cdef Node node = Node(self.store.allocate(), level)
+        if level > 0:
+            node.children = []
+        self._touch_dirty(node)
+        return node
+
+    cdef void _free_node(self, Node node):
+        self.pool.pop(node.block_no, None)
+        self.dirty.pop(node.block_no, None)
+        node.dirty = False
+        self.store.free(node.block_no)
+
+    def dirty_count(self):
+        return len(self.dirty)
+
+    def take_dirty(self):
+        """Images of every dirty node, in block order; the nodes become clean.
+
+        The caller (a flush cycle) must write all of them as one consistent set.
+        """
+        cdef Node node
+        cdef list out = []
+        for block_no in sorted(self.dirty):
+            node = <Node>self.dirty[block_no]
+            out.append((block_no, node.encode(self.db_id)))
+            node.dirty = False
+        self.dirty.clear()
+        if len(self.pool) > self.capacity:
+            self.evict()
+        return out
+
+    def drop_cache(self):
+        """Forget every clean node (tests use this to force reads from disk)."""
+        cdef Node node
+        for block_no, node in list(self.pool.items()):
+            if not node.dirty:
+                del self.pool[block_no]
+
+    # --- values ----------------------------------------------------------------------
+
+    cdef void _free_value(self, bytes stored):
+        """Return an overflow chain's blocks to the free list."""
+        cdef const unsigned char *p
+        cdef uint32_t blk
+        if PyBytes_GET_SIZE(stored) != OVERFLOW_REF_BYTES or stored[0] != OVERFLOW_TAG:
+            return
+        p = <const unsigned char *>PyBytes_AS_STRING(stored)
+        blk = ir_get_u32(p + 1)
+        while blk != 0xFFFFFFFF:
+            image = self.store.read_image(blk)
+            fields = image_fields(image)
+            if fields[0] != IR_BT_OVERFLOW:
+                raise _corrupt(self.store.path, blk, "overflow chain block type",
+                               IR_BT_OVERFLOW, fields[0])
+            self.store.free(blk)
+            blk = fields[4]
+
+    def _store_value(self, bytes value):
+        """Inline a short encoded value; write a long one to an overflow chain."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+        cdef Py_ssize_t chunk = IR_BLOCK_PAYLOAD_MAX, start, count
+        cdef list blocks
+        cdef bytearray ref
+        if n == 0 or value[0] == OVERFLOW_TAG:
+            raise ValueError("a stored value must be an encoded value (tag 1..4)")
+        if n <= INLINE_MAX:
+            return value
+        count = (n + chunk - 1) // chunk
+        blocks = [self.store.allocate() for _ in range(count)]
+        for i in range(count):
+            start = i * chunk
+            self.store.put_image(blocks[i], seal_image(
+                value[start:start + chunk], blocks[i], self.db_id, IR_BT_OVERFLOW,
+                link=blocks[i + 1] if i + 1 < count else 0xFFFFFFFF))
+        ref = bytearray(OVERFLOW_REF_BYTES)
+        ref[0] = OVERFLOW_TAG
+        ir_put_u32(<unsigned char *>(<char *>ref) + 1, blocks[0])
+        ir_put_u32(<unsigned char *>(<char *>ref) + 5, <uint32_t>n)
+        return bytes(ref)
+
+    def load_value(self, bytes stored):
+        """The full encoded value behind a stored value (reads an overflow chain)."""
+        if PyBytes_GET_SIZE(stored) != OVERFLOW_REF_BYTES or stored[0] != OVERFLOW_TAG:
+            return stored
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(stored)
+        cdef uint32_t blk = ir_get_u32(p + 1)
+        cdef uint32_t total = ir_get_u32(p + 5)
+        cdef list parts = []
+        cdef Py_ssize_t got = 0
+        while blk != 0xFFFFFFFF and got < total:
+            image = self.store.read_image(blk)
+            fields = image_fields(image)
+            if fields[0] != IR_BT_OVERFLOW:
+                raise _corrupt(self.store.path, blk, "overflow chain block type",
+                               IR_BT_OVERFLOW, fields[0])
+            part = image_payload(image)
+            parts.append(part)
+            got += len(part)
+            blk = fields[4]
+        if got != total:
+            raise _corrupt(self.store.path, blk, "overflow chain length", total, got)
+        return b"".join(parts)
+
+    # --- point operations ------------------------------------------------------------
+
+    def get(self, bytes key):
+        """The stored value of key, or None (an overflow reference is not resolved)."""
+        cdef Node node = self._get(self.root)
+        cdef Py_ssize_t i
+        while node.level > 0:
+            node = self._get(<uint32_t>node.children[_child_index(node, key)])
+        i = _bisect_left(node.keys, key)
+        if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
+            return node.vals[i]
+        return None
+
+    def set(self, bytes key, bytes value, uint64_t position=0):
+        """Insert or replace key; value is an encoded value (long ones go to overflow).
+
+        Returns the previous stored value (or None); the caller frees nothing: the
+        old overflow chain, if any, is freed here.
+        """
+        cdef list path = []
+        cdef Node node = self._get(self.root)
+        cdef Py_ssize_t i
+        cdef bytes stored = self._store_value(value), old = None
+        while node.level > 0:
+            i = _child_index(node, key)
+            path.append((node, i))
+            node = self._get(<uint32_t>node.children[i])
+        i = _bisect_left(node.keys, key)
+        if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
+            old = <bytes>node.vals[i]
+            node.vals[i] = stored
+            node.nbytes += PyBytes_GET_SIZE(stored) - PyBytes_GET_SIZE(old)
+            self._free_value(old)
+        else:
+            node.keys.insert(i, key)
+            node.vals.insert(i, stored)
+            node.nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(stored)
+        node.position = position
+        self._touch_dirty(node)
+        self.mod_count += 1
+        # Split upwards while a node no longer fits its block.
+        while node.nbytes > IR_BLOCK_PAYLOAD_MAX:
+            sep, right = self._split(node)
+            if path:
+                parent, i = path.pop()
+                (<Node>parent).keys.insert(i + 1, sep)
+                (<Node>parent).children.insert(i + 1, (<Node>right).block_no)
+                (<Node>parent).nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
+                self._touch_dirty(<Node>parent)
+                node = <Node>parent
+            else:
+                # The root split: a new root one level up holds both halves.
+                new_root = self._new_node(node.level + 1)
+                (<Node>new_root).keys = [MINUS_INF, sep]
+                (<Node>new_root).children = [node.block_no, (<Node>right).block_no]
+                (<Node>new_root).nbytes = 2 * ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
+                self.root = (<Node>new_root).block_no
+                break
+        return old
+
+    cdef object _split(self, Node node):
+        """Move the upper half (by bytes) of node into a new right sibling."""
+        cdef Py_ssize_t n = len(node.keys), i, acc = 0, half = node.nbytes // 2, sz
+        cdef Node right = self._new_node(node.level)
+        cdef bytes sep
+        for i in range(n):
+            sz = ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[i])
+            if node.level == 0:
+                sz += PyBytes_GET_SIZE(<bytes>node.vals[i])
+            if acc + sz > half and i > 0:
+                break
+            acc += sz
+        if i >= n - 1:
+            i = n - 1
+        if i < 1:
+            i = 1
+        sep = <bytes>node.keys[i]
+        right.keys = node.keys[i:]
+        del node.keys[i:]
+        if node.level == 0:
+            right.vals = node.vals[i:]
+            del node.vals[i:]
+            right.nbytes = node.nbytes - acc
+        else:
+            right.children = node.children[i:]
+            del node.children[i:]
+            # The right node's first key becomes -inf; the separator moves up.
+            right.keys[0] = MINUS_INF
+            right.nbytes = node.nbytes - acc - PyBytes_GET_SIZE(sep)
+        node.nbytes = acc
+        right.position = node.position
+        self._touch_dirty(node)
+        return sep, right
+
+    # --- range kill ------------------------------------------------------------------
+
+    def kill_range(self, bytes lo, bytes hi):
+        """Remove every key k with lo <= k < hi; freed blocks go to the free list."""
+        cdef Node root = self._get(self.root)
+        cdef bint changed = self._kill_range(root, lo, hi)
+        cdef Node child
+        if changed:
+            self.mod_count += 1
+        # Collapse a root left with a single child (or none) so height shrinks.
+        while root.level > 0 and len(root.children) <= 1:
+            if len(root.children) == 0:
+                root.level = 0
+                root.keys = []
+                root.vals = []
+                root.children = None
+                root.nbytes = 0
+                self._touch_dirty(root)
+                break
+            child = self._get(<uint32_t>root.children[0])
+            self._free_node(root)
+            root = child
+            self.root = root.block_no
+        return changed
+
+    cdef bint _kill_range(self, Node node, bytes lo, bytes hi):
+        cdef Py_ssize_t i, j, first, last, n
+        cdef bint changed = False
+        cdef Node child
+        cdef list drop
+        if node.level == 0:
+            i = _bisect_left(node.keys, lo)
+            j = _bisect_left(node.keys, hi)
+            if i >= j:
+                return False
+            for k in range(i, j):
+                node.nbytes -= (ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[k])
+                                + PyBytes_GET_SIZE(<bytes>node.vals[k]))
+                self._free_value(<bytes>node.vals[k])
+            del node.keys[i:j]
+            del node.vals[i:j]
+            self._touch_dirty(node)
+            return True
+        n = len(node.children)
+        first = _child_index(node, lo)
+        last = _bisect_left(node.keys, hi) - 1      # last child whose low key < hi
+        if last < first:
+            return False
+        drop = []
+        for i in range(first, last + 1):
+            # Child i covers [keys[i], keys[i+1]); wholly inside [lo, hi) -> free it.
+            if (i > 0 and _cmp(lo, <bytes>node.keys[i]) <= 0 and i + 1 < n
+                    and _cmp(<bytes>node.keys[i + 1], hi) <= 0):
+                self._free_subtree(<uint32_t>node.children[i])
+                drop.append(i)
+                changed = True
+            else:
+                child = self._get(<uint32_t>node.children[i])
+                if self._kill_range(child, lo, hi):
+                    changed = True
+                    if len(child.keys) == 0:
+                        self._free_node(child)
+                        drop.append(i)
+        if not changed:
+            return False
+        for i in reversed(drop):
+            node.nbytes -= ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[i])
+            del node.keys[i]
+            del node.children[i]
+        if node.keys and PyBytes_GET_SIZE(<bytes>node.keys[0]) != 0:
+            # The first child was removed: the new first key stands for -inf again.
+            node.nbytes -= PyBytes_GET_SIZE(<bytes>node.keys[0])
+            node.keys[0] = MINUS_INF
+        self._touch_dirty(node)
+        if len(node.children) > 1:
+            # Only the children next to the killed range can have become small; their
+            # neighbours on each side are the merge candidates.
+            i = first - 1 if first > 0 else 0
+            j = first + (last - first + 1 - len(drop)) + 1
+            self._merge_children(node, i, j)
+        return True
+
+    cdef void _merge_children(self, Node parent, Py_ssize_t i, Py_ssize_t last):
+        """Merge neighbouring children i..last that together fit in MERGE_FILL_BYTES_MAX."""
+        cdef Node left, right
+        cdef bytes sep
+        cdef Py_ssize_t combined
+        while i + 1 < len(parent.children) and i < last:
+            left = self._get(<uint32_t>parent.children[i])
+            right = self._get(<uint32_t>parent.children[i + 1])
+            sep = <bytes>parent.keys[i + 1]
+            combined = left.nbytes + right.nbytes
+            if left.level > 0:
+                combined += PyBytes_GET_SIZE(sep)   # right's -inf key takes the separator
+            if combined > MERGE_MAX:
+                i += 1
+                continue
+            if left.level == 0:
+                left.keys.extend(right.keys)
+                left.vals.extend(right.vals)
+            else:
+                left.keys.append(sep)
+                left.keys.extend(right.keys[1:])
+                left.children.extend(right.children)
+            left.nbytes = combined
+            if right.position > left.position:
+                left.position = right.position
+            self._touch_dirty(left)
+            self._free_node(right)
+            parent.nbytes -= ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
+            del parent.keys[i + 1]
+            del parent.children[i + 1]
+            last -= 1
+            self._touch_dirty(parent)
+
+    cdef void _free_subtree(self, uint32_t block_no):
+        cdef Node node = self._get(block_no)
+        if node.level > 0:
+            for child in node.children:
+                self._free_subtree(<uint32_t>child)
+        else:
+            for v in node.vals:
+                self._free_value(<bytes>v)
+        self._free_node(node)
+
+    # --- ordered seeks ---------------------------------------------------------------
+
+    def seek(self, bytes key, bint reverse=False, bint inclusive=True):
+        """A cursor at the first key >= key (or > key), or, reverse, the last <= (<) key."""
+        cdef Cursor c = Cursor.__new__(Cursor)
+        c.tree = self
+        c.reverse = reverse
+        c._position(key, inclusive)
+        return c
+
+    def next_item(self, bytes key, bint reverse=False, bint inclusive=False):
+        """(key, stored value) of the first entry after key (before it, reverse), or None."""
+        cdef Cursor c = self.seek(key, reverse, inclusive)
+        return c.peek()
+
+    def first_item(self):
+        """(key, stored value) of the smallest key, or None."""
+        return self.next_item(b"", False, True)
+
+    def walk_blocks(self):
+        """Yield (block_no, Node, parent_block_no, low, high) depth-first (integrity walk)."""
+        stack = [(self.root, None, None, None)]
+        while stack:
+            block_no, parent, low, high = stack.pop()
+            node = self._get(block_no)
+            yield block_no, node, parent, low, high
+            if node.level > 0:
+                n = len(node.children)
+                for i in range(n - 1, -1, -1):
+                    child_low = node.keys[i] if i > 0 else low
+                    child_high = node.keys[i + 1] if i + 1 < n else high
+                    stack.append((node.children[i], block_no, child_low, child_high))
+
+    def height(self):
+        return self._get(self.root).level + 1
+
+
+cdef class Cursor:
+    """An ordered position in a BTree, forward or reverse.
+
+    It keeps the root-to-leaf path, so stepping is O(1) amortised. Any change to the
+    tree (mod_count) makes it re-seek from the last key it returned, so it is safe to
+    interleave with writes (the Database lock serialises the calls themselves).
+    """
+
+    cdef _position(self, bytes key, bint inclusive):
+        cdef Node node = self.tree._get(self.tree.root)
+        cdef Py_ssize_t i
+        self.path = []
+        while node.level > 0:
+            i = _child_index(node, key)
+            self.path.append((node, i))
+            node = self.tree._get(<uint32_t>node.children[i])
+        self.leaf = node
+        if self.reverse:
+            self.pos = (_bisect_right(node.keys, key) if inclusive
+                        else _bisect_left(node.keys, key)) - 1
+        else:
+            self.pos = (_bisect_left(node.keys, key) if inclusive
+                        else _bisect_right(node.keys, key))
+        self.mod_count = self.tree.mod_count
+        self.done = False
+        self._settle()
+
+    cdef _settle(self):
+        """Move to the neighbouring leaf while pos is outside the current one."""
+        cdef Node node
+        cdef Py_ssize_t i
+        while True:
+            if 0 <= self.pos < len(self.leaf.keys):
+                return
+            # Climb until a parent has a next (or previous) child, then descend.
+            while self.path:
+                node, i = self.path[len(self.path) - 1]
+                i = i - 1 if self.reverse else i + 1
+                if 0 <= i < len(node.children):
+                    self.path[len(self.path) - 1] = (node, i)
+                    break
+                self.path.pop()
+            else:
+                self.done = True
+                return
+            node = self.tree._get(<uint32_t>node.children[i])
+            while node.level > 0:
+                i = len(node.children) - 1 if self.reverse else 0
+                self.path.append((node, i))
+                node = self.tree._get(<uint32_t>node.children[i])
+            self.leaf = node
+            self.pos = len(node.keys) - 1 if self.reverse else 0
+
+    cdef _revalidate(self):
+        if self.mod_count != self.tree.mod_count:
+            if self.last_key is None:
+                raise RuntimeError("cursor revalidated before its first step")
+            self._position(self.last_key, False)
+
+    def peek(self):
+        """The (key, stored value) at the cursor, or None at the end."""
+        if self.last_key is not None:
+            self._revalidate()
+        if self.done:
+            return None
+        return self.leaf.keys[self.pos], self.leaf.vals[self.pos]
+
+    def take(self, Py_ssize_t n, bytes stop=None):
+        """Up to n (key, stored value) pairs from the cursor on, advancing past them.
+
+        Stops before `stop` (forward: at keys >= stop; reverse: at keys < stop).
+        """
+        cdef list out = []
+        cdef bytes k
+        if self.last_key is not None:
+            self._revalidate()
+        while len(out) < n and not self.done:
+            k = <bytes>self.leaf.keys[self.pos]
+            if stop is not None:
+                if self.reverse:
+                    if _cmp(k, stop) < 0:
+                        self.done = True
+                        break
+                elif _cmp(k, stop) >= 0:
+                    self.done = True
+                    break
+            out.append((k, self.leaf.vals[self.pos]))
+            self.last_key = k
+            self.pos += -1 if self.reverse else 1
+            self._settle()
+        return out

@@ -1,0 +1,172 @@
+"""The block store: one database file of 8 KiB blocks, its header and its free list.
+
+Owns block numbers (allocation, the free list, the high-water mark) and the header
+block; promises that every image it returns has been verified (checksum, its own
+block number, this database's id) and that it writes only whole sealed images. It
+does no caching of tree nodes (the B+tree's pool does) and decides nothing about
+*when* blocks reach the file: a flush cycle hands it a consistent set of images.
+
+Free blocks form a linked list through their `link` field (type FREE); a freed
+block's FREE image is pending until the next flush cycle writes it, exactly like a
+changed tree node, so the list on disk always matches the header written with it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from . import _core
+from .constants import (
+    BLOCK_HEADER_SIZE,
+    BLOCK_NONE,
+    BLOCK_NO_MAX,
+    BLOCK_SIZE,
+    BT_FREE,
+    BT_HEADER,
+    DB_FORMAT_VERSION,
+    DB_MAGIC,
+)
+from .errors import BlockCorruptError, CorruptError
+
+# Header block payload (include/irisrep_block.h, "Header block").
+_HEADER = struct.Struct("<8sIIIIIII I QQ")  # magic ver bsize db_id root free nfree count pad ckpt gen
+assert _HEADER.size == 56
+
+
+class BlockStore:
+    """A database file opened through the file-system seam (`fileio.FS`)."""
+
+    def __init__(self, fs, path: str, *, create: bool = False, direct: str = "optional") -> None:
+        self.fs = fs
+        self.path = path
+        exists = fs.exists(path)
+        if not exists and not create:
+            raise FileNotFoundError(2, "no database file", path)
+        self.file = fs.open(path, create=not exists, direct=direct)
+        self.pending: dict[int, bytes] = {}  # block_no -> sealed image not yet written
+        if exists and self.file.size() > 0:
+            self._read_header()
+        else:
+            self._init_new()
+
+    # --- header ----------------------------------------------------------------------
+
+    def _init_new(self) -> None:
+        # A new database: header block 0 and an empty root leaf at block 1. Nothing is
+        # durable until the first flush cycle (Database.create flushes at once).
+        self.db_id = int.from_bytes(os.urandom(4), "little") or 1
+        self.root = 1
+        self.free_head = BLOCK_NONE
+        self.free_count = 0
+        self.block_count = 2
+        self.checkpoint = 0
+        self.generation = 0
+        self.created = True
+
+    def _read_header(self) -> None:
+        self.created = False
+        image = self.file.pread(0, BLOCK_SIZE)
+        if len(image) != BLOCK_SIZE:
+            raise BlockCorruptError(
+                f"{self.path}: header block is short ({len(image)} bytes)",
+                path=self.path, block=0, expected=BLOCK_SIZE, found=len(image))
+        payload = image[BLOCK_HEADER_SIZE:BLOCK_HEADER_SIZE + _HEADER.size]
+        magic, version, bsize, db_id, root, free_head, free_count, count, _pad, ckpt, gen = (
+            _HEADER.unpack(payload))
+        if magic != DB_MAGIC:
+            raise CorruptError(f"{self.path}: not an irisrep database (magic {magic!r})",
+                               path=self.path, offset=0, expected=DB_MAGIC, found=magic)
+        _core.verify_image(image, 0, db_id, self.path)
+        if _core.image_fields(image)[0] != BT_HEADER:
+            raise BlockCorruptError(f"{self.path}: block 0 is not a header block",
+                                    path=self.path, block=0, expected=BT_HEADER,
+                                    found=_core.image_fields(image)[0])
+        if version != DB_FORMAT_VERSION or bsize != BLOCK_SIZE:
+            raise CorruptError(
+                f"{self.path}: format {version}/{bsize}, this build reads "
+                f"{DB_FORMAT_VERSION}/{BLOCK_SIZE}", path=self.path, offset=0,
+                expected=(DB_FORMAT_VERSION, BLOCK_SIZE), found=(version, bsize))
+        if not (0 < root < count <= BLOCK_NO_MAX + 1):
+            raise BlockCorruptError(f"{self.path}: header root {root} outside 1..{count - 1}",
+                                    path=self.path, block=0, expected=f"< {count}", found=root)
+        self.db_id, self.root, self.free_head, self.free_count = db_id, root, free_head, free_count
+        self.block_count, self.checkpoint, self.generation = count, ckpt, gen
+
+    def header_image(self) -> bytes:
+        payload = _HEADER.pack(DB_MAGIC, DB_FORMAT_VERSION, BLOCK_SIZE, self.db_id, self.root,
+                               self.free_head, self.free_count, self.block_count, 0,
+                               self.checkpoint, self.generation)
+        return _core.seal_image(payload, 0, self.db_id, BT_HEADER)
+
+    # --- blocks ----------------------------------------------------------------------
+
+    def read_image(self, block_no: int) -> bytes:
+        """A verified image: the pending one if any, else the file's."""
+        image = self.pending.get(block_no)
+        if image is not None:
+            return image
+        if not 0 < block_no < self.block_count:
+            raise BlockCorruptError(
+                f"{self.path}: pointer to block {block_no} outside 1..{self.block_count - 1}",
+                path=self.path, block=block_no, expected=f"< {self.block_count}",
+                found=block_no)
+        image = self.file.pread(block_no * BLOCK_SIZE, BLOCK_SIZE)
+        if len(image) != BLOCK_SIZE:
+            raise BlockCorruptError(
+                f"{self.path}: block {block_no} lies past the end of the file",
+                path=self.path, block=block_no, expected=BLOCK_SIZE, found=len(image))
+        _core.verify_image(image, block_no, self.db_id, self.path)
+        return image
+
+    def put_image(self, block_no: int, image: bytes) -> None:
+        self.pending[block_no] = image
+
+    def allocate(self) -> int:
+        if self.free_head != BLOCK_NONE:
+            block_no = self.free_head
+            image = self.read_image(block_no)
+            btype, _level, _count, _used, link, _pos = _core.image_fields(image)
+            if btype != BT_FREE:
+                raise BlockCorruptError(
+                    f"{self.path}: free list names block {block_no}, which is not free",
+                    path=self.path, block=block_no, expected=BT_FREE, found=btype)
+            self.free_head = link
+            self.free_count -= 1
+            self.pending.pop(block_no, None)
+            return block_no
+        if self.block_count > BLOCK_NO_MAX:
+            raise OSError(28, "database file has no block numbers left", self.path)
+        block_no = self.block_count
+        self.block_count += 1
+        return block_no
+
+    def free(self, block_no: int) -> None:
+        self.pending[block_no] = _core.seal_image(b"", block_no, self.db_id, BT_FREE,
+                                                  link=self.free_head)
+        self.free_head = block_no
+        self.free_count += 1
+
+    def take_pending(self) -> list[tuple[int, bytes]]:
+        out = sorted(self.pending.items())
+        self.pending.clear()
+        return out
+
+    def write_images(self, images: list[tuple[int, bytes]]) -> None:
+        """Write sealed images at their blocks, coalescing runs of consecutive blocks."""
+        i = 0
+        n = len(images)
+        while i < n:
+            j = i + 1
+            while j < n and images[j][0] == images[j - 1][0] + 1 and j - i < 256:
+                j += 1
+            start = images[i][0]
+            data = images[i][1] if j == i + 1 else b"".join(img for _, img in images[i:j])
+            self.file.pwrite(start * BLOCK_SIZE, data)
+            i = j
+
+    def sync(self) -> None:
+        self.file.fdatasync()
+
+    def close(self) -> None:
+        self.file.close()
