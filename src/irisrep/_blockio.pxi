@@ -37,9 +37,8 @@ cdef extern from "irisrep_align.h":
     void *ir_aligned_alloc(size_t nbytes) nogil
 
 
-# Largest single transfer. TODO(lead): belongs in constants.py as IO_CALL_BYTES_MAX;
-# fileio.IO_CALL_BYTES_MAX mirrors it and tests check the two agree.
-IO_CALL_BYTES_MAX = 64 * 1024 * 1024
+# Largest single transfer (constants.IO_CALL_BYTES_MAX).
+from irisrep.constants import IO_CALL_BYTES_MAX
 cdef size_t _IO_CALL_MAX = 64 * 1024 * 1024
 cdef long long _IO_ALIGN = IRISREP_IO_ALIGN
 # 0 where the platform has no O_DIRECT (macOS): direct=True then fails with EINVAL.

@@ -45,6 +45,17 @@ cdef class Node:
     cdef public bint dirty          # changed since the last flush cycle
     cdef public bint ref            # second-chance bit for the pool's eviction clock
     cdef public uint64_t position   # journal position of the last change (0: none)
+    # Search accelerator (see _fp_build): 8-byte big-endian fingerprints of the keys
+    # after their common prefix, contiguous so a search touches one array instead of
+    # one bytes object per probe. Valid only while fp_n >= 0; any change drops it.
+    cdef uint64_t *fp
+    cdef uint16_t *fp_len           # key lengths after the prefix: ties without a memcmp
+    cdef Py_ssize_t fp_n
+    cdef Py_ssize_t fp_base         # 1 for internal nodes (keys[0] is -inf), 0 for leaves
+    cdef bytes fp_prefix            # the common prefix of keys[fp_base:]
+    cdef int fp_reads               # searches since the last change
+    cdef void _changed(self)
+    cdef void _fp_build(self)
 
 
 cdef class BTree:
@@ -55,6 +66,10 @@ cdef class BTree:
     cdef public dict dirty          # block_no -> Node changed since the last flush
     cdef public Py_ssize_t capacity  # pool size in blocks
     cdef public uint64_t mod_count  # bumped by every structural or value change
+    cdef public bint closed         # set by Database.close(); every API call checks it
+    cpdef object get(self, bytes key)
+    cpdef object set(self, bytes key, bytes value, uint64_t position=*)
+    cpdef object load_value(self, bytes stored)
     cdef Node _get(self, uint32_t block_no)
     cdef void _touch_dirty(self, Node node)
     cdef Node _new_node(self, int level)

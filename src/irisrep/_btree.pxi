@@ -12,6 +12,7 @@
 # block store, and a flush cycle (Database) writes a consistent set of them. That is
 # the seam the write image journal hooks into.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 from irisrep.constants import (
@@ -23,6 +24,8 @@ from irisrep.errors import BlockCorruptError as _BlockCorruptError
 DEF ENTRY_OVERHEAD = 6          # u16 key length + u32 value length or child number
 DEF OVERFLOW_TAG = 5            # stored-value tag: a reference to an overflow chain
 DEF OVERFLOW_REF_BYTES = 9      # tag + u32 first block + u32 total length
+DEF FP_MIN_KEYS = 8             # smaller nodes search their keys directly
+DEF FP_READS_BEFORE_BUILD = 2   # a node written on every call never pays for a build
 
 cdef Py_ssize_t INLINE_MAX = _INLINE_VALUE_BYTES_MAX
 cdef Py_ssize_t MERGE_MAX = _MERGE_FILL_BYTES_MAX
@@ -61,9 +64,97 @@ cdef inline Py_ssize_t _bisect_right(list keys, bytes key):
     return lo
 
 
+cdef inline uint64_t _fingerprint(const unsigned char *p, Py_ssize_t n):
+    """The first 8 bytes at p (zero-padded) as a big-endian integer: order-preserving.
+
+    a < b implies fingerprint(a) <= fingerprint(b); equal fingerprints need a full
+    comparison (a shorter key padded with zeros ties with one that has zeros there).
+    """
+    cdef uint64_t v = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t m = n if n < 8 else 8
+    for i in range(m):
+        v |= (<uint64_t>p[i]) << (56 - 8 * i)
+    return v
+
+
+cdef Py_ssize_t _node_search(Node node, bytes key, bint right, int *exact=NULL):
+    """bisect_left (right=False) or bisect_right (right=True) of key in node.keys.
+
+    With `exact`, a left search also says whether keys[result] == key when the
+    fingerprints alone decide it (1 equal, 0 not), else -1: the caller compares.
+    """
+    cdef Py_ssize_t n = len(node.keys), lo, hi, mid, lcp, kl, base
+    cdef uint64_t kf
+    cdef int c
+    cdef const unsigned char *kp
+    if node.fp_n < 0:
+        node.fp_reads += 1
+        if n >= FP_MIN_KEYS and node.fp_reads >= FP_READS_BEFORE_BUILD:
+            node._fp_build()
+    if exact != NULL:
+        exact[0] = -1
+    if node.fp_n < 0:
+        return _bisect_right(node.keys, key) if right else _bisect_left(node.keys, key)
+    base = node.fp_base
+    if base == 1 and PyBytes_GET_SIZE(key) == 0:
+        return 1 if right else 0             # the -inf key itself (never searched for)
+    lcp = PyBytes_GET_SIZE(node.fp_prefix)
+    kl = PyBytes_GET_SIZE(key)
+    kp = <const unsigned char *>PyBytes_AS_STRING(key)
+    c = memcmp(kp, PyBytes_AS_STRING(node.fp_prefix), kl if kl < lcp else lcp)
+    if c < 0 or (c == 0 and kl < lcp):
+        if exact != NULL:
+            exact[0] = 0
+        return base                          # below every key after -inf
+    if c > 0:
+        if exact != NULL:
+            exact[0] = 0
+        return n                             # above every key
+    kf = _fingerprint(kp + lcp, kl - lcp)
+    # lo: first fingerprint >= kf; hi: first fingerprint > kf; only [lo, hi) can tie.
+    lo, hi = 0, node.fp_n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if node.fp[mid] < kf:
+            lo = mid + 1
+        else:
+            hi = mid
+    hi = lo
+    while hi < node.fp_n and node.fp[hi] == kf:
+        hi += 1
+    # Suffixes of at most 8 bytes are wholly inside the fingerprint: equal
+    # fingerprints then order by length alone, without touching the key objects.
+    if kl - lcp <= 8:
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if node.fp_len[mid] <= 8:
+                c = (node.fp_len[mid] > kl - lcp) - (node.fp_len[mid] < kl - lcp)
+            else:
+                c = 1                        # longer suffix with the same first 8 bytes
+            if c < 0 or (right and c == 0):
+                lo = mid + 1
+            else:
+                hi = mid
+        if exact != NULL:
+            exact[0] = (lo < node.fp_n and node.fp[lo] == kf
+                        and node.fp_len[lo] == kl - lcp)
+        return lo + base
+    lo += base
+    hi += base
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        c = _cmp(<bytes>node.keys[mid], key)
+        if c < 0 or (right and c == 0):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef inline Py_ssize_t _child_index(Node node, bytes key):
     """Index of the child whose range holds key: the last i with keys[i] <= key."""
-    cdef Py_ssize_t i = _bisect_right(node.keys, key) - 1
+    cdef Py_ssize_t i = _node_search(node, key, True) - 1
     return i if i > 0 else 0
 
 
@@ -141,6 +232,51 @@ cdef class Node:
         self.dirty = False
         self.ref = True
         self.position = 0
+        self.fp = NULL
+        self.fp_len = NULL
+        self.fp_n = -1
+
+    def __dealloc__(self):
+        free(self.fp)
+        free(self.fp_len)
+
+    cdef void _changed(self):
+        """Keys changed: the fingerprints are stale."""
+        self.fp_n = -1
+        self.fp_reads = 0
+
+    cdef void _fp_build(self):
+        cdef Py_ssize_t base = 0 if self.level == 0 else 1
+        cdef Py_ssize_t n = len(self.keys) - base, i, lcp, la, lb
+        cdef bytes first, last, k
+        cdef const unsigned char *a
+        cdef const unsigned char *b
+        if n <= 0:
+            return
+        first = <bytes>self.keys[base]
+        last = <bytes>self.keys[base + n - 1]
+        # Keys are sorted, so the common prefix of all is that of the first and last.
+        la = PyBytes_GET_SIZE(first)
+        lb = PyBytes_GET_SIZE(last)
+        a = <const unsigned char *>PyBytes_AS_STRING(first)
+        b = <const unsigned char *>PyBytes_AS_STRING(last)
+        lcp = 0
+        while lcp < la and lcp < lb and a[lcp] == b[lcp]:
+            lcp += 1
+        free(self.fp)
+        free(self.fp_len)
+        self.fp = <uint64_t *>malloc(n * sizeof(uint64_t))
+        self.fp_len = <uint16_t *>malloc(n * sizeof(uint16_t))
+        if self.fp == NULL or self.fp_len == NULL:
+            raise MemoryError()
+        for i in range(n):
+            k = <bytes>self.keys[base + i]
+            self.fp[i] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(k) + lcp,
+                                      PyBytes_GET_SIZE(k) - lcp)
+            self.fp_len[i] = <uint16_t>(PyBytes_GET_SIZE(k) - lcp)
+        self.fp_prefix = first[:lcp]
+        self.fp_base = base
+        self.fp_n = n
 
     def encode(self, uint32_t db_id):
         """The sealed 8 KiB image of this node."""
@@ -238,6 +374,7 @@ cdef class BTree:
         self.dirty = {}
         self.capacity = capacity
         self.mod_count = 0
+        self.closed = False
 
     def init_empty(self):
         """Make the root an empty leaf (a new database); it is written at the next flush."""
@@ -291,6 +428,9 @@ cdef class BTree:
                 del self.pool[block_no]
 
     cdef void _touch_dirty(self, Node node):
+        # Every change to a node's keys or values ends here, so this is where its
+        # search fingerprints are dropped.
+        node._changed()
         node.dirty = True
         node.ref = True
         self.dirty[node.block_no] = node
@@ -377,7 +517,7 @@ cdef class BTree:
         ir_put_u32(<unsigned char *>(<char *>ref) + 5, <uint32_t>n)
         return bytes(ref)
 
-    def load_value(self, bytes stored):
+    cpdef object load_value(self, bytes stored):
         """The full encoded value behind a stored value (reads an overflow chain)."""
         if PyBytes_GET_SIZE(stored) != OVERFLOW_REF_BYTES or stored[0] != OVERFLOW_TAG:
             return stored
@@ -402,18 +542,21 @@ cdef class BTree:
 
     # --- point operations ------------------------------------------------------------
 
-    def get(self, bytes key):
+    cpdef object get(self, bytes key):
         """The stored value of key, or None (an overflow reference is not resolved)."""
         cdef Node node = self._get(self.root)
         cdef Py_ssize_t i
         while node.level > 0:
             node = self._get(<uint32_t>node.children[_child_index(node, key)])
-        i = _bisect_left(node.keys, key)
-        if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
+        cdef int exact
+        i = _node_search(node, key, False, &exact)
+        if exact == 1:
+            return node.vals[i]
+        if exact == -1 and i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
             return node.vals[i]
         return None
 
-    def set(self, bytes key, bytes value, uint64_t position=0):
+    cpdef object set(self, bytes key, bytes value, uint64_t position=0):
         """Insert or replace key; value is an encoded value (long ones go to overflow).
 
         Returns the previous stored value (or None); the caller frees nothing: the
@@ -427,7 +570,7 @@ cdef class BTree:
             i = _child_index(node, key)
             path.append((node, i))
             node = self._get(<uint32_t>node.children[i])
-        i = _bisect_left(node.keys, key)
+        i = _node_search(node, key, False)
         if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
             old = <bytes>node.vals[i]
             node.vals[i] = stored
@@ -674,11 +817,9 @@ cdef class Cursor:
             node = self.tree._get(<uint32_t>node.children[i])
         self.leaf = node
         if self.reverse:
-            self.pos = (_bisect_right(node.keys, key) if inclusive
-                        else _bisect_left(node.keys, key)) - 1
+            self.pos = _node_search(node, key, inclusive) - 1
         else:
-            self.pos = (_bisect_left(node.keys, key) if inclusive
-                        else _bisect_right(node.keys, key))
+            self.pos = _node_search(node, key, not inclusive)
         self.mod_count = self.tree.mod_count
         self.done = False
         self._settle()

@@ -2,3 +2,4 @@
 include "_keycodec.pxd"
 include "_blockio.pxd"
 include "_btree.pxd"
+include "_globals.pxd"

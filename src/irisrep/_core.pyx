@@ -8,8 +8,10 @@ imports a topic directly: everything is `irisrep._core.<name>`.
 - `_keycodec.pxi`: order-preserving encoding of global references, value encoding.
 - `_blockio.pxi`:  aligned buffers and O_DIRECT pread/pwrite/fdatasync, GIL released.
 - `_btree.pxi`:    block images (seal/verify), B+tree nodes, the tree and its pool.
+- `_globals.pxi`:  the hot half of the Global API (point get/set) without Python frames.
 """
 
 include "_keycodec.pxi"
 include "_blockio.pxi"
 include "_btree.pxi"
+include "_globals.pxi"

@@ -677,7 +677,8 @@ cdef object _kc_num_to_python(const _kc_num* num):
             for j in range(num.exp - num.ndig):
                 v *= 10
             return PyLong_FromLongLong(-v if num.neg else v)
-        magnitude = PyLong_FromLongLong(v) * 10 ** (num.exp - num.ndig)
+        scale = <object>(num.exp - num.ndig)  # a Python int: C ** would give a double
+        magnitude = PyLong_FromLongLong(v) * 10 ** scale
         return -magnitude if num.neg else magnitude
     text = _kc_num_text(num)
     f = float(text)

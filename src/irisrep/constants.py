@@ -25,6 +25,7 @@ BT_FREE = 5
 IO_ALIGN = 4096  # O_DIRECT alignment of buffer, offset and length
 DIRECT_IO_MODES = ("required", "optional", "disabled")
 DIRECT_IO_DEFAULT = "optional"
+IO_CALL_BYTES_MAX = 64 * 1024 * 1024  # largest single pread/pwrite; one bad length fails alone
 
 # --- key codec (IRIS limits) --------------------------------------------------------
 REFERENCE_BYTES_MAX = 511  # encoded global reference (name + subscripts)

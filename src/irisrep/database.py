@@ -25,7 +25,7 @@ from .constants import (
     DIRECT_IO_MODES,
     DIRTY_SHARE_FLUSH,
 )
-from .errors import ClosedError, ConfigError, SubscriptError, UndefinedError
+from .errors import ClosedError, ConfigError, SubscriptError
 
 DEFAULT_DATABASE = "DB"
 DATABASE_FILE_SUFFIX = ".dat"
@@ -95,6 +95,7 @@ class Database:
             self.flush()
             crashpoints.hit("close_after_flush")
             self._closed = True
+            self.tree.closed = True
             self.store.close()
 
     @property
@@ -179,69 +180,27 @@ class GlobalsView:
         return name in self._db.global_names()
 
 
-class Global:
+class Global(_core.GlobalCore):
     """One global (`^name`): a sorted, sparse multi-subscript array.
 
     Subscripts are tuples (`g["a", 1]`), a scalar is one subscript, `()` is the
     global's own root node. IRIS collation: canonical numbers first in numeric
     order, then strings by code point; `1` and `"1"` are the same subscript.
+    `g[subs]`, `g[subs] = v`, `g.get()` and `in` live in `_core.GlobalCore`.
     """
 
-    __slots__ = ("_db", "_tree", "_lock", "name", "_prefix", "_plen")
+    __slots__ = ("_db", "_tree", "_lock", "_prefix", "_plen")
 
     def __init__(self, db: Database, name: str) -> None:
+        super().__init__(db, name)
         self._db = db
         self._tree = db.tree
         self._lock = db._lock
-        self._prefix = _core.encode_name(name)
-        self.name = name.lstrip("^")
-        self._plen = len(self._prefix)
-
-    def _ref(self, subs: tuple) -> str:
-        return _core.format_reference(self.name, subs)
-
-    # --- values ----------------------------------------------------------------------
-
-    def __getitem__(self, subs: Any) -> Any:
-        subs = _subs(subs)
-        key = _encode_key(self._prefix, subs)
-        with self._lock:
-            if self._db._closed:
-                raise ClosedError(f"database {self._db.path} is closed")
-            stored = self._tree.get(key)
-            if stored is None:
-                raise UndefinedError(f"<UNDEFINED> {self._ref(subs)}")
-            return _decode_value(self._tree.load_value(stored))
-
-    def get(self, subs: Any, default: Any = None) -> Any:
-        """`$GET`: the value, or default when the node has none."""
-        key = _encode_key(self._prefix, _subs(subs))
-        with self._lock:
-            self._db._check_open()
-            stored = self._tree.get(key)
-            if stored is None:
-                return default
-            return _decode_value(self._tree.load_value(stored))
-
-    def __setitem__(self, subs: Any, value: Any) -> None:
-        # Encode both first: a bad subscript or value raises before anything changes.
-        key = _encode_key(self._prefix, _subs(subs))
-        encoded = _encode_value(value)
-        with self._lock:
-            if self._db._closed:
-                raise ClosedError(f"database {self._db.path} is closed")
-            self._tree.set(key, encoded)
-            self._db._after_write()
+        self._prefix = self.prefix
+        self._plen = len(self.prefix)
 
     def set(self, subs: Any, value: Any) -> None:
         self[subs] = value
-
-    def __contains__(self, subs: Any) -> bool:
-        """True when the node has a value ($DATA 1 or 11)."""
-        key = _encode_key(self._prefix, _subs(subs))
-        with self._lock:
-            self._db._check_open()
-            return self._tree.get(key) is not None
 
     def increment(self, subs: Any = (), by: Any = 1) -> int | float:
         """`$INCREMENT`: add `by` to the node's numeric value (undefined counts as 0)."""

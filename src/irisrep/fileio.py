@@ -29,14 +29,10 @@ import os
 import threading
 
 from . import _core
-from .constants import DIRECT_IO_DEFAULT, DIRECT_IO_MODES, IO_ALIGN
+from .constants import DIRECT_IO_DEFAULT, DIRECT_IO_MODES, IO_ALIGN, IO_CALL_BYTES_MAX
 from .errors import ConfigError
 
 log = logging.getLogger("irisrep.fileio")
-
-# Largest single pread/pwrite. TODO(lead): move to constants.py; must equal
-# _core.IO_CALL_BYTES_MAX (tests/test_fileio.py checks).
-IO_CALL_BYTES_MAX = 64 * 1024 * 1024
 
 __all__ = [
     "FS",

@@ -69,7 +69,7 @@ _NAME_REST = frozenset(_ASCII_LETTERS + "0123456789.")
 
 # A canonical number as text: an integer without leading zeros (not "-0"), or a
 # decimal with no integer "0" and no trailing zero after the point.
-_CANONICAL_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)|-?(?:[1-9][0-9]*)?\.[0-9]*[1-9]")
+_CANONICAL_NUMBER = re.compile(r"0|-?[1-9][0-9]*|-?(?:[1-9][0-9]*)?\.[0-9]*[1-9]")
 _INT_TEXT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 # |value| < 10**NUMBER_EXPONENT_MAX is exactly "exponent within range" for an integer;
 # comparing first keeps str() away from ints too big to print.

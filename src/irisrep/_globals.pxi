@@ -1,0 +1,96 @@
+# _globals.pxi: the hot half of the Global API (get, set, contains) in Cython.
+#
+# Owns nothing new: it is `Global.__getitem__/__setitem__/get/__contains__` without
+# the Python frames, so that a point read or write crosses into C once. Promises the
+# same as the Python API: the key and the value are encoded (and so validated)
+# before the lock is taken and before anything changes; the database lock is held
+# for the tree call and the flush decision; a closed database raises ClosedError.
+from irisrep.errors import ClosedError as _ClosedError, UndefinedError as _UndefinedError
+
+
+cdef class GlobalCore:
+    """Base of irisrep.database.Global; see there for the whole API."""
+
+    def __init__(self, db, name):
+        self.db = db
+        self.tree = db.tree
+        self.prefix = encode_name(name)
+        self.name = name[1:] if name.startswith("^") else name
+        self._acquire = db._lock.acquire
+        self._release = db._lock.release
+        self._store = db.store
+        self.dirty_limit = db.dirty_limit
+
+    cdef _closed(self):
+        raise _ClosedError(f"database {self.db.path} is closed")
+
+    cdef _after_write(self):
+        # A flush cycle when the changed blocks pass the pool's dirty share: dirty
+        # nodes are never evicted, so this is what bounds the pool.
+        if len(self.tree.dirty) + len(self._store.pending) > self.dirty_limit:
+            self.db.flush()
+
+    def __getitem__(self, subs):
+        if type(subs) is not tuple:
+            subs = (subs,)
+        cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
+        cdef object stored
+        self._acquire()
+        try:
+            if self.tree.closed:
+                self._closed()
+            stored = self.tree.get(key)
+            if stored is None:
+                raise _UndefinedError(f"<UNDEFINED> {format_reference(self.name, subs)}")
+            stored = self.tree.load_value(<bytes>stored)
+        finally:
+            self._release()
+        return kc_decode_value(<const unsigned char *>PyBytes_AS_STRING(stored),
+                               PyBytes_GET_SIZE(stored))
+
+    def get(self, subs, default=None):
+        """`$GET`: the value, or default when the node has none."""
+        if type(subs) is not tuple:
+            subs = (subs,)
+        cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
+        cdef object stored
+        self._acquire()
+        try:
+            if self.tree.closed:
+                self._closed()
+            stored = self.tree.get(key)
+            if stored is None:
+                return default
+            stored = self.tree.load_value(<bytes>stored)
+        finally:
+            self._release()
+        return kc_decode_value(<const unsigned char *>PyBytes_AS_STRING(stored),
+                               PyBytes_GET_SIZE(stored))
+
+    def __setitem__(self, subs, value):
+        if type(subs) is not tuple:
+            subs = (subs,)
+        # Both encodings first: a bad subscript or value raises before any change.
+        cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
+        cdef bytes encoded = kc_encode_value(value)
+        self._acquire()
+        try:
+            if self.tree.closed:
+                self._closed()
+            self.tree.set(key, encoded)
+            self._after_write()
+        finally:
+            self._release()
+
+    def __contains__(self, subs):
+        """True when the node has a value ($DATA 1 or 11)."""
+        if type(subs) is not tuple:
+            subs = (subs,)
+        cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
+        self._acquire()
+        try:
+            if self.tree.closed:
+                self._closed()
+            return self.tree.get(key) is not None
+        finally:
+            self._release()
