@@ -12,7 +12,7 @@ cdef enum:
 # Write the encoded subscripts at buf[pos:], return the new length; SubscriptError if
 # a subscript is invalid or the key would pass KC_REFERENCE_BYTES_MAX.
 cdef Py_ssize_t kc_put_subscripts(unsigned char* buf, Py_ssize_t pos, tuple subs) except -1
-# prefix + encoded subs, exactly as encode_key().
+# prefix + encoded subs, exactly as encode_key(); neither argument may be None.
 cdef bytes kc_encode_key(bytes prefix, tuple subs)
 # Offset just past the subscript that starts at key[pos] (no decoding to Python).
 cdef Py_ssize_t kc_subscript_end(const unsigned char* key, Py_ssize_t n,

@@ -895,8 +895,10 @@ cdef bytes _kc_float_value(double f):
         # Canonical number form: 2.0 is the number 2, and comes back as int.
         return _kc_int_value(<long long>f)
     text = PyOS_double_to_string(f, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
-    out = _kc_tagged(KC_VALUE_FLOAT, text, len(text))
-    PyMem_Free(text)
+    try:
+        out = _kc_tagged(KC_VALUE_FLOAT, text, len(text))
+    finally:
+        PyMem_Free(text)
     return out
 
 

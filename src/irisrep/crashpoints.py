@@ -49,6 +49,16 @@ POINTS: tuple[str, ...] = (
     "flush_after_header_write",  # header written (maybe not yet durable)
     "close_after_flush",  # close() flushed everything, file not yet closed
     # --- write image journal (WIJ): add here ---
+    "wij_after_images_write",  # directory + images written to the WIJ, not yet fsynced
+    "wij_after_images_fsync",  # images durable, header still EMPTY
+    "wij_after_active_write",  # ACTIVE header written (maybe not yet durable)
+    "wij_after_active_fsync",  # ACTIVE durable: recovery now makes every block new
+    "wij_after_db_write",  # one database's blocks written, not yet fsynced
+    "wij_after_db_fsync",  # one database fsynced
+    "wij_after_empty_write",  # EMPTY header written (maybe not yet durable)
+    "wij_recovery_after_db_write",  # recovery: one database's blocks restored, not fsynced
+    "wij_recovery_after_db_fsync",  # recovery: one database fsynced
+    "wij_recovery_after_empty_write",  # recovery: EMPTY header written, not yet fsynced
     # --- journal: add here ---
 )
 
