@@ -26,6 +26,8 @@ IO_ALIGN = 4096  # O_DIRECT alignment of buffer, offset and length
 DIRECT_IO_MODES = ("required", "optional", "disabled")
 DIRECT_IO_DEFAULT = "optional"
 IO_CALL_BYTES_MAX = 64 * 1024 * 1024  # largest single pread/pwrite; one bad length fails alone
+WRITE_RUN_BLOCKS_MAX = 256  # consecutive blocks coalesced into one write (2 MiB)
+WRITE_QUEUE_DEPTH = 8  # scattered O_DIRECT writes in flight at once (pwrite_scatter)
 
 # --- key codec (IRIS limits) --------------------------------------------------------
 REFERENCE_BYTES_MAX = 511  # encoded global reference (name + subscripts)
