@@ -16,7 +16,7 @@ import irisrep
 from irisrep import integrity
 from irisrep.constants import BLOCK_SIZE
 
-POOL_BLOCKS = 1024  # 8 MiB of pool for a file of several times that
+POOL_BLOCKS = 512  # 4 MiB of pool for a file several times larger
 
 
 def build(path, n, seed, shuffled):

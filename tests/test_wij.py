@@ -749,3 +749,54 @@ def test_real_files_cycle_and_recover(tmp_path):
     wij.close()
     st = wij_status(str(tmp_path / WIJ_FILE_NAME))
     assert (st.state, st.cycle, st.entries, st.running) == ("empty", 1, 5, False)
+
+
+# --- the pipelined WIJ write (writer thread), forced on with tiny chunks ------------------
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    import irisrep.wij as wij_mod
+
+    monkeypatch.setattr(wij_mod, "WIJ_WRITE_CHUNK_BYTES", 3 * BLOCK_SIZE)
+    monkeypatch.setattr(wij_mod, "WIJ_PIPELINE_MIN_BYTES", 2 * BLOCK_SIZE)
+
+
+@pytest.mark.usefixtures("tiny_chunks")
+@pytest.mark.parametrize("point", CYCLE_POINTS[:4])
+def test_pipelined_write_under_crashes(point):
+    must_be_new = CYCLE_POINTS.index(point) >= ACTIVE_DURABLE
+    for mode, torn in crash_modes(6):
+        fs, wij, stores, old, new, images = setup_instance(6)
+        holder = {"old_fs": fs}
+        crashpoints.arm(point, 1, crash_action(holder, mode, 6, torn))
+        with pytest.raises(crashpoints.SimulatedCrash):
+            wij.cycle(stores, images, checkpoint=8)
+        wij2, stores2 = reopen(holder["fs"])
+        wij2.recover(stores2)
+        check_after_recovery(holder["fs"], old, new, must_be_new)
+
+
+@pytest.mark.usefixtures("tiny_chunks")
+def test_pipelined_write_is_deterministic_and_complete():
+    outs = []
+    for _ in range(2):
+        fs, wij, stores, old, new, images = setup_instance(7)
+        before = fs.calls["pwrite"]
+        wij.cycle(stores, images, checkpoint=8)
+        assert fs.calls["pwrite"] - before >= len(images) // 3 + 2  # chunks, dir, headers
+        assert set(classify(fs, old, new).values()) == {"new"}
+        outs.append(file_bytes(fs, WIJ))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.usefixtures("tiny_chunks")
+def test_failed_wij_image_write_raises_oserror_and_changes_nothing():
+    fs, wij, stores, old, new, images = setup_instance(8)
+    fs.fail_next("pwrite", after=1, path=WIJ)
+    with pytest.raises(OSError):
+        wij.cycle(stores, images, checkpoint=8)
+    assert set(classify(fs, old, new).values()) == {"old"}
+    assert wij.status().state == "empty" and wij.failure is None
+    wij.cycle(stores, images, checkpoint=9)  # the header was never touched: usable
+    assert set(classify(fs, old, new).values()) == {"new"}

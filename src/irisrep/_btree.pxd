@@ -54,8 +54,10 @@ cdef class Node:
     cdef Py_ssize_t fp_base         # 1 for internal nodes (keys[0] is -inf), 0 for leaves
     cdef bytes fp_prefix            # the common prefix of keys[fp_base:]
     cdef int fp_reads               # searches since the last change
+    cdef Py_ssize_t fp_cap          # allocated slots in fp and fp_len
     cdef void _changed(self)
     cdef void _fp_build(self)
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key)
 
 
 cdef class BTree:
@@ -74,7 +76,7 @@ cdef class BTree:
     cdef void _touch_dirty(self, Node node)
     cdef Node _new_node(self, int level)
     cdef void _free_node(self, Node node)
-    cdef object _split(self, Node node)
+    cdef object _split(self, Node node, bint appending)
     cdef void _free_value(self, bytes stored)
     cdef void _free_subtree(self, uint32_t block_no)
     cdef bint _kill_range(self, Node node, bytes lo, bytes hi)

@@ -12,8 +12,8 @@
 # block store, and a flush cycle (Database) writes a consistent set of them. That is
 # the seam the write image journal hooks into.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from irisrep.constants import (
     INLINE_VALUE_BYTES_MAX as _INLINE_VALUE_BYTES_MAX,
@@ -24,6 +24,7 @@ from irisrep.errors import BlockCorruptError as _BlockCorruptError
 DEF ENTRY_OVERHEAD = 6          # u16 key length + u32 value length or child number
 DEF OVERFLOW_TAG = 5            # stored-value tag: a reference to an overflow chain
 DEF OVERFLOW_REF_BYTES = 9      # tag + u32 first block + u32 total length
+DEF SPLIT_APPEND_PERCENT = 90   # left share of an in-order split (see _split)
 DEF FP_MIN_KEYS = 8             # smaller nodes search their keys directly
 DEF FP_READS_BEFORE_BUILD = 2   # a node written on every call never pays for a build
 
@@ -245,6 +246,42 @@ cdef class Node:
         self.fp_n = -1
         self.fp_reads = 0
 
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key):
+        """keys[i] was just inserted: keep the fingerprints valid if that is cheap.
+
+        A key inserted strictly between two keys that share the common prefix shares
+        it too, so its fingerprint slots in with a memmove. At either end the prefix
+        may shrink: drop the fingerprints (the next searches rebuild them).
+        """
+        cdef Py_ssize_t j = i - self.fp_base
+        cdef Py_ssize_t lcp
+        cdef uint64_t *nfp
+        cdef uint16_t *nlen
+        if self.fp_n < 0:
+            return
+        if j <= 0 or j >= self.fp_n:
+            self._changed()
+            return
+        if self.fp_n + 1 > self.fp_cap:
+            nfp = <uint64_t *>realloc(self.fp, (self.fp_cap * 2) * sizeof(uint64_t))
+            if nfp == NULL:
+                self._changed()
+                return
+            self.fp = nfp
+            nlen = <uint16_t *>realloc(self.fp_len, (self.fp_cap * 2) * sizeof(uint16_t))
+            if nlen == NULL:
+                self._changed()
+                return
+            self.fp_len = nlen
+            self.fp_cap *= 2
+        memmove(self.fp + j + 1, self.fp + j, (self.fp_n - j) * sizeof(uint64_t))
+        memmove(self.fp_len + j + 1, self.fp_len + j, (self.fp_n - j) * sizeof(uint16_t))
+        lcp = PyBytes_GET_SIZE(self.fp_prefix)
+        self.fp[j] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(key) + lcp,
+                                  PyBytes_GET_SIZE(key) - lcp)
+        self.fp_len[j] = <uint16_t>(PyBytes_GET_SIZE(key) - lcp)
+        self.fp_n += 1
+
     cdef void _fp_build(self):
         cdef Py_ssize_t base = 0 if self.level == 0 else 1
         cdef Py_ssize_t n = len(self.keys) - base, i, lcp, la, lb
@@ -265,8 +302,9 @@ cdef class Node:
             lcp += 1
         free(self.fp)
         free(self.fp_len)
-        self.fp = <uint64_t *>malloc(n * sizeof(uint64_t))
-        self.fp_len = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.fp_cap = n + 32
+        self.fp = <uint64_t *>malloc(self.fp_cap * sizeof(uint64_t))
+        self.fp_len = <uint16_t *>malloc(self.fp_cap * sizeof(uint16_t))
         if self.fp == NULL or self.fp_len == NULL:
             raise MemoryError()
         for i in range(n):
@@ -428,9 +466,9 @@ cdef class BTree:
                 del self.pool[block_no]
 
     cdef void _touch_dirty(self, Node node):
-        # Every change to a node's keys or values ends here, so this is where its
-        # search fingerprints are dropped.
-        node._changed()
+        # Not a place to drop search fingerprints: a value replacement keeps the keys.
+        # Every site that changes a node's keys calls node._changed() (or, for an
+        # insert strictly inside the node, node._fp_insert) itself.
         node.dirty = True
         node.ref = True
         self.dirty[node.block_no] = node
@@ -580,17 +618,20 @@ cdef class BTree:
             node.keys.insert(i, key)
             node.vals.insert(i, stored)
             node.nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(stored)
+            node._fp_insert(i, key)
         node.position = position
         self._touch_dirty(node)
         self.mod_count += 1
         # Split upwards while a node no longer fits its block.
         while node.nbytes > IR_BLOCK_PAYLOAD_MAX:
-            sep, right = self._split(node)
+            sep, right = self._split(node, i == len(node.keys) - 1)
             if path:
                 parent, i = path.pop()
-                (<Node>parent).keys.insert(i + 1, sep)
-                (<Node>parent).children.insert(i + 1, (<Node>right).block_no)
+                i += 1
+                (<Node>parent).keys.insert(i, sep)
+                (<Node>parent).children.insert(i, (<Node>right).block_no)
                 (<Node>parent).nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
+                (<Node>parent)._fp_insert(i, sep)
                 self._touch_dirty(<Node>parent)
                 node = <Node>parent
             else:
@@ -603,9 +644,16 @@ cdef class BTree:
                 break
         return old
 
-    cdef object _split(self, Node node):
-        """Move the upper half (by bytes) of node into a new right sibling."""
-        cdef Py_ssize_t n = len(node.keys), i, acc = 0, half = node.nbytes // 2, sz
+    cdef object _split(self, Node node, bint appending):
+        """Move the upper half (by bytes) of node into a new right sibling.
+
+        When the entry that overflowed the node is its last one (keys arriving in
+        order), the left node keeps SPLIT_APPEND_SHARE of the bytes instead of half,
+        so that an ordered load leaves full blocks behind, not half-empty ones.
+        """
+        cdef Py_ssize_t n = len(node.keys), i, acc = 0, sz
+        cdef Py_ssize_t half = (node.nbytes * SPLIT_APPEND_PERCENT // 100 if appending
+                                else node.nbytes // 2)
         cdef Node right = self._new_node(node.level)
         cdef bytes sep
         for i in range(n):
@@ -634,6 +682,8 @@ cdef class BTree:
             right.nbytes = node.nbytes - acc - PyBytes_GET_SIZE(sep)
         node.nbytes = acc
         right.position = node.position
+        node._changed()
+        right._changed()
         self._touch_dirty(node)
         return sep, right
 
@@ -654,6 +704,7 @@ cdef class BTree:
                 root.vals = []
                 root.children = None
                 root.nbytes = 0
+                root._changed()
                 self._touch_dirty(root)
                 break
             child = self._get(<uint32_t>root.children[0])
@@ -678,6 +729,7 @@ cdef class BTree:
                 self._free_value(<bytes>node.vals[k])
             del node.keys[i:j]
             del node.vals[i:j]
+            node._changed()
             self._touch_dirty(node)
             return True
         n = len(node.children)
@@ -710,6 +762,7 @@ cdef class BTree:
             # The first child was removed: the new first key stands for -inf again.
             node.nbytes -= PyBytes_GET_SIZE(<bytes>node.keys[0])
             node.keys[0] = MINUS_INF
+        node._changed()
         self._touch_dirty(node)
         if len(node.children) > 1:
             # Only the children next to the killed range can have become small; their
@@ -744,12 +797,14 @@ cdef class BTree:
             left.nbytes = combined
             if right.position > left.position:
                 left.position = right.position
+            left._changed()
             self._touch_dirty(left)
             self._free_node(right)
             parent.nbytes -= ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
             del parent.keys[i + 1]
             del parent.children[i + 1]
             last -= 1
+            parent._changed()
             self._touch_dirty(parent)
 
     cdef void _free_subtree(self, uint32_t block_no):

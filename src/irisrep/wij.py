@@ -30,6 +30,7 @@ Promises (DESIGN.md section 2, rules 2-4 and 6):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import struct
@@ -64,6 +65,12 @@ WIJ_VERSION = 1
 WIJ_SLOT_SIZE = 4096
 WIJ_DIR_OFFSET = 2 * WIJ_SLOT_SIZE
 WIJ_ENTRY_SIZE = 16
+# Largest single write of a cycle: big enough for sequential throughput, small enough
+# that copying into the aligned O_DIRECT buffer does not stall the device (measured on
+# ext4/virtio: 8 MiB beats 2 MiB and 64 MiB).
+WIJ_WRITE_CHUNK_BYTES = 8 * 1024 * 1024
+# Below this a cycle's WIJ part is written in one go, without the writer thread.
+WIJ_PIPELINE_MIN_BYTES = 1024 * 1024
 WIJ_EMPTY = 0
 WIJ_ACTIVE = 1
 _STATE_NAMES = {WIJ_EMPTY: "empty", WIJ_ACTIVE: "active"}
@@ -311,10 +318,10 @@ def _chunks(buffers: list, limit: int) -> list[tuple[int, list]]:
 
 
 def _write_buffers(f, offset: int, buffers: list) -> None:
-    """Write the concatenation of `buffers` at `offset` in as few pwrites as the
-    per-call limit allows (one copy into the aligned buffer where the file can)."""
+    """Write the concatenation of `buffers` at `offset` as sequential pwrites of at
+    most WIJ_WRITE_CHUNK_BYTES (one copy into the aligned buffer where the file can)."""
     writev = getattr(f, "pwritev_at", None)
-    for start, run in _chunks(buffers, IO_CALL_BYTES_MAX):
+    for start, run in _chunks(buffers, min(WIJ_WRITE_CHUNK_BYTES, IO_CALL_BYTES_MAX)):
         if writev is not None:
             writev(offset + start, run)
         else:
@@ -392,7 +399,9 @@ class WriteImageJournal:
         blocks_max: int = WIJ_BLOCKS_MAX,
     ) -> None:
         if not isinstance(blocks_max, int) or not 1 <= blocks_max <= WIJ_BLOCKS_MAX:
-            raise ValueError(f"blocks_max must be an int in 1..{WIJ_BLOCKS_MAX}, got {blocks_max!r}")
+            raise ValueError(
+                f"blocks_max must be an int in 1..{WIJ_BLOCKS_MAX}, got {blocks_max!r}"
+            )
         self.fs = fs
         self.path = os.fspath(path)
         self.blocks_max = blocks_max
@@ -447,8 +456,7 @@ class WriteImageJournal:
         except OSError as e:
             self._fail(f"fdatasync of {what} failed: {e}")
             raise DurabilityError(
-                f"{what}: fdatasync failed ({e}); the write image journal stops: "
-                f"nothing is retried"
+                f"{what}: fdatasync failed ({e}); the write image journal stops: nothing is retried"
             ) from e
 
     def _write_header(self, **changes) -> None:
@@ -483,33 +491,36 @@ class WriteImageJournal:
                 f"{self.blocks_max}; split the dirty set"
             )
         # Validate everything before the first write: sorted directory order, no
-        # duplicates, a store for every database, and only whole sealed images.
-        ordered = sorted(images, key=lambda t: (t[0], t[1]))
-        entries = bytearray(_dir_bytes(len(ordered)))
-        bufs: list = [entries]
+        # duplicates, a store for every database, and 8 KiB images that name their own
+        # block and database (a misdirected image is a bug upstream). Their checksums
+        # are verified where they are read back: recovery and every database read.
+        ordered = sorted(images)  # directory order: (db_id, block_no)
         per_db: dict[int, list[tuple[int, bytes]]] = {}
         prev = None
-        for i, (db_id, block_no, image) in enumerate(ordered):
-            if (db_id, block_no) == prev:
+        unpack_id = _ID.unpack_from
+        for db_id, block_no, image in ordered:
+            key = (db_id, block_no)
+            if key == prev:
                 raise ValueError(f"{self.path}: block {block_no} of database {db_id} twice")
-            prev = (db_id, block_no)
-            store = stores.get(db_id)
-            if store is None:
-                raise ValueError(f"{self.path}: no store for database id {db_id}")
-            if len(image) != BLOCK_SIZE:
-                raise ValueError(f"block {block_no} of db {db_id}: image of {len(image)} bytes")
-            _core.verify_image(image, block_no, db_id, store.path)
-            _ENTRY.pack_into(
-                entries, i * WIJ_ENTRY_SIZE, db_id, block_no, _entry_checksum(db_id, block_no, image)
-            )
-            bufs.append(image)
-            per_db.setdefault(db_id, []).append((block_no, image))
+            prev = key
+            imgs = per_db.get(db_id)
+            if imgs is None:
+                if db_id not in stores:
+                    raise ValueError(f"{self.path}: no store for database id {db_id}")
+                imgs = per_db[db_id] = []
+            if len(image) != BLOCK_SIZE or unpack_id(image, 8) != (block_no, db_id):
+                raise ValueError(
+                    f"{self.path}: image for block {block_no} of database {db_id} is not a "
+                    f"sealed image of that block ({len(image)} bytes, names "
+                    f"{unpack_id(image, 8) if len(image) >= 16 else None})"
+                )
+            imgs.append((block_no, image))
         n = len(ordered)
-        dir_ck = _xxh3(memoryview(entries)[: n * WIJ_ENTRY_SIZE])
 
-        # 1. directory + images, one large sequential write (split only by the
-        #    per-call limit), then fdatasync. The header still says EMPTY.
-        _write_buffers(self.file, WIJ_DIR_OFFSET, bufs)
+        # 1. directory + images in large sequential writes, then fdatasync. The
+        #    header still says EMPTY, so a crash anywhere here leaves every block old.
+        entries = self._write_images(ordered)
+        dir_ck = _xxh3(memoryview(entries)[: n * WIJ_ENTRY_SIZE])
         crashpoints.hit("wij_after_images_write")
         self._sync(self.file.fdatasync, self.path)
         crashpoints.hit("wij_after_images_fsync")
@@ -544,6 +555,49 @@ class WriteImageJournal:
         crashpoints.hit("wij_after_empty_write")
         self._sync(self.file.fdatasync, self.path)
 
+    def _write_images(self, ordered: list[tuple[int, int, bytes]]) -> bytearray:
+        """Write the directory and the images of `ordered`; return the directory.
+
+        One cycle's WIJ part is one sequential range: directory at WIJ_DIR_OFFSET,
+        images right after it. With more than one chunk of images, a writer thread
+        writes chunk k (the file releases the GIL during the write) while this thread
+        computes the entry checksums of chunk k+1; the directory goes last. A single
+        writer keeps the writes in a fixed order (the simulated disk stays
+        deterministic)."""
+        n = len(ordered)
+        entries = bytearray(_dir_bytes(n))
+        pack = _ENTRY.pack_into
+        ck = _entry_checksum
+        # Chunks of at most WIJ_WRITE_CHUNK_BYTES; a smaller cycle is still cut into
+        # about four (of at least WIJ_PIPELINE_MIN_BYTES) so that checksums overlap I/O.
+        most = max(1, min(WIJ_WRITE_CHUNK_BYTES, IO_CALL_BYTES_MAX) // BLOCK_SIZE)
+        least = max(1, WIJ_PIPELINE_MIN_BYTES // BLOCK_SIZE)
+        per_chunk = min(most, max(least, -(-n // 4)))
+        if n <= per_chunk:
+            for i, (db_id, block_no, image) in enumerate(ordered):
+                pack(entries, i * WIJ_ENTRY_SIZE, db_id, block_no, ck(db_id, block_no, image))
+            _write_buffers(self.file, WIJ_DIR_OFFSET, [entries] + [t[2] for t in ordered])
+            return entries
+        base = _images_offset(n)
+        futures = []
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="irisrep-wij") as ex:
+            for first in range(0, n, per_chunk):
+                part = ordered[first : first + per_chunk]
+                for i, (db_id, block_no, image) in enumerate(part, first):
+                    pack(entries, i * WIJ_ENTRY_SIZE, db_id, block_no, ck(db_id, block_no, image))
+                futures.append(
+                    ex.submit(
+                        _write_buffers, self.file, base + first * BLOCK_SIZE, [t[2] for t in part]
+                    )
+                )
+                if any(f.done() and f.exception() is not None for f in futures):
+                    break  # a write failed: stop queueing (the header is still EMPTY)
+            else:
+                futures.append(ex.submit(_write_buffers, self.file, WIJ_DIR_OFFSET, [entries]))
+        for f in futures:
+            f.result()  # the first failure, as the OSError it was
+        return entries
+
     # --- recovery --------------------------------------------------------------------
 
     def _read_directory(self, h: _Header) -> list[tuple[int, int, int]] | None:
@@ -575,7 +629,7 @@ class WriteImageJournal:
     def _read_images(self, h: _Header):
         """Yield (index, image) for every image of the directory, in large reads."""
         base = _images_offset(h.entries)
-        per_read = max(1, IO_CALL_BYTES_MAX // BLOCK_SIZE)
+        per_read = max(1, min(WIJ_WRITE_CHUNK_BYTES, IO_CALL_BYTES_MAX) // BLOCK_SIZE)
         for first in range(0, h.entries, per_read):
             count = min(per_read, h.entries - first)
             raw = self.file.pread(base + first * BLOCK_SIZE, count * BLOCK_SIZE)
@@ -734,7 +788,9 @@ class WriteImageJournal:
 def _describe_mismatch(path: str, db_id: int, block_no: int, image: bytes, disk: bytes) -> str:
     head = f"db {db_id} block {block_no} ({path}, offset {block_no * BLOCK_SIZE}): "
     if len(disk) != BLOCK_SIZE:
-        return head + f"database block is short ({len(disk)} of {BLOCK_SIZE} bytes); WIJ image differs"
+        return (
+            head + f"database block is short ({len(disk)} of {BLOCK_SIZE} bytes); WIJ image differs"
+        )
     first = next(i for i in range(BLOCK_SIZE) if disk[i] != image[i])
     part = "block header" if first < BLOCK_HEADER_SIZE else "payload"
     try:
