@@ -37,6 +37,11 @@ def build(path, n, seed, shuffled):
             del g[top]
             for i in range(top * 100, top * 100 + 100):
                 model.pop((top, i), None)
+        # ...and 50 consecutive ones (5,000 nodes): whole leaves go to the free list.
+        for top in range(n // 200, n // 200 + 50):
+            del g[top]
+            for i in range(top * 100, top * 100 + 100):
+                model.pop((top, i), None)
         for i in rng.sample(range(n), 100):
             g.zkill((i // 100, i))
             model.pop((i // 100, i), None)
