@@ -186,7 +186,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--json", dest="json_path")
-    ap.add_argument("--dir", help="where to put the databases (default: a temp dir on /work or /tmp)")
+    ap.add_argument(
+        "--dir", help="where to put the databases (default: a temp dir on /work or /tmp)"
+    )
     args = ap.parse_args(argv)
     n = args.n
     rng = random.Random(42)
@@ -205,37 +207,59 @@ def main(argv=None):
         codec = bench_codec(min(n, 1_000_000))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"globals benchmark: n={n:,}, python {platform.python_version()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"globals benchmark: n={n:,}, python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores"
+    )
     cols = ["set_random", "set_sequential", "get_random", "order_traversal", "items_traversal"]
     print(f"{'ops/s':<12}" + "".join(f"{c:>18}" for c in cols))
     for system, r in results.items():
         if r is None:
             print(f"{system:<12}  (not installed)")
             continue
-        print(f"{system:<12}" + "".join(f"{r[c]:>18,.0f}" if c in r else f"{'-':>18}" for c in cols))
+        print(
+            f"{system:<12}" + "".join(f"{r[c]:>18,.0f}" if c in r else f"{'-':>18}" for c in cols)
+        )
     ratios = {}
     for peer in ("lmdb", "sqlite3", "dict_floor"):
         if results[peer] is None:
             continue
-        ratios[peer] = {c: results["irisrep"][c] / results[peer][c] for c in cols if c in results[peer]}
-        print(f"{'x ' + peer:<12}" + "".join(
-            f"{ratios[peer][c]:>18.2f}" if c in ratios[peer] else f"{'-':>18}" for c in cols))
+        ratios[peer] = {
+            c: results["irisrep"][c] / results[peer][c] for c in cols if c in results[peer]
+        }
+        print(
+            f"{'x ' + peer:<12}"
+            + "".join(
+                f"{ratios[peer][c]:>18.2f}" if c in ratios[peer] else f"{'-':>18}" for c in cols
+            )
+        )
     print(f"key codec: {codec:,.0f} encode_key('bench', ('key', i))/s")
     goals = {
-        "set/get >= 0.5x lmdb": results["lmdb"] is not None and all(
-            ratios["lmdb"][c] >= 0.5 for c in ("set_random", "set_sequential", "get_random")),
+        "set/get >= 0.5x lmdb": results["lmdb"] is not None
+        and all(ratios["lmdb"][c] >= 0.5 for c in ("set_random", "set_sequential", "get_random")),
         "set/get >= 2x sqlite3": all(
-            ratios["sqlite3"][c] >= 2 for c in ("set_random", "set_sequential", "get_random")),
+            ratios["sqlite3"][c] >= 2 for c in ("set_random", "set_sequential", "get_random")
+        ),
         "codec >= 2,000,000/s": codec >= 2_000_000,
     }
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"n": n, "results": results, "ratios": ratios, "codec_per_s": codec,
-                       "goals": goals, "python": platform.python_version(),
-                       "machine": platform.machine(), "cpus": os.cpu_count()}, f, indent=2)
+            json.dump(
+                {
+                    "n": n,
+                    "results": results,
+                    "ratios": ratios,
+                    "codec_per_s": codec,
+                    "goals": goals,
+                    "python": platform.python_version(),
+                    "machine": platform.machine(),
+                    "cpus": os.cpu_count(),
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

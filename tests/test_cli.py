@@ -155,34 +155,12 @@ def test_integrity_missing_path(tmp_path):
     assert "no-such-dir" in proc.stderr
 
 
-# Known gap (cli.py belongs to the lead): `integrity.check` raises FileNotFoundError
-# (a directory with no *.dat), NotADirectoryError (a file not named *.dat) or
-# IsADirectoryError (a directory named *.dat), and `cli.integrity` lets it escape as a
-# traceback. The fix, in cli.integrity, around the call(s) of check():
-#
-#     try:
-#         ...reports = check(path...)...
-#     except (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-#             PermissionError) as exc:
-#         what = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
-#         raise click.BadParameter(what, param_hint="'PATH'") from None  # exit 2
-#     except OSError as exc:
-#         raise click.ClickException(f"{path}: {exc}") from None  # exit 1
-#
-# Then these cases XPASS and the strict xfail marks must go.
-_NO_DB_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="cli.integrity lets OSError from integrity.check escape as a traceback; "
-    "catch it and print a one-line message (fix in the comment above)",
-)
-
-
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param("empty_dir", marks=_NO_DB_XFAIL, id="directory-without-dat"),
-        pytest.param("text_file", marks=_NO_DB_XFAIL, id="file-not-dat"),
-        pytest.param("dir_named_dat", marks=_NO_DB_XFAIL, id="directory-named-dat"),
+        pytest.param("empty_dir", id="directory-without-dat"),
+        pytest.param("text_file", id="file-not-dat"),
+        pytest.param("dir_named_dat", id="directory-named-dat"),
     ],
 )
 def test_integrity_no_database_here(tmp_path, make):

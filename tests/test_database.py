@@ -114,7 +114,12 @@ def test_order_query_reverse_and_levels(db):
     assert g.query((2, "y")) == (3, "x")
     assert g.query((3, "x"), reverse=True) == (2, "y")
     assert g.query((5, "y")) is None
-    assert [s for s, _ in g.items(start=(2,), stop=(4,))] == [(2, "x"), (2, "y"), (3, "x"), (3, "y")]
+    assert [s for s, _ in g.items(start=(2,), stop=(4,))] == [
+        (2, "x"),
+        (2, "y"),
+        (3, "x"),
+        (3, "y"),
+    ]
     assert [s for s, _ in g.items(prefix=(2,), reverse=True)] == [(2, "y"), (2, "x")]
 
 
@@ -155,8 +160,18 @@ def test_value_limits(db):
 def test_subscript_limits_change_nothing(db):
     g = db.globals["s"]
     g["keep"] = 1
-    bad = ["", "a\x00b", "\ud800", float("nan"), float("inf"), 10**40 + 1, b"\xff\xfe", None,
-           ("x" * 600,), tuple(range(300))]
+    bad = [
+        "",
+        "a\x00b",
+        "\ud800",
+        float("nan"),
+        float("inf"),
+        10**40 + 1,
+        b"\xff\xfe",
+        None,
+        ("x" * 600,),
+        tuple(range(300)),
+    ]
     for b in bad:
         with pytest.raises(irisrep.SubscriptError):
             g[b if isinstance(b, tuple) else (b,)] = 1
@@ -181,8 +196,14 @@ def test_undefined_and_use_after_close(tmp_path):
     assert '^u("missing",1)' in str(ei.value)
     db.close()
     db.close()  # idempotent
-    for call in (lambda: g[1], lambda: g.__setitem__(1, 1), lambda: g.data(()),
-                 lambda: g.order(("",)), lambda: list(g.items()), lambda: g.kill()):
+    for call in (
+        lambda: g[1],
+        lambda: g.__setitem__(1, 1),
+        lambda: g.data(()),
+        lambda: g.order(("",)),
+        lambda: list(g.items()),
+        lambda: g.kill(),
+    ):
         with pytest.raises(irisrep.ClosedError):
             call()
 

@@ -55,8 +55,12 @@ subscript = st.one_of(
     st.sampled_from([0.5, 1.5, -2.25, 3.0]),
 )
 subs_tuple = st.lists(subscript, min_size=0, max_size=3).map(tuple)
-value = st.one_of(st.text(max_size=8), st.integers(-1000, 1000), st.binary(max_size=8),
-                  st.sampled_from(["x" * 3000, "long" * 700]))
+value = st.one_of(
+    st.text(max_size=8),
+    st.integers(-1000, 1000),
+    st.binary(max_size=8),
+    st.sampled_from(["x" * 3000, "long" * 700]),
+)
 
 
 class GlobalsMachine(RuleBasedStateMachine):
@@ -124,14 +128,15 @@ class GlobalsMachine(RuleBasedStateMachine):
         parent = tuple(map(norm, subs))
         got = self.g.order(subs + (last,), reverse=reverse)
         level = len(parent)
-        children = sorted({k[level] for k in self.model if len(k) > level and k[:level] == parent},
-                          key=lambda s: coll((s,)))
+        children = sorted(
+            {k[level] for k in self.model if len(k) > level and k[:level] == parent},
+            key=lambda s: coll((s,)),
+        )
         if last == "":
             expect = (children[-1] if reverse else children[0]) if children else None
         else:
             here = coll((norm(last),))
-            after = [c for c in children
-                     if (coll((c,)) < here if reverse else coll((c,)) > here)]
+            after = [c for c in children if (coll((c,)) < here if reverse else coll((c,)) > here)]
             expect = (after[-1] if reverse else after[0]) if after else None
         assert got == (None if expect is None else back(expect))
 
@@ -146,8 +151,9 @@ class GlobalsMachine(RuleBasedStateMachine):
     @rule(prefix=st.lists(subscript, max_size=2).map(tuple), reverse=st.booleans())
     def items(self, prefix, reverse):
         p = tuple(map(norm, prefix))
-        expect = [(tuple(map(back, k)), self.model[k]) for k in self.sorted_keys()
-                  if k[: len(p)] == p]
+        expect = [
+            (tuple(map(back, k)), self.model[k]) for k in self.sorted_keys() if k[: len(p)] == p
+        ]
         if reverse:
             expect.reverse()
         assert list(self.g.items(prefix=prefix, reverse=reverse, batch=7)) == expect
@@ -168,6 +174,9 @@ class GlobalsMachine(RuleBasedStateMachine):
 
 
 GlobalsMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=60, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=60,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestGlobalsModel = GlobalsMachine.TestCase

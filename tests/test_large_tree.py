@@ -64,7 +64,8 @@ def check(path, model):
 @pytest.mark.parametrize(
     "n, shuffled",
     [(1_000_000, False), pytest.param(1_000_000, True, marks=pytest.mark.soak)],
-    ids=["sequential", "random"])
+    ids=["sequential", "random"],
+)
 def test_million_nodes_small_pool(tmp_path, n, shuffled):
     """Sequential inserts run by default; random-order inserts (minutes) under -m soak."""
     path = str(tmp_path / "big")

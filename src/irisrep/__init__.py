@@ -35,4 +35,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'irisrep' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "open", "Database", "Global", "check_integrity", *_errors_all]
+__all__ = ["__version__", "open", "Database", "Global", "check_integrity", *_errors_all]  # noqa: F405

@@ -338,11 +338,19 @@ cdef class DirectFile:
             return None
         if depth < 1:
             raise ValueError(f"depth {depth} must be at least 1")
-        views = [memoryview(d).cast("B") for _, d in items]
+        # Each item's data is one bytes-like or a list of them (a run of block images
+        # written as one: copied once, into the aligned buffer, never joined first).
+        parts = []
+        sizes = []
         for i in range(n):
-            off = items[i][0]
-            self._check_args(off, len(views[i]))
-            total += len(views[i])
+            off, data = items[i]
+            pieces = ([memoryview(d).cast("B") for d in data]
+                      if isinstance(data, (list, tuple)) else [memoryview(data).cast("B")])
+            size = sum(len(p) for p in pieces)
+            self._check_args(off, size)
+            parts.append(pieces)
+            sizes.append(size)
+            total += size
         if <unsigned long long>total > _IO_CALL_MAX:
             raise ValueError(f"{self.path}: scatter write of {total} bytes is over the "
                              f"per-call limit of {_IO_CALL_MAX} bytes")
@@ -358,13 +366,14 @@ cdef class DirectFile:
                     or jobs == NULL or tids == NULL):
                 raise MemoryError()
             for i in range(n):
-                view = views[i]
                 offsets[i] = items[i][0]
                 ptrs[i] = buf + pos
-                lens[i] = view.shape[0]
-                if lens[i]:
-                    memcpy(buf + pos, &view[0], lens[i])
-                pos += lens[i]
+                lens[i] = sizes[i]
+                for piece in parts[i]:
+                    view = piece
+                    if view.shape[0]:
+                        memcpy(buf + pos, &view[0], view.shape[0])
+                    pos += view.shape[0]
             for t in range(threads):
                 jobs[t].fd = self.fd
                 jobs[t].offsets = offsets

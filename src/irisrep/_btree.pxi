@@ -421,7 +421,9 @@ cdef class BTree:
 
     # --- the buffer pool -------------------------------------------------------------
 
-    cdef Node _get(self, uint32_t block_no):
+    cdef Node _get(self, object block_no):
+        # block_no is the int object from a parent's children list (or the root):
+        # passing it through as is saves building a new int for every dict probe.
         cdef Node node = <Node>self.pool.get(block_no)
         if node is not None:
             node.ref = True
@@ -469,6 +471,10 @@ cdef class BTree:
         # Not a place to drop search fingerprints: a value replacement keeps the keys.
         # Every site that changes a node's keys calls node._changed() (or, for an
         # insert strictly inside the node, node._fp_insert) itself.
+        # A dirty node is always in both dicts (never evicted; freed ones are made
+        # clean), so a second touch has nothing to do.
+        if node.dirty:
+            return
         node.dirty = True
         node.ref = True
         self.dirty[node.block_no] = node
@@ -532,7 +538,7 @@ cdef class BTree:
             self.store.free(blk)
             blk = fields[4]
 
-    def _store_value(self, bytes value):
+    cdef bytes _store_value(self, bytes value):
         """Inline a short encoded value; write a long one to an overflow chain."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
         cdef Py_ssize_t chunk = IR_BLOCK_PAYLOAD_MAX, start, count
@@ -585,7 +591,7 @@ cdef class BTree:
         cdef Node node = self._get(self.root)
         cdef Py_ssize_t i
         while node.level > 0:
-            node = self._get(<uint32_t>node.children[_child_index(node, key)])
+            node = self._get(node.children[_child_index(node, key)])
         cdef int exact
         i = _node_search(node, key, False, &exact)
         if exact == 1:
@@ -607,7 +613,7 @@ cdef class BTree:
         while node.level > 0:
             i = _child_index(node, key)
             path.append((node, i))
-            node = self._get(<uint32_t>node.children[i])
+            node = self._get(node.children[i])
         i = _node_search(node, key, False)
         if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
             old = <bytes>node.vals[i]
@@ -707,7 +713,7 @@ cdef class BTree:
                 root._changed()
                 self._touch_dirty(root)
                 break
-            child = self._get(<uint32_t>root.children[0])
+            child = self._get(root.children[0])
             self._free_node(root)
             root = child
             self.root = root.block_no
@@ -746,7 +752,7 @@ cdef class BTree:
                 drop.append(i)
                 changed = True
             else:
-                child = self._get(<uint32_t>node.children[i])
+                child = self._get(node.children[i])
                 if self._kill_range(child, lo, hi):
                     changed = True
                     if len(child.keys) == 0:
@@ -778,8 +784,8 @@ cdef class BTree:
         cdef bytes sep
         cdef Py_ssize_t combined
         while i + 1 < len(parent.children) and i < last:
-            left = self._get(<uint32_t>parent.children[i])
-            right = self._get(<uint32_t>parent.children[i + 1])
+            left = self._get(parent.children[i])
+            right = self._get(parent.children[i + 1])
             sep = <bytes>parent.keys[i + 1]
             combined = left.nbytes + right.nbytes
             if left.level > 0:
@@ -869,7 +875,7 @@ cdef class Cursor:
         while node.level > 0:
             i = _child_index(node, key)
             self.path.append((node, i))
-            node = self.tree._get(<uint32_t>node.children[i])
+            node = self.tree._get(node.children[i])
         self.leaf = node
         if self.reverse:
             self.pos = _node_search(node, key, inclusive) - 1
@@ -897,11 +903,11 @@ cdef class Cursor:
             else:
                 self.done = True
                 return
-            node = self.tree._get(<uint32_t>node.children[i])
+            node = self.tree._get(node.children[i])
             while node.level > 0:
                 i = len(node.children) - 1 if self.reverse else 0
                 self.path.append((node, i))
-                node = self.tree._get(<uint32_t>node.children[i])
+                node = self.tree._get(node.children[i])
             self.leaf = node
             self.pos = len(node.keys) - 1 if self.reverse else 0
 

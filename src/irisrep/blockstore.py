@@ -19,8 +19,8 @@ import struct
 from . import _core
 from .constants import (
     BLOCK_HEADER_SIZE,
-    BLOCK_NONE,
     BLOCK_NO_MAX,
+    BLOCK_NONE,
     BLOCK_SIZE,
     BT_FREE,
     BT_HEADER,
@@ -33,7 +33,9 @@ from .constants import (
 from .errors import BlockCorruptError, CorruptError
 
 # Header block payload (include/irisrep_block.h, "Header block").
-_HEADER = struct.Struct("<8sIIIIIII I QQ")  # magic ver bsize db_id root free nfree count pad ckpt gen
+_HEADER = struct.Struct(
+    "<8sIIIIIII I QQ"
+)  # magic ver bsize db_id root free nfree count pad ckpt gen
 assert _HEADER.size == 56
 
 
@@ -48,10 +50,19 @@ class BlockStore:
             raise FileNotFoundError(2, "no database file", path)
         self.file = fs.open(path, create=not exists, direct=direct)
         self.pending: dict[int, bytes] = {}  # block_no -> sealed image not yet written
-        if exists and self.file.size() > 0:
-            self._read_header()
-        else:
+        if not exists:
             self._init_new()
+        elif self.file.size() == 0:
+            self.file.close()
+            raise CorruptError(
+                f"{path}: empty file, no database header",
+                path=path,
+                offset=0,
+                expected=BLOCK_SIZE,
+                found=0,
+            )
+        else:
+            self._read_header()
 
     # --- header ----------------------------------------------------------------------
 
@@ -73,33 +84,66 @@ class BlockStore:
         if len(image) != BLOCK_SIZE:
             raise BlockCorruptError(
                 f"{self.path}: header block is short ({len(image)} bytes)",
-                path=self.path, block=0, expected=BLOCK_SIZE, found=len(image))
-        payload = image[BLOCK_HEADER_SIZE:BLOCK_HEADER_SIZE + _HEADER.size]
+                path=self.path,
+                block=0,
+                expected=BLOCK_SIZE,
+                found=len(image),
+            )
+        payload = image[BLOCK_HEADER_SIZE : BLOCK_HEADER_SIZE + _HEADER.size]
         magic, version, bsize, db_id, root, free_head, free_count, count, _pad, ckpt, gen = (
-            _HEADER.unpack(payload))
+            _HEADER.unpack(payload)
+        )
         if magic != DB_MAGIC:
-            raise CorruptError(f"{self.path}: not an irisrep database (magic {magic!r})",
-                               path=self.path, offset=0, expected=DB_MAGIC, found=magic)
+            raise CorruptError(
+                f"{self.path}: not an irisrep database (magic {magic!r})",
+                path=self.path,
+                offset=0,
+                expected=DB_MAGIC,
+                found=magic,
+            )
         _core.verify_image(image, 0, db_id, self.path)
         if _core.image_fields(image)[0] != BT_HEADER:
-            raise BlockCorruptError(f"{self.path}: block 0 is not a header block",
-                                    path=self.path, block=0, expected=BT_HEADER,
-                                    found=_core.image_fields(image)[0])
+            raise BlockCorruptError(
+                f"{self.path}: block 0 is not a header block",
+                path=self.path,
+                block=0,
+                expected=BT_HEADER,
+                found=_core.image_fields(image)[0],
+            )
         if version != DB_FORMAT_VERSION or bsize != BLOCK_SIZE:
             raise CorruptError(
                 f"{self.path}: format {version}/{bsize}, this build reads "
-                f"{DB_FORMAT_VERSION}/{BLOCK_SIZE}", path=self.path, offset=0,
-                expected=(DB_FORMAT_VERSION, BLOCK_SIZE), found=(version, bsize))
+                f"{DB_FORMAT_VERSION}/{BLOCK_SIZE}",
+                path=self.path,
+                offset=0,
+                expected=(DB_FORMAT_VERSION, BLOCK_SIZE),
+                found=(version, bsize),
+            )
         if not (0 < root < count <= BLOCK_NO_MAX + 1):
-            raise BlockCorruptError(f"{self.path}: header root {root} outside 1..{count - 1}",
-                                    path=self.path, block=0, expected=f"< {count}", found=root)
+            raise BlockCorruptError(
+                f"{self.path}: header root {root} outside 1..{count - 1}",
+                path=self.path,
+                block=0,
+                expected=f"< {count}",
+                found=root,
+            )
         self.db_id, self.root, self.free_head, self.free_count = db_id, root, free_head, free_count
         self.block_count, self.checkpoint, self.generation = count, ckpt, gen
 
     def header_image(self) -> bytes:
-        payload = _HEADER.pack(DB_MAGIC, DB_FORMAT_VERSION, BLOCK_SIZE, self.db_id, self.root,
-                               self.free_head, self.free_count, self.block_count, 0,
-                               self.checkpoint, self.generation)
+        payload = _HEADER.pack(
+            DB_MAGIC,
+            DB_FORMAT_VERSION,
+            BLOCK_SIZE,
+            self.db_id,
+            self.root,
+            self.free_head,
+            self.free_count,
+            self.block_count,
+            0,
+            self.checkpoint,
+            self.generation,
+        )
         return _core.seal_image(payload, 0, self.db_id, BT_HEADER)
 
     # --- blocks ----------------------------------------------------------------------
@@ -112,13 +156,20 @@ class BlockStore:
         if not 0 < block_no < self.block_count:
             raise BlockCorruptError(
                 f"{self.path}: pointer to block {block_no} outside 1..{self.block_count - 1}",
-                path=self.path, block=block_no, expected=f"< {self.block_count}",
-                found=block_no)
+                path=self.path,
+                block=block_no,
+                expected=f"< {self.block_count}",
+                found=block_no,
+            )
         image = self.file.pread(block_no * BLOCK_SIZE, BLOCK_SIZE)
         if len(image) != BLOCK_SIZE:
             raise BlockCorruptError(
                 f"{self.path}: block {block_no} lies past the end of the file",
-                path=self.path, block=block_no, expected=BLOCK_SIZE, found=len(image))
+                path=self.path,
+                block=block_no,
+                expected=BLOCK_SIZE,
+                found=len(image),
+            )
         _core.verify_image(image, block_no, self.db_id, self.path)
         return image
 
@@ -133,7 +184,11 @@ class BlockStore:
             if btype != BT_FREE:
                 raise BlockCorruptError(
                     f"{self.path}: free list names block {block_no}, which is not free",
-                    path=self.path, block=block_no, expected=BT_FREE, found=btype)
+                    path=self.path,
+                    block=block_no,
+                    expected=BT_FREE,
+                    found=btype,
+                )
             self.free_head = link
             self.free_count -= 1
             self.pending.pop(block_no, None)
@@ -145,8 +200,9 @@ class BlockStore:
         return block_no
 
     def free(self, block_no: int) -> None:
-        self.pending[block_no] = _core.seal_image(b"", block_no, self.db_id, BT_FREE,
-                                                  link=self.free_head)
+        self.pending[block_no] = _core.seal_image(
+            b"", block_no, self.db_id, BT_FREE, link=self.free_head
+        )
         self.free_head = block_no
         self.free_count += 1
 
@@ -169,22 +225,18 @@ class BlockStore:
             j = i + 1
             while j < n and images[j][0] == images[j - 1][0] + 1 and j - i < WRITE_RUN_BLOCKS_MAX:
                 j += 1
-            start = images[i][0]
-            data = images[i][1] if j == i + 1 else b"".join(img for _, img in images[i:j])
-            runs.append((start * BLOCK_SIZE, data))
+            # A run is a list of images: the file copies them once into its buffer.
+            runs.append((images[i][0] * BLOCK_SIZE, [img for _, img in images[i:j]]))
             i = j
-        if len(runs) == 1:
-            self.file.pwrite(*runs[0])
-            return
         # Bounded per call by IO_CALL_BYTES_MAX: a huge cycle goes in slices.
         batch: list[tuple[int, bytes]] = []
         size = 0
         for run in runs:
-            if batch and size + len(run[1]) > IO_CALL_BYTES_MAX:
+            if batch and size + len(run[1]) * BLOCK_SIZE > IO_CALL_BYTES_MAX:
                 self.file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
                 batch, size = [], 0
             batch.append(run)
-            size += len(run[1])
+            size += len(run[1]) * BLOCK_SIZE
         if batch:
             self.file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
 

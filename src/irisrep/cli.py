@@ -15,8 +15,9 @@ from rich.console import Console
 
 from . import __version__
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: piped output keeps one line per record (grep-able), whatever the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,13 +38,24 @@ def integrity(path: str, as_json: bool) -> None:
 
     from .integrity import check
 
-    if as_json or not console.is_terminal:
-        reports = check(path)
-    else:
-        with Progress(TextColumn("[bold]integrity[/]"), BarColumn(), TextColumn("{task.completed} blocks"),
-                      console=err_console, transient=True) as bar:
-            task = bar.add_task("walk", total=None)
-            reports = check(path, progress=lambda n: bar.advance(task, n))
+    try:
+        if as_json or not err_console.is_terminal:
+            reports = check(path)
+        else:
+            with Progress(
+                TextColumn("[bold]integrity[/]"),
+                BarColumn(),
+                TextColumn("{task.completed} blocks"),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("walk", total=None)
+                reports = check(path, progress=lambda n: bar.advance(task, n))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+        raise click.BadParameter(what, param_hint="'PATH'") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     ok = all(r.ok for r in reports)
     if as_json:
         click.echo(json.dumps({"ok": ok, "databases": [r.as_dict() for r in reports]}, indent=2))

@@ -26,7 +26,7 @@ IO_ALIGN = 4096  # O_DIRECT alignment of buffer, offset and length
 DIRECT_IO_MODES = ("required", "optional", "disabled")
 DIRECT_IO_DEFAULT = "optional"
 IO_CALL_BYTES_MAX = 64 * 1024 * 1024  # largest single pread/pwrite; one bad length fails alone
-WRITE_RUN_BLOCKS_MAX = 256  # consecutive blocks coalesced into one write (2 MiB)
+WRITE_RUN_BLOCKS_MAX = 1024  # consecutive blocks coalesced into one write (8 MiB)
 WRITE_QUEUE_DEPTH = 8  # scattered O_DIRECT writes in flight at once (pwrite_scatter)
 
 # --- key codec (IRIS limits) --------------------------------------------------------
@@ -50,3 +50,16 @@ BUFFER_POOL_BLOCKS_DEFAULT = 16_384  # 128 MiB of 8 KiB blocks
 BUFFER_POOL_BLOCKS_MIN = 64
 # A flush cycle starts when dirty blocks pass this share of the pool.
 DIRTY_SHARE_FLUSH = 0.5
+
+# --- write image journal (include/irisrep_wij.h) ------------------------------------
+WIJ_FILE_NAME = "irisrep.wij"
+WIJ_MAGIC = b"IRISWIJ1"
+WIJ_VERSION = 1
+WIJ_BLOCKS_MAX = 65_536  # images per cycle (512 MiB of WIJ); dirty sets stay below it
+WIJ_SLOT_SIZE = 4096  # two header slots: a torn header write damages only one
+WIJ_DIR_OFFSET = 2 * WIJ_SLOT_SIZE
+WIJ_ENTRY_SIZE = 16
+# Largest single WIJ write: big enough for sequential throughput, small enough that
+# copying into the aligned buffer does not stall the device (8 MiB measured best).
+WIJ_WRITE_CHUNK_BYTES = 8 * 1024 * 1024
+WIJ_PIPELINE_MIN_BYTES = 1024 * 1024  # below this, no writer thread in a cycle

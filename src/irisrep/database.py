@@ -49,16 +49,24 @@ def _subs(subs: Any) -> tuple:
 class Database:
     """One database file with its B+tree and buffer pool. Use `irisrep.open()`."""
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True, fs=None,
-                 direct: str = "optional", pool_blocks: int = BUFFER_POOL_BLOCKS_DEFAULT,
-                 name: str = DEFAULT_DATABASE) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        create: bool = True,
+        fs=None,
+        direct: str = "optional",
+        pool_blocks: int = BUFFER_POOL_BLOCKS_DEFAULT,
+        name: str = DEFAULT_DATABASE,
+    ) -> None:
         from .fileio import default_fs
 
         if direct not in DIRECT_IO_MODES:
             raise ConfigError(f"direct_io: {direct!r} is not one of {', '.join(DIRECT_IO_MODES)}")
         if not isinstance(pool_blocks, int) or pool_blocks < BUFFER_POOL_BLOCKS_MIN:
             raise ConfigError(
-                f"pool_blocks: {pool_blocks!r} must be an int >= {BUFFER_POOL_BLOCKS_MIN}")
+                f"pool_blocks: {pool_blocks!r} must be an int >= {BUFFER_POOL_BLOCKS_MIN}"
+            )
         self.fs = fs if fs is not None else default_fs()
         self.path = os.fspath(path)
         self.name = name
@@ -286,8 +294,14 @@ class Global(_core.GlobalCore):
             return None
         return _core.decode_subscripts(item[0], self._plen)
 
-    def items(self, prefix: Any = (), start: Any = None, stop: Any = None,
-              reverse: bool = False, batch: int = 256) -> Iterator[tuple[tuple, Any]]:
+    def items(
+        self,
+        prefix: Any = (),
+        start: Any = None,
+        stop: Any = None,
+        reverse: bool = False,
+        batch: int = 256,
+    ) -> Iterator[tuple[tuple, Any]]:
         """(subscripts, value) of every node with a value under prefix, in order.
 
         `start` and `stop` are full subscript tuples bounding the range [start, stop)
@@ -325,5 +339,3 @@ class Global(_core.GlobalCore):
 
     def __repr__(self) -> str:
         return f"<irisrep.Global ^{self.name}>"
-
-

@@ -72,8 +72,15 @@ class TransactionError(IrisrepError):
 class CorruptError(IrisrepError):
     """Stored bytes fail verification. Names the file, the place, expected and found."""
 
-    def __init__(self, message: str, *, path: str = "", offset: int = -1,
-                 expected: object = None, found: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        offset: int = -1,
+        expected: object = None,
+        found: object = None,
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.offset = offset
@@ -84,13 +91,48 @@ class CorruptError(IrisrepError):
 class BlockCorruptError(CorruptError):
     """A database block failed its checksum or does not identify itself as expected."""
 
-    def __init__(self, message: str, *, path: str = "", block: int = -1,
-                 expected: object = None, found: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        block: int = -1,
+        expected: object = None,
+        found: object = None,
+    ) -> None:
         from .constants import BLOCK_SIZE
 
-        super().__init__(message, path=path, offset=block * BLOCK_SIZE,
-                         expected=expected, found=found)
+        super().__init__(
+            message, path=path, offset=block * BLOCK_SIZE, expected=expected, found=found
+        )
         self.block = block
+
+
+class WIJCorruptError(CorruptError):
+    """The write image journal fails verification (header slots, directory, an entry).
+
+    Also names the directory `entry`, its `block` and `db_id` when there is one (-1)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        offset: int = -1,
+        expected: object = None,
+        found: object = None,
+        entry: int = -1,
+        block: int = -1,
+        db_id: int = -1,
+    ) -> None:
+        super().__init__(message, path=path, offset=offset, expected=expected, found=found)
+        self.entry = entry
+        self.block = block
+        self.db_id = db_id
+
+
+class WIJRecoveryPendingError(IrisrepError):
+    """A cycle was asked for while the WIJ holds an active set: recover() first."""
 
 
 class JournalCorruptError(CorruptError):
@@ -110,8 +152,22 @@ class ClosedError(IrisrepError):
 
 
 __all__ = [
-    "IrisrepError", "UndefinedError", "SubscriptError", "MaxStringError", "IllegalValueError",
+    "IrisrepError",
+    "UndefinedError",
+    "SubscriptError",
+    "MaxStringError",
+    "IllegalValueError",
     "ProtectError",
-    "NotPrimaryError", "FencedError", "LockTimeoutError", "TransactionError", "CorruptError",
-    "BlockCorruptError", "JournalCorruptError", "DurabilityError", "ConfigError", "ClosedError",
+    "NotPrimaryError",
+    "FencedError",
+    "LockTimeoutError",
+    "TransactionError",
+    "CorruptError",
+    "BlockCorruptError",
+    "WIJCorruptError",
+    "WIJRecoveryPendingError",
+    "JournalCorruptError",
+    "DurabilityError",
+    "ConfigError",
+    "ClosedError",
 ]

@@ -80,15 +80,17 @@ class File(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def pwrite_scatter(self, items: list[tuple[int, bytes]], depth: int = 8) -> None:
-        """Write every (offset, data); order undefined until the next fdatasync.
+    def pwrite_scatter(self, items: list[tuple[int, bytes | list[bytes]]], depth: int = 8) -> None:
+        """Write every (offset, data); data may be a list (written back to back).
+
+        Order between items is undefined until the next fdatasync.
 
         DirectFile overrides this with writes on `depth` threads (O_DIRECT writes
         are synchronous, so a queue is what makes scattered blocks fast); here, in
         order, which is one of the orders the real one may produce.
         """
         for offset, data in items:
-            self.pwrite(offset, data)
+            self.pwrite(offset, b"".join(data) if isinstance(data, (list, tuple)) else data)
 
     def __enter__(self) -> File:
         return self

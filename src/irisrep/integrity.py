@@ -42,15 +42,25 @@ class IntegrityReport:
 
     def summary(self) -> str:
         state = "OK" if self.ok else f"{len(self.errors)} ERROR(S)"
-        return (f"{self.path}: {state}: {self.nodes} nodes, height {self.height}, "
-                f"{self.blocks} blocks ({self.tree_blocks} tree, {self.leaf_blocks} leaves, "
-                f"{self.overflow_blocks} overflow, {self.free_blocks} free)")
+        return (
+            f"{self.path}: {state}: {self.nodes} nodes, height {self.height}, "
+            f"{self.blocks} blocks ({self.tree_blocks} tree, {self.leaf_blocks} leaves, "
+            f"{self.overflow_blocks} overflow, {self.free_blocks} free)"
+        )
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "ok": self.ok, "blocks": self.blocks,
-                "tree_blocks": self.tree_blocks, "leaf_blocks": self.leaf_blocks,
-                "overflow_blocks": self.overflow_blocks, "free_blocks": self.free_blocks,
-                "nodes": self.nodes, "height": self.height, "errors": list(self.errors)}
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "tree_blocks": self.tree_blocks,
+            "leaf_blocks": self.leaf_blocks,
+            "overflow_blocks": self.overflow_blocks,
+            "free_blocks": self.free_blocks,
+            "nodes": self.nodes,
+            "height": self.height,
+            "errors": list(self.errors),
+        }
 
 
 class _Walk:
@@ -66,7 +76,9 @@ class _Walk:
 
     def claim(self, block_no: int, what: str) -> bool:
         if not 0 < block_no < self.store.block_count:
-            self.error(f"{what}: pointer to block {block_no} outside 1..{self.store.block_count - 1}")
+            self.error(
+                f"{what}: pointer to block {block_no} outside 1..{self.store.block_count - 1}"
+            )
             return False
         if block_no in self.owner:
             self.error(f"block {block_no} is claimed twice: by {self.owner[block_no]} and {what}")
@@ -87,7 +99,8 @@ class _Walk:
         root = self.store.root
         # stack entries: block, expected level (None for the root), low, high, what
         stack: list[tuple[int, int | None, bytes | None, bytes | None, str]] = [
-            (root, None, None, None, "header root")]
+            (root, None, None, None, "header root")
+        ]
         while stack:
             block_no, level, low, high, what = stack.pop()
             if not self.claim(block_no, what):
@@ -134,8 +147,15 @@ class _Walk:
             for i in range(n - 1, -1, -1):
                 child_low = keys[i] if i > 0 else low
                 child_high = keys[i + 1] if i + 1 < n else high
-                stack.append((node.children[i], node.level - 1, child_low, child_high,
-                              f"child {i} of block {block_no}"))
+                stack.append(
+                    (
+                        node.children[i],
+                        node.level - 1,
+                        child_low,
+                        child_high,
+                        f"child {i} of block {block_no}",
+                    )
+                )
 
     def overflow(self, leaf: int, key: bytes, ref: bytes) -> None:
         block_no = int.from_bytes(ref[1:5], "little")
@@ -194,7 +214,8 @@ def check_file(path: str, *, fs=None, progress=None) -> IntegrityReport:
         if size < store.block_count * BLOCK_SIZE:
             report.errors.append(
                 f"{path}: file holds {size // BLOCK_SIZE} blocks, the header says "
-                f"{store.block_count}")
+                f"{store.block_count}"
+            )
         walk = _Walk(store, report, progress)
         walk.tree()
         walk.free_list()

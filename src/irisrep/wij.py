@@ -38,8 +38,27 @@ import struct
 import xxhash
 
 from . import _core, crashpoints
-from .constants import BLOCK_HEADER_SIZE, BLOCK_SIZE, IO_ALIGN, IO_CALL_BYTES_MAX
-from .errors import BlockCorruptError, CorruptError, DurabilityError, IrisrepError
+from .constants import (
+    BLOCK_HEADER_SIZE,
+    BLOCK_SIZE,
+    IO_ALIGN,
+    IO_CALL_BYTES_MAX,
+    WIJ_BLOCKS_MAX,
+    WIJ_DIR_OFFSET,
+    WIJ_ENTRY_SIZE,
+    WIJ_FILE_NAME,
+    WIJ_MAGIC,
+    WIJ_PIPELINE_MIN_BYTES,
+    WIJ_SLOT_SIZE,
+    WIJ_VERSION,
+    WIJ_WRITE_CHUNK_BYTES,
+)
+from .errors import (
+    BlockCorruptError,
+    DurabilityError,
+    WIJCorruptError,
+    WIJRecoveryPendingError,
+)
 
 __all__ = [
     "WIJ_BLOCKS_MAX",
@@ -57,20 +76,6 @@ __all__ = [
     "RECOVERY_POINTS",
 ]
 
-# --- layout (include/irisrep_wij.h); the lead moves these to constants.py ---------------
-WIJ_BLOCKS_MAX = 65_536  # images per cycle (512 MiB of WIJ)
-WIJ_FILE_NAME = "irisrep.wij"
-WIJ_MAGIC = b"IRISWIJ1"
-WIJ_VERSION = 1
-WIJ_SLOT_SIZE = 4096
-WIJ_DIR_OFFSET = 2 * WIJ_SLOT_SIZE
-WIJ_ENTRY_SIZE = 16
-# Largest single write of a cycle: big enough for sequential throughput, small enough
-# that copying into the aligned O_DIRECT buffer does not stall the device (measured on
-# ext4/virtio: 8 MiB beats 2 MiB and 64 MiB).
-WIJ_WRITE_CHUNK_BYTES = 8 * 1024 * 1024
-# Below this a cycle's WIJ part is written in one go, without the writer thread.
-WIJ_PIPELINE_MIN_BYTES = 1024 * 1024
 WIJ_EMPTY = 0
 WIJ_ACTIVE = 1
 _STATE_NAMES = {WIJ_EMPTY: "empty", WIJ_ACTIVE: "active"}
@@ -100,34 +105,6 @@ RECOVERY_POINTS = (
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _xxh3_state = xxhash.xxh3_64
-
-
-class WIJCorruptError(CorruptError):
-    """The WIJ fails verification (header slots, directory or an entry).
-
-    `path`, `offset`, `expected`, `found` as for every CorruptError; `entry`,
-    `block` and `db_id` name the directory entry when there is one (else -1)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str = "",
-        offset: int = -1,
-        expected: object = None,
-        found: object = None,
-        entry: int = -1,
-        block: int = -1,
-        db_id: int = -1,
-    ) -> None:
-        super().__init__(message, path=path, offset=offset, expected=expected, found=found)
-        self.entry = entry
-        self.block = block
-        self.db_id = db_id
-
-
-class WIJRecoveryPendingError(IrisrepError):
-    """A cycle was asked for while the WIJ holds an ACTIVE set: recover() first."""
 
 
 @dataclasses.dataclass

@@ -1,0 +1,5 @@
+"""`python -m irisrep` is the `irisrep` command."""
+
+from .cli import main
+
+main()
