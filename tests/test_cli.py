@@ -201,3 +201,12 @@ def test_integrity_garbage_file(tmp_path, content, words):
     no_traceback(proc)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["ok"] is False
+
+
+def test_demo_runs_and_checks_every_step(tmp_path):
+    proc = run("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = flat(proc.stdout)
+    assert "congratulations" in out and "<SUBSCRIPT>" in out and "demo passed" in out
+    assert "OK: 4 nodes" in out

@@ -67,5 +67,84 @@ def integrity(path: str, as_json: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@click.option(
+    "--dir",
+    "path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Instance directory to use (default: a new temporary one, removed after).",
+)
+def demo(path: str | None) -> None:
+    """Walk through the local database: globals, $ORDER, $DATA, KILL, restart, integrity.
+
+    The mirroring walkthrough (primary, backup, failover) joins this command when
+    mirroring lands; today it shows the storage engine those members stand on.
+    """
+    import shutil
+    import tempfile
+
+    import irisrep
+
+    from .integrity import check
+
+    own = path is None
+    path = path or tempfile.mkdtemp(prefix="irisrep-demo-")
+    step_no = 0
+
+    def step(title: str) -> None:
+        nonlocal step_no
+        step_no += 1
+        console.print(f"\n[bold cyan]{step_no}. {title}[/]")
+
+    def expect(what: str, got: object, want: object) -> None:
+        if got != want:
+            err_console.print(
+                f"[red]demo failed at step {step_no}: {what}: expected {want!r}, got {got!r}[/]"
+            )
+            sys.exit(1)
+        console.print(f"   {what} -> {got!r}", markup=False, highlight=False)
+
+    try:
+        step(f"open (create) an instance at {path}")
+        with irisrep.open(path) as db:
+            g = db.globals["myfirstglobal"]
+            step('Set ^myfirstglobal="congratulations"')
+            g[()] = "congratulations"
+            expect("Write ^myfirstglobal", g[()], "congratulations")
+            step('Set ^myfirstglobal("fruit",1..3) and walk them with $ORDER')
+            for i, fruit in enumerate(["apple", "banana", "cherry"], 1):
+                g["fruit", i] = fruit
+            walk, s = [], ""
+            while (s := g.order(("fruit", s))) is not None:
+                walk.append(s)
+            expect('$ORDER over ^myfirstglobal("fruit",*)', walk, [1, 2, 3])
+            expect('$DATA(^myfirstglobal("fruit"))', g.data(("fruit",)), 10)
+            expect('$INCREMENT(^myfirstglobal("n"))', g.increment(("n",)), 1)
+            step('Kill ^myfirstglobal("fruit",2)')
+            del g["fruit", 2]
+            expect("$QUERY after fruit 1", g.query(("fruit", 1)), ("fruit", 3))
+            step("Bad input is refused and changes nothing")
+            try:
+                g[""] = 1
+            except irisrep.SubscriptError as exc:
+                console.print(f'   Set ^myfirstglobal("")=1 -> {exc}', markup=False)
+            else:
+                expect("empty subscript refused", False, True)
+        step("Close, reopen: the data is on disk")
+        with irisrep.open(path) as db:
+            g = db.globals["myfirstglobal"]
+            expect("Write ^myfirstglobal", g[()], "congratulations")
+            expect("all nodes", [s for s, _ in g.items()], [(), ("fruit", 1), ("fruit", 3), ("n",)])
+        step(f"irisrep integrity {path}")
+        for r in check(path):
+            console.print(f"   {r.summary()}", markup=False, highlight=False)
+            expect("integrity", r.ok, True)
+        console.print("\n[bold green]demo passed[/]")
+    finally:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 if __name__ == "__main__":
     main()
