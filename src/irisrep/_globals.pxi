@@ -5,7 +5,7 @@
 # same as the Python API: the key and the value are encoded (and so validated)
 # before the lock is taken and before anything changes; the database lock is held
 # for the tree call and the flush decision; a closed database raises ClosedError.
-from irisrep.errors import ClosedError as _ClosedError, UndefinedError as _UndefinedError
+from irisrep.errors import UndefinedError as _UndefinedError
 
 
 cdef class GlobalCore:
@@ -22,13 +22,13 @@ cdef class GlobalCore:
         self.dirty_limit = db.dirty_limit
 
     cdef _closed(self):
-        raise _ClosedError(f"database {self.db.path} is closed")
+        raise self.db._closed_error()
 
     cdef _after_write(self):
-        # A flush cycle when the changed blocks pass the pool's dirty share: dirty
-        # nodes are never evicted, so this is what bounds the pool.
+        # Past the pool's dirty share, wake the write daemon (and, past the hard
+        # limit, wait for it): dirty nodes are never evicted, so this bounds the pool.
         if len(self.tree.dirty) + len(self._store.pending) > self.dirty_limit:
-            self.db.flush()
+            self.db._dirty_over_limit()
 
     def __getitem__(self, subs):
         if type(subs) is not tuple:

@@ -50,6 +50,8 @@ class BlockStore:
             raise FileNotFoundError(2, "no database file", path)
         self.file = fs.open(path, create=not exists, direct=direct)
         self.pending: dict[int, bytes] = {}  # block_no -> sealed image not yet written
+        # Images of the cycle being written: readable here until the file has them.
+        self.inflight: dict[int, bytes] = {}
         if not exists:
             self._init_new()
         elif self.file.size() == 0:
@@ -151,6 +153,8 @@ class BlockStore:
     def read_image(self, block_no: int) -> bytes:
         """A verified image: the pending one if any, else the file's."""
         image = self.pending.get(block_no)
+        if image is None:
+            image = self.inflight.get(block_no)
         if image is not None:
             return image
         if not 0 < block_no < self.block_count:
@@ -212,36 +216,40 @@ class BlockStore:
         return out
 
     def write_images(self, images: list[tuple[int, bytes]]) -> None:
-        """Write sealed images at their blocks: runs of consecutive blocks coalesce
-        into one write each, and the runs go out together (`pwrite_scatter`).
-
-        Order among the writes is not defined: only the fdatasync that follows makes
-        any of them count, which is why every caller ends the phase with `sync()`.
-        """
-        runs = []
-        i = 0
-        n = len(images)
-        while i < n:
-            j = i + 1
-            while j < n and images[j][0] == images[j - 1][0] + 1 and j - i < WRITE_RUN_BLOCKS_MAX:
-                j += 1
-            # A run is a list of images: the file copies them once into its buffer.
-            runs.append((images[i][0] * BLOCK_SIZE, [img for _, img in images[i:j]]))
-            i = j
-        # Bounded per call by IO_CALL_BYTES_MAX: a huge cycle goes in slices.
-        batch: list[tuple[int, bytes]] = []
-        size = 0
-        for run in runs:
-            if batch and size + len(run[1]) * BLOCK_SIZE > IO_CALL_BYTES_MAX:
-                self.file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
-                batch, size = [], 0
-            batch.append(run)
-            size += len(run[1]) * BLOCK_SIZE
-        if batch:
-            self.file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
+        write_runs(self.file, images)
 
     def sync(self) -> None:
         self.file.fdatasync()
 
     def close(self) -> None:
         self.file.close()
+
+
+def write_runs(file, images: list[tuple[int, bytes]]) -> None:
+    """Write sorted (block_no, image) pairs: runs of consecutive blocks coalesce into
+    one write each, and the runs go out together (`File.pwrite_scatter`).
+
+    Order among the writes is not defined: only the fdatasync that follows makes any
+    of them count, which is why every caller ends the phase with a sync.
+    """
+    runs = []
+    i = 0
+    n = len(images)
+    while i < n:
+        j = i + 1
+        while j < n and images[j][0] == images[j - 1][0] + 1 and j - i < WRITE_RUN_BLOCKS_MAX:
+            j += 1
+        # A run is a list of images: the file copies them once into its buffer.
+        runs.append((images[i][0] * BLOCK_SIZE, [img for _, img in images[i:j]]))
+        i = j
+    # Bounded per call by IO_CALL_BYTES_MAX: a huge cycle goes in slices.
+    batch: list = []
+    size = 0
+    for run in runs:
+        if batch and size + len(run[1]) * BLOCK_SIZE > IO_CALL_BYTES_MAX:
+            file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
+            batch, size = [], 0
+        batch.append(run)
+        size += len(run[1]) * BLOCK_SIZE
+    if batch:
+        file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)

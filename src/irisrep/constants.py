@@ -48,8 +48,11 @@ INTERNAL_ENTRY_OVERHEAD_BYTES = 6  # u16 key length + u32 child
 MERGE_FILL_BYTES_MAX = BLOCK_PAYLOAD_MAX * 3 // 4
 BUFFER_POOL_BLOCKS_DEFAULT = 16_384  # 128 MiB of 8 KiB blocks
 BUFFER_POOL_BLOCKS_MIN = 64
-# A flush cycle starts when dirty blocks pass this share of the pool.
+# The write daemon is woken when dirty blocks pass this share of the pool, and
+# writers wait for it past the hard share (which also stays below WIJ_BLOCKS_MAX).
 DIRTY_SHARE_FLUSH = 0.5
+DIRTY_SHARE_HARD = 0.75
+WRITE_DAEMON_INTERVAL_MS = 1000  # a cycle at least this often while anything is dirty
 
 # --- write image journal (include/irisrep_wij.h) ------------------------------------
 WIJ_FILE_NAME = "irisrep.wij"

@@ -44,10 +44,8 @@ __all__ = [
 
 POINTS: tuple[str, ...] = (
     # --- block store flush (buffer pool -> database file) ---
-    "flush_after_write_before_fsync",  # dirty blocks written, database not yet fsynced
-    "flush_after_fsync_before_header",  # blocks durable, header block not yet written
-    "flush_after_header_write",  # header written (maybe not yet durable)
-    "close_after_flush",  # close() flushed everything, file not yet closed
+    "create_before_rename",  # a new database file is durable under its temporary name
+    "close_after_flush",  # close() ran its last cycle, WIJ not yet marked clean
     # --- write image journal (WIJ): add here ---
     "wij_after_images_write",  # directory + images written to the WIJ, not yet fsynced
     "wij_after_images_fsync",  # images durable, header still EMPTY

@@ -1,17 +1,30 @@
-"""A local database: globals over a B+tree, the Python API of DESIGN.md section 4.
+"""A local instance: globals over a B+tree, made crash-safe by the write image journal.
 
-Owns the instance directory's database file (`DB.dat`), the buffer pool policy and
-the flush cycle, and the `Global` API (`g[subs]`, `$DATA`, `$ORDER`, `$QUERY`, ...).
-Promises: every argument is validated and encoded *before* anything changes, so bad
-input raises a typed error and changes nothing; one lock serialises every call, so a
-Database may be shared between threads; after `close()` returns, everything written
-is durable in the database file (until the write image journal and the journal
-exist, close and the pool's dirty limit are the only points where blocks are
-written, each time as one flush cycle).
+Owns the instance directory (`DB.dat`, `irisrep.wij`), the buffer pool policy, the
+write daemon and the `Global` API of DESIGN.md section 4 (`g[subs]`, `$DATA`,
+`$ORDER`, `$QUERY`, ...).
+
+Promises:
+- every argument is validated and encoded *before* anything changes, so bad input
+  raises a typed error and changes nothing;
+- one lock serialises every call, so a Database may be shared between threads;
+- blocks reach the database file only through write image journal cycles (WIJ
+  durable and marked active, then the database, then cleared), so a crash at any
+  instant leaves every block of a cycle all old or all new; recovery on open
+  finishes or discards the last cycle before anything reads a block;
+- the write daemon snapshots the dirty set under the lock and does the I/O outside
+  it; writers are held back only when dirty blocks pass `dirty_hard_limit` (which
+  also keeps every cycle inside the WIJ's capacity);
+- a failed write or fsync in a cycle is fatal: the database stops taking calls and
+  says why (`DurabilityError`); it never retries and pretends;
+- after `close()` returns, everything written is durable in the database file.
+Until the journal exists, what was written since the last cycle is lost by a crash
+(the tree stays sound); `flush()` is the checkpoint that makes it durable.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -22,13 +35,21 @@ from .blockstore import BlockStore
 from .constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
-    DIRECT_IO_MODES,
     DIRTY_SHARE_FLUSH,
+    DIRTY_SHARE_HARD,
+    WIJ_BLOCKS_MAX,
+    WIJ_FILE_NAME,
+    WRITE_DAEMON_INTERVAL_MS,
 )
-from .errors import ClosedError, ConfigError, SubscriptError
+from .errors import ClosedError, ConfigError, DurabilityError, SubscriptError
+from .fileio import check_direct_mode
+from .wij import RawStore, WriteImageJournal
+
+log = logging.getLogger("irisrep.database")
 
 DEFAULT_DATABASE = "DB"
 DATABASE_FILE_SUFFIX = ".dat"
+CREATE_SUFFIX = ".new"  # a database file being created; renamed into place when durable
 
 _encode_key = _core.encode_key
 _encode_value = _core.encode_value
@@ -47,7 +68,7 @@ def _subs(subs: Any) -> tuple:
 
 
 class Database:
-    """One database file with its B+tree and buffer pool. Use `irisrep.open()`."""
+    """One instance directory with its database, WIJ and write daemon. Use `irisrep.open()`."""
 
     def __init__(
         self,
@@ -58,14 +79,19 @@ class Database:
         direct: str = "optional",
         pool_blocks: int = BUFFER_POOL_BLOCKS_DEFAULT,
         name: str = DEFAULT_DATABASE,
+        write_daemon: bool = True,
+        write_daemon_interval_ms: int = WRITE_DAEMON_INTERVAL_MS,
     ) -> None:
         from .fileio import default_fs
 
-        if direct not in DIRECT_IO_MODES:
-            raise ConfigError(f"direct_io: {direct!r} is not one of {', '.join(DIRECT_IO_MODES)}")
+        check_direct_mode(direct)
         if not isinstance(pool_blocks, int) or pool_blocks < BUFFER_POOL_BLOCKS_MIN:
             raise ConfigError(
                 f"pool_blocks: {pool_blocks!r} must be an int >= {BUFFER_POOL_BLOCKS_MIN}"
+            )
+        if not isinstance(write_daemon_interval_ms, int) or write_daemon_interval_ms < 1:
+            raise ConfigError(
+                f"write_daemon_interval_ms: {write_daemon_interval_ms!r} must be an int >= 1"
             )
         self.fs = fs if fs is not None else default_fs()
         self.path = os.fspath(path)
@@ -75,17 +101,90 @@ class Database:
                 raise FileNotFoundError(2, "no irisrep instance directory", self.path)
             self.fs.makedirs(self.path)
         self.file_path = os.path.join(self.path, name + DATABASE_FILE_SUFFIX)
+        self.wij_path = os.path.join(self.path, WIJ_FILE_NAME)
         self._lock = threading.RLock()
+        self._cycle_done = threading.Condition(self._lock)  # a cycle finished or failed
+        self._kick = threading.Event()  # wakes the write daemon before its interval
         self._closed = False
-        self.store = BlockStore(self.fs, self.file_path, create=create, direct=direct)
+        self._stopping = False
+        self._inflight = False  # a daemon cycle is writing (outside the lock)
+        self._failure: BaseException | None = None
+        # Recovery on open, step 1 (rule 3): finish or discard the WIJ's last cycle
+        # before anything reads a database block. Journal roll-forward joins later.
+        self.wij = WriteImageJournal(self.fs, self.wij_path, direct=direct)
+        try:
+            self.wij_recovery = self._recover_wij(direct)
+            if not self.fs.exists(self.file_path):
+                if not create:
+                    raise FileNotFoundError(2, "no database file", self.file_path)
+                self._create_file(direct)
+            self.store = BlockStore(self.fs, self.file_path, direct=direct)
+            self.wij.mark_running()
+        except BaseException:
+            self.wij.close()
+            raise
         self.tree = _core.BTree(self.store, self.store.db_id, self.store.root, pool_blocks)
         self.dirty_limit = max(8, int(pool_blocks * DIRTY_SHARE_FLUSH))
+        self.dirty_hard_limit = min(
+            max(16, int(pool_blocks * DIRTY_SHARE_HARD)), WIJ_BLOCKS_MAX - 2
+        )
+        self.write_daemon_interval_ms = write_daemon_interval_ms
         self._globals: dict[str, Global] = {}
         self.globals = GlobalsView(self)
-        if self.store.created:
-            # Make the new, empty database durable before anyone can write to it.
-            self.tree.init_empty()
-            self.flush()
+        self._daemon: threading.Thread | None = None
+        if write_daemon:
+            self._daemon = threading.Thread(
+                target=self._daemon_loop, name=f"irisrep-write-daemon {self.path}", daemon=True
+            )
+            self._daemon.start()
+
+    # --- recovery and creation -------------------------------------------------------
+
+    def _recover_wij(self, direct: str):
+        stores = {}
+        raw = None
+        if self.fs.exists(self.file_path):
+            # RawStore: block 0 itself may be one of the blocks being restored, so it
+            # is not read through the verifier until recovery is done.
+            raw = RawStore(self.fs, self.file_path, direct=direct)
+            stores[raw.db_id] = raw
+        try:
+            report = self.wij.recover(stores)
+        finally:
+            if raw is not None:
+                raw.close()
+        if report.restored_blocks:
+            log.warning(
+                "%s: WIJ recovery restored %d blocks of cycle %d",
+                self.path,
+                report.restored_blocks,
+                report.cycle,
+            )
+        for m in report.mismatches:
+            log.error("%s: after an unclean stop, the WIJ's last cycle differs: %s", self.path, m)
+        return report
+
+    def _create_file(self, direct: str) -> None:
+        """Create an empty database under a temporary name, make it durable, rename it.
+
+        A crash before the rename leaves only the temporary file (removed on the next
+        open); after it, a complete database. There is never an empty or half-written
+        DB.dat, so open never has to guess.
+        """
+        tmp = self.file_path + CREATE_SUFFIX
+        if self.fs.exists(tmp):
+            self.fs.remove(tmp)
+        store = BlockStore(self.fs, tmp, create=True, direct=direct)
+        try:
+            tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
+            tree.init_empty()
+            images = tree.take_dirty() + store.take_pending() + [(0, store.header_image())]
+            store.write_images(sorted(images))
+            store.sync()
+        finally:
+            store.close()
+        crashpoints.hit("create_before_rename")
+        self.fs.rename(tmp, self.file_path)  # fsyncs the directory
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -96,52 +195,144 @@ class Database:
         self.close()
 
     def close(self) -> None:
-        """Write every dirty block and fsync; later use raises ClosedError."""
+        """Stop the write daemon, run a last cycle, mark the WIJ clean, close the files.
+
+        After a failure (DurabilityError) nothing more is written: the WIJ keeps its
+        running flag, so the next open knows the stop was not clean.
+        """
         with self._lock:
             if self._closed:
                 return
-            self.flush()
-            crashpoints.hit("close_after_flush")
-            self._closed = True
-            self.tree.closed = True
-            self.store.close()
+            self._stopping = True
+        self._kick.set()
+        if self._daemon is not None:
+            self._daemon.join()
+        with self._lock:
+            try:
+                if self._failure is None:
+                    self._flush_locked()
+                    crashpoints.hit("close_after_flush")
+                    self.wij.mark_clean()
+            finally:
+                self._closed = True
+                self.tree.closed = True
+                self.store.close()
+                self.wij.close()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"database {self.path} is closed")
+    def _closed_error(self) -> Exception:
+        if self._failure is not None:
+            return DurabilityError(
+                f"database {self.path} stopped after a failed write: {self._failure}"
+            )
+        return ClosedError(f"database {self.path} is closed")
 
-    # --- the flush cycle -------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed or self._failure is not None:
+            raise self._closed_error()
+
+    # --- write image journal cycles --------------------------------------------------
 
     def flush(self) -> None:
-        """Write the current consistent set of changed blocks, then the header.
-
-        Order: every changed tree node and pending image (overflow, free-list) ->
-        fdatasync -> header (root, free list, block count) -> fdatasync. The header is
-        last so that it never names a root or free list whose blocks are not yet
-        durable. In-place block writes are not crash-atomic across blocks; the write
-        image journal (the next layer) wraps this cycle to make them so.
-        """
+        """Checkpoint: make every change so far durable in the database file now."""
         with self._lock:
             self._check_open()
-            images = self.tree.take_dirty() + self.store.take_pending()
-            images.sort()
-            self.store.root = self.tree.root
-            self.store.generation += 1
-            self.store.write_images(images)
-            crashpoints.hit("flush_after_write_before_fsync")
-            self.store.sync()
-            crashpoints.hit("flush_after_fsync_before_header")
-            self.store.write_images([(0, self.store.header_image())])
-            crashpoints.hit("flush_after_header_write")
-            self.store.sync()
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        while self._inflight:
+            self._cycle_done.wait()
+        if self._failure is not None:
+            raise self._closed_error()
+        images = self._snapshot()
+        if images is not None:
+            self._inflight = True
+            self._run_cycle(images)
+
+    def _dirty_count(self) -> int:
+        return len(self.tree.dirty) + len(self.store.pending)
+
+    def _snapshot(self) -> list[tuple[int, bytes]] | None:
+        """Under the lock: take the consistent set of changed blocks plus the header.
+
+        The images stay readable through `store.inflight` until the database file
+        has them: a node made clean here may be evicted and read back mid-cycle.
+        """
+        images = self.tree.take_dirty() + self.store.take_pending()
+        if not images:
+            return None
+        self.store.root = self.tree.root
+        self.store.generation += 1
+        images.append((0, self.store.header_image()))
+        images.sort()
+        self.store.inflight = dict(images)
+        return images
+
+    def _run_cycle(self, images: list[tuple[int, bytes]]) -> None:
+        """One WIJ cycle for a snapshot; may run with or without the lock held."""
+        db_id = self.store.db_id
+        try:
+            self.wij.cycle(
+                {db_id: self.store},
+                [(db_id, block_no, image) for block_no, image in images],
+                self.store.checkpoint,
+            )
+        except Exception as exc:
+            # Rule 4: a failed write or fsync is fatal. Record it; every later call
+            # raises DurabilityError naming it. The in-flight images stay readable.
+            with self._lock:
+                self._failure = exc
+                self._inflight = False
+                self.tree.closed = True
+                self._cycle_done.notify_all()
+            log.error("%s: write image journal cycle failed, database stopped: %s", self.path, exc)
+            raise
+        with self._lock:
+            self.store.inflight = {}
+            self._inflight = False
+            self._cycle_done.notify_all()
+
+    def _daemon_loop(self) -> None:
+        interval_s = self.write_daemon_interval_ms / 1000
+        while True:
+            self._kick.wait(interval_s)
+            self._kick.clear()
+            with self._lock:
+                if self._stopping or self._failure is not None:
+                    return
+                if self._inflight:
+                    continue
+                images = self._snapshot()
+                if images is None:
+                    continue
+                self._inflight = True
+            try:
+                self._run_cycle(images)  # outside the lock: readers and writers go on
+            except Exception:
+                return  # recorded in _failure; callers see DurabilityError
+
+    def _dirty_over_limit(self) -> None:
+        """Called under the lock by a write that left more dirty blocks than dirty_limit.
+
+        Wakes the daemon; past the hard limit, waits for cycles to bring the count
+        down (the wait releases the lock, so the daemon can snapshot).
+        """
+        if self._daemon is None:
+            self._flush_locked()
+            return
+        self._kick.set()
+        while self._dirty_count() > self.dirty_hard_limit:
+            if self._failure is not None:
+                raise self._closed_error()
+            self._kick.set()
+            self._cycle_done.wait(1.0)
 
     def _after_write(self) -> None:
-        if self.tree.dirty_count() + len(self.store.pending) > self.dirty_limit:
-            self.flush()
+        if self._dirty_count() > self.dirty_limit:
+            self._dirty_over_limit()
 
     # --- globals ---------------------------------------------------------------------
 
@@ -168,7 +359,7 @@ class Database:
                 key = k[:end] + b"\x01"  # past every key of this global
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "failed" if self._failure else "closed" if self._closed else "open"
         return f"<irisrep.Database {self.path!r} {state}>"
 
 

@@ -38,6 +38,7 @@ import struct
 import xxhash
 
 from . import _core, crashpoints
+from .blockstore import write_runs
 from .constants import (
     BLOCK_HEADER_SIZE,
     BLOCK_SIZE,
@@ -342,24 +343,13 @@ class RawStore:
         self.db_id = a
 
     def write_images(self, images: list[tuple[int, bytes]]) -> None:
-        _write_runs(self.file, images)
+        write_runs(self.file, images)
 
     def sync(self) -> None:
         self.file.fdatasync()
 
     def close(self) -> None:
         self.file.close()
-
-
-def _write_runs(f, images: list[tuple[int, bytes]]) -> None:
-    """Write sorted (block_no, image) pairs, one pwrite per run of consecutive blocks."""
-    i, n = 0, len(images)
-    while i < n:
-        j = i + 1
-        while j < n and images[j][0] == images[j - 1][0] + 1:
-            j += 1
-        _write_buffers(f, images[i][0] * BLOCK_SIZE, [img for _, img in images[i:j]])
-        i = j
 
 
 class WriteImageJournal:
