@@ -295,3 +295,27 @@ def test_items_while_writing(db):
             g[v + 1000.5] = "ins"  # ahead of the cursor: seen after it re-seeks
     assert seen == sorted(seen)
     assert len(seen) == 2010 and 1000.5 in seen and 1900.5 in seen
+
+
+def test_free_list_trunks_survive_reopen_and_are_reused(tmp_path):
+    path = tmp_path / "f"
+    with irisrep.open(path, pool_blocks=256) as db:
+        g = db.globals["f"]
+        for i in range(6000):
+            g[i] = "x" * 2000  # ~ one block per 4 nodes, plus overflow-free inline
+        g.kill()
+        cycles_before = db.wij.status().cycle
+        blocks = db.store.block_count
+    # Freeing thousands of blocks dirtied a handful of trunks, not thousands of blocks.
+    r = integrity.check(str(path))[0]
+    assert r.ok, r.errors
+    assert r.free_blocks > 2 * (BLOCK_SIZE // 4)  # more than two trunks' worth
+    assert r.nodes == 0
+    with irisrep.open(path, pool_blocks=256) as db:
+        g = db.globals["f"]
+        for i in range(6000):
+            g[i, "again"] = "y" * 2000
+        assert db.store.block_count < blocks * 1.01  # the blocks came off the free list
+        assert db.wij.status().cycle > cycles_before
+    r = integrity.check(str(path))[0]
+    assert r.ok and r.nodes == 6000, r.errors

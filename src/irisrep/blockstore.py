@@ -26,6 +26,7 @@ from .constants import (
     BT_HEADER,
     DB_FORMAT_VERSION,
     DB_MAGIC,
+    FREE_TRUNK_ENTRIES_MAX,
     IO_CALL_BYTES_MAX,
     WRITE_QUEUE_DEPTH,
     WRITE_RUN_BLOCKS_MAX,
@@ -37,6 +38,7 @@ _HEADER = struct.Struct(
     "<8sIIIIIII I QQ"
 )  # magic ver bsize db_id root free nfree count pad ckpt gen
 assert _HEADER.size == 56
+_U32 = struct.Struct("<I")
 
 
 class BlockStore:
@@ -52,6 +54,9 @@ class BlockStore:
         self.pending: dict[int, bytes] = {}  # block_no -> sealed image not yet written
         # Images of the cycle being written: readable here until the file has them.
         self.inflight: dict[int, bytes] = {}
+        self._trunk_entries: list[int] | None = None  # head free-list trunk, in memory
+        self._trunk_link: int | None = None  # the head trunk's link (None: read it)
+        self._trunk_dirty = False
         if not exists:
             self._init_new()
         elif self.file.size() == 0:
@@ -180,21 +185,63 @@ class BlockStore:
     def put_image(self, block_no: int, image: bytes) -> None:
         self.pending[block_no] = image
 
+    # --- the free list -----------------------------------------------------------------
+    #
+    # Free blocks are listed in trunk blocks (type FREE): a trunk's payload is a count
+    # and up to FREE_TRUNK_ENTRIES_MAX block numbers, its link names the next trunk.
+    # Only the head trunk changes, so freeing a whole subtree of N blocks dirties
+    # N / FREE_TRUNK_ENTRIES_MAX trunks, not N blocks: a cycle stays small whatever one
+    # KILL frees. The head trunk's entries live in memory and its image is made when a
+    # cycle takes the pending set, like any changed block.
+
+    def _trunk(self) -> list[int]:
+        """The head trunk's entries (loaded, with its link, on first use)."""
+        if self._trunk_entries is None:
+            if self.free_head == BLOCK_NONE:
+                self._trunk_entries, self._trunk_link = [], BLOCK_NONE
+            else:
+                self._trunk_link, self._trunk_entries = self._read_trunk(self.free_head)
+        return self._trunk_entries
+
+    def _read_trunk(self, block_no: int) -> tuple[int, list[int]]:
+        """(link, entries) of a trunk block; corruption names the block."""
+        image = self.read_image(block_no)
+        btype, _level, count, used, link, _pos = _core.image_fields(image)
+        if btype != BT_FREE or used != 4 + 4 * count or count > FREE_TRUNK_ENTRIES_MAX:
+            raise BlockCorruptError(
+                f"{self.path}: free list names block {block_no}, which is not a free-list "
+                f"trunk (type {btype}, {count} entries, {used} bytes)",
+                path=self.path,
+                block=block_no,
+                expected=BT_FREE,
+                found=btype,
+            )
+        payload = _core.image_payload(image)
+        (n,) = _U32.unpack_from(payload, 0)
+        if n != count:
+            raise BlockCorruptError(
+                f"{self.path}: free-list trunk {block_no} counts {n} entries, its header {count}",
+                path=self.path,
+                block=block_no,
+                expected=count,
+                found=n,
+            )
+        return link, list(struct.unpack_from(f"<{n}I", payload, 4))
+
     def allocate(self) -> int:
         if self.free_head != BLOCK_NONE:
-            block_no = self.free_head
-            image = self.read_image(block_no)
-            btype, _level, _count, _used, link, _pos = _core.image_fields(image)
-            if btype != BT_FREE:
-                raise BlockCorruptError(
-                    f"{self.path}: free list names block {block_no}, which is not free",
-                    path=self.path,
-                    block=block_no,
-                    expected=BT_FREE,
-                    found=btype,
-                )
-            self.free_head = link
+            entries = self._trunk()
             self.free_count -= 1
+            if entries:
+                self._trunk_dirty = True
+                return entries.pop()
+            # An empty head trunk is itself the block handed out; the next trunk
+            # becomes the head.
+            block_no = self.free_head
+            self.free_head = self._trunk_link
+            self._trunk_entries = None  # the next trunk loads on its first use
+            self._trunk_link = None
+            self._trunk_dirty = False
             self.pending.pop(block_no, None)
             return block_no
         if self.block_count > BLOCK_NO_MAX:
@@ -204,13 +251,31 @@ class BlockStore:
         return block_no
 
     def free(self, block_no: int) -> None:
-        self.pending[block_no] = _core.seal_image(
-            b"", block_no, self.db_id, BT_FREE, link=self.free_head
-        )
-        self.free_head = block_no
         self.free_count += 1
+        entries = self._trunk()
+        if self.free_head != BLOCK_NONE and len(entries) < FREE_TRUNK_ENTRIES_MAX:
+            entries.append(block_no)
+            self._trunk_dirty = True
+            return
+        # No head trunk, or it is full: the freed block becomes the new head trunk.
+        if self._trunk_dirty:
+            self.pending[self.free_head] = self._trunk_image()
+        self._trunk_entries = []
+        self.free_head, link = block_no, self.free_head
+        self._trunk_link = link
+        self._trunk_dirty = True
+
+    def _trunk_image(self) -> bytes:
+        entries = self._trunk()
+        payload = struct.pack(f"<I{len(entries)}I", len(entries), *entries)
+        return _core.seal_image(
+            payload, self.free_head, self.db_id, BT_FREE, count=len(entries), link=self._trunk_link
+        )
 
     def take_pending(self) -> list[tuple[int, bytes]]:
+        if self._trunk_dirty and self.free_head != BLOCK_NONE:
+            self.pending[self.free_head] = self._trunk_image()
+        self._trunk_dirty = False
         out = sorted(self.pending.items())
         self.pending.clear()
         return out

@@ -46,6 +46,8 @@ LEAF_ENTRY_OVERHEAD_BYTES = 6  # u16 key length + u32 value length
 INTERNAL_ENTRY_OVERHEAD_BYTES = 6  # u16 key length + u32 child
 # Two neighbours are merged when together they fit in this share of a block.
 MERGE_FILL_BYTES_MAX = BLOCK_PAYLOAD_MAX * 3 // 4
+# Free-list trunk: u32 count + u32 block numbers in one block's payload.
+FREE_TRUNK_ENTRIES_MAX = (BLOCK_PAYLOAD_MAX - 4) // 4
 BUFFER_POOL_BLOCKS_DEFAULT = 16_384  # 128 MiB of 8 KiB blocks
 BUFFER_POOL_BLOCKS_MIN = 64
 # The write daemon is woken when dirty blocks pass this share of the pool, and

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import _core
 from .blockstore import BlockStore
-from .constants import BLOCK_NONE, BLOCK_SIZE, BT_FREE, BT_OVERFLOW
+from .constants import BLOCK_NONE, BLOCK_SIZE, BT_OVERFLOW
 from .errors import CorruptError
 
 OVERFLOW_TAG = 5
@@ -178,19 +178,21 @@ class _Walk:
             self.error(f"value in block {leaf}: overflow chain holds {got} bytes, expected {total}")
 
     def free_list(self) -> None:
+        """Walk the trunks: each is a FREE block listing free block numbers."""
         block_no = self.store.free_head
         seen = 0
         while block_no != BLOCK_NONE:
-            if not self.claim(block_no, "the free list"):
+            if not self.claim(block_no, "the free list (trunk)"):
                 return
-            image = self.read(block_no)
-            if image is None:
-                return
-            btype, _lvl, _count, _used, link, _pos = _core.image_fields(image)
-            if btype != BT_FREE:
-                self.error(f"block {block_no}: on the free list but of type {btype}")
+            try:
+                link, entries = self.store._read_trunk(block_no)
+            except CorruptError as exc:
+                self.error(str(exc))
                 return
             seen += 1
+            for entry in entries:
+                if self.claim(entry, f"free-list trunk {block_no}"):
+                    seen += 1
             block_no = link
         self.report.free_blocks = seen
         if seen != self.store.free_count:
