@@ -210,3 +210,33 @@ def test_demo_runs_and_checks_every_step(tmp_path):
     out = flat(proc.stdout)
     assert "congratulations" in out and "<SUBSCRIPT>" in out and "demo passed" in out
     assert "OK: 4 nodes" in out
+
+
+def test_wij_status_and_integrity_report_pending_recovery(tmp_path):
+    import os as _os
+
+    path = tmp_path / "inst"
+    child = (
+        "import sys\n"
+        "from irisrep.database import Database\n"
+        "db = Database(sys.argv[1], write_daemon=False)\n"
+        "g = db.globals['w']\n"
+        "for i in range(500): g[i] = 'v' * 30\n"
+        "db.flush()\n"
+    )
+    env = dict(_os.environ, IRISREP_CRASH_AT="wij_after_active_fsync")
+    proc = subprocess.run([sys.executable, "-c", child, str(path)], env=env, timeout=60)
+    assert proc.returncode == -9  # killed with the WIJ active and durable
+    st = run("wij", "status", str(path), cwd=tmp_path)
+    assert st.returncode == 1 and "recovery PENDING" in flat(st.stdout), st.stdout
+    js = run("wij", "status", str(path), "--json", cwd=tmp_path)
+    assert json.loads(js.stdout)["state"] == "active"
+    ig = run("integrity", str(path), cwd=tmp_path)
+    assert ig.returncode == 1 and "WIJ recovery pending" in flat(ig.stdout)
+    import irisrep
+
+    irisrep.open(path).close()  # recovery on open
+    st = run("wij", "status", str(path), cwd=tmp_path)
+    assert st.returncode == 0 and "stopped cleanly" in flat(st.stdout)
+    ig = run("integrity", str(path), cwd=tmp_path)
+    assert ig.returncode == 0 and "WIJ empty" in flat(ig.stdout)

@@ -146,5 +146,51 @@ def demo(path: str | None) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@main.group()
+def wij() -> None:
+    """The write image journal of an instance."""
+
+
+@wij.command("status")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def wij_status_cmd(path: str, as_json: bool) -> None:
+    """Show the WIJ's state and whether recovery is pending (exit 1 if it is).
+
+    PATH is an instance directory or the WIJ file itself.
+    """
+    import os
+
+    from .constants import WIJ_FILE_NAME
+    from .errors import CorruptError
+    from .wij import wij_status
+
+    target = os.path.join(path, WIJ_FILE_NAME) if os.path.isdir(path) else path
+    try:
+        st = wij_status(target)
+    except FileNotFoundError:
+        raise click.ClickException(f"no write image journal at {target}") from None
+    except CorruptError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(st.as_dict(), indent=2))
+    else:
+        pending = (
+            "recovery PENDING (open the instance to recover)"
+            if st.recovery_pending
+            else "no recovery pending"
+        )
+        stop = "running or not stopped cleanly" if st.running else "stopped cleanly"
+        console.print(
+            f"{target}: {st.state}, cycle {st.cycle}, {st.entries} blocks in the last cycle, "
+            f"checkpoint {st.checkpoint}; {stop}; {pending}",
+            markup=False,
+            highlight=False,
+        )
+        for e in st.slot_errors:
+            console.print(f"  - header slot: {e}", markup=False, highlight=False)
+    sys.exit(1 if st.recovery_pending else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ class IntegrityReport:
     free_blocks: int = 0
     nodes: int = 0  # key/value entries in leaves
     height: int = 0
+    wij_state: str = "not checked"  # the instance's WIJ (set when walking a directory)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -45,12 +46,13 @@ class IntegrityReport:
         return (
             f"{self.path}: {state}: {self.nodes} nodes, height {self.height}, "
             f"{self.blocks} blocks ({self.tree_blocks} tree, {self.leaf_blocks} leaves, "
-            f"{self.overflow_blocks} overflow, {self.free_blocks} free)"
+            f"{self.overflow_blocks} overflow, {self.free_blocks} free); WIJ {self.wij_state}"
         )
 
     def as_dict(self) -> dict:
         return {
             "path": self.path,
+            "wij_state": self.wij_state,
             "ok": self.ok,
             "blocks": self.blocks,
             "tree_blocks": self.tree_blocks,
@@ -59,6 +61,7 @@ class IntegrityReport:
             "free_blocks": self.free_blocks,
             "nodes": self.nodes,
             "height": self.height,
+            "wij_state": self.wij_state,
             "errors": list(self.errors),
         }
 
@@ -241,4 +244,33 @@ def check(path: str, *, fs=None, progress=None) -> list[IntegrityReport]:
     names = sorted(n for n in fs.listdir(path) if n.endswith(DATABASE_FILE_SUFFIX))
     if not names:
         raise FileNotFoundError(2, "no database files (*.dat) in", path)
-    return [check_file(os.path.join(path, n), fs=fs, progress=progress) for n in names]
+    reports = [check_file(os.path.join(path, n), fs=fs, progress=progress) for n in names]
+    _add_wij_state(fs, path, reports)
+    return reports
+
+
+def _add_wij_state(fs, path: str, reports: list[IntegrityReport]) -> None:
+    """The instance's WIJ state goes on every report: an active WIJ means the database
+    files are mid-cycle (recovery on open finishes it), which the walk reports."""
+    from .constants import WIJ_FILE_NAME
+    from .wij import wij_status
+
+    wij_path = os.path.join(path, WIJ_FILE_NAME)
+    if not fs.exists(wij_path):
+        state = "none"
+    else:
+        try:
+            st = wij_status(wij_path, fs=fs)
+            state = f"{st.state} (cycle {st.cycle}{', not stopped cleanly' if st.running else ''})"
+            if st.recovery_pending:
+                for r in reports:
+                    r.errors.append(
+                        f"{wij_path}: WIJ recovery pending for cycle {st.cycle} "
+                        f"({st.entries} blocks): open the instance to recover"
+                    )
+        except CorruptError as exc:
+            state = "corrupt"
+            for r in reports:
+                r.errors.append(str(exc))
+    for r in reports:
+        r.wij_state = state
