@@ -61,7 +61,6 @@ class IntegrityReport:
             "free_blocks": self.free_blocks,
             "nodes": self.nodes,
             "height": self.height,
-            "wij_state": self.wij_state,
             "errors": list(self.errors),
         }
 
