@@ -68,3 +68,22 @@ WIJ_ENTRY_SIZE = 16
 # copying into the aligned buffer does not stall the device (8 MiB measured best).
 WIJ_WRITE_CHUNK_BYTES = 8 * 1024 * 1024
 WIJ_PIPELINE_MIN_BYTES = 1024 * 1024  # below this, no writer thread in a cycle
+
+# --- journal (docs/journal-format.md, include/irisrep_journal.h) -------------------
+JOURNAL_DIR_NAME = "journal"
+JOURNAL_FILE_MAGIC = b"IRISJRNL"
+JOURNAL_FRAME_MAGIC = b"IRJF"
+JOURNAL_VERSION = 1
+JOURNAL_HEADER_BYTES = 4096  # file header; frames start here
+JOURNAL_FRAME_HEADER_BYTES = 48
+JOURNAL_FRAME_ALIGN = 8  # frames start at multiples of 8 in the stream
+JOURNAL_RECORD_HEADER_BYTES = 24
+JOURNAL_RECORD_BYTES_MAX = 32 * 1024 * 1024  # one record's value or before-image
+JOURNAL_FRAME_BYTES_MAX = 48 * 1024 * 1024  # raw or stored payload of one frame
+JOURNAL_FILE_BYTES = 64 * 1024 * 1024  # preallocated size of a journal file (rollover)
+JOURNAL_FILES_PER_DAY_MAX = 999  # YYYYMMDD.001 .. .999
+JOURNAL_COMPRESS_MIN_BYTES = 4096  # smaller payloads are stored raw
+JOURNAL_FLUSH_MS = 50  # relaxed commits are durable within this
+JOURNAL_GROUP_COMMIT_RECORDS_MAX = 65_536  # records in one group (one write, one fdatasync)
+JOURNAL_KILL_BEFORE_BYTES_MAX = 8 * 1024 * 1024  # a larger KILL splits into several records
+TLEVEL_MAX = 255
