@@ -29,6 +29,8 @@
  *   0  8 magic "IRISRPDB"    8  4 format version   12 4 block size   16 4 db_id
  *   20 4 root block          24 4 free-list head   28 4 free count   32 4 block count
  *   36 4 reserved            40 8 checkpoint position                48 8 generation
+ *   56 8 transaction floor (journal position: no transaction open at the checkpoint
+ *        started before it)
  */
 #ifndef IRISREP_BLOCK_H
 #define IRISREP_BLOCK_H
@@ -71,6 +73,7 @@
 #define IR_HDR_BLOCK_COUNT 32
 #define IR_HDR_CHECKPOINT 40
 #define IR_HDR_GENERATION 48
+#define IR_HDR_TXN_FLOOR 56
 
 static inline uint64_t ir_block_checksum(const unsigned char *block) {
     return (uint64_t)XXH3_64bits(block + 8, IR_BLOCK_SIZE - 8);

@@ -9,5 +9,7 @@ cdef class GlobalCore:
     cdef object _release
     cdef object _store              # the block store (pending images count as dirty)
     cdef Py_ssize_t dirty_limit     # flush when dirty + pending blocks pass this
+    cdef object _log_set            # db._log_set: journal a SET, returns a ticket
+    cdef object _commit             # db._commit: wait until a ticket is durable
     cdef _after_write(self)
     cdef _closed(self)

@@ -20,6 +20,8 @@ cdef class GlobalCore:
         self._release = db._lock.release
         self._store = db.store
         self.dirty_limit = db.dirty_limit
+        self._log_set = db._log_set
+        self._commit = db._commit
 
     cdef _closed(self):
         raise self.db._closed_error()
@@ -73,14 +75,24 @@ cdef class GlobalCore:
         # Both encodings first: a bad subscript or value raises before any change.
         cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
         cdef bytes encoded = kc_encode_value(value)
+        cdef object old
+        cdef object ticket
         self._acquire()
         try:
             if self.tree.closed:
                 self._closed()
+            old = self.tree.get(key)
+            if old is not None:
+                old = self.tree.load_value(<bytes>old)   # the before-image (rule 5)
             self.tree.set(key, encoded)
+            # Journaled in apply order while the lock is held; synced after it is
+            # released, so concurrent committers share one fdatasync.
+            ticket = self._log_set(key, encoded, old)
             self._after_write()
         finally:
             self._release()
+        if ticket:
+            self._commit(ticket)
 
     def __contains__(self, subs):
         """True when the node has a value ($DATA 1 or 11)."""

@@ -34,10 +34,9 @@ from .constants import (
 from .errors import BlockCorruptError, CorruptError
 
 # Header block payload (include/irisrep_block.h, "Header block").
-_HEADER = struct.Struct(
-    "<8sIIIIIII I QQ"
-)  # magic ver bsize db_id root free nfree count pad ckpt gen
-assert _HEADER.size == 56
+# magic ver bsize db_id root free nfree count pad checkpoint generation txn_floor
+_HEADER = struct.Struct("<8sIIIIIII I QQQ")
+assert _HEADER.size == 64
 _U32 = struct.Struct("<I")
 
 
@@ -81,8 +80,12 @@ class BlockStore:
         self.free_head = BLOCK_NONE
         self.free_count = 0
         self.block_count = 2
+        # Journal positions: the blocks hold every record before `checkpoint`; no
+        # transaction open at the checkpoint started before `txn_floor` (recovery
+        # reads from the smaller of the two to find what to roll back).
         self.checkpoint = 0
         self.generation = 0
+        self.txn_floor = 0
         self.created = True
 
     def _read_header(self) -> None:
@@ -97,9 +100,20 @@ class BlockStore:
                 found=len(image),
             )
         payload = image[BLOCK_HEADER_SIZE : BLOCK_HEADER_SIZE + _HEADER.size]
-        magic, version, bsize, db_id, root, free_head, free_count, count, _pad, ckpt, gen = (
-            _HEADER.unpack(payload)
-        )
+        (
+            magic,
+            version,
+            bsize,
+            db_id,
+            root,
+            free_head,
+            free_count,
+            count,
+            _pad,
+            ckpt,
+            gen,
+            floor,
+        ) = _HEADER.unpack(payload)
         if magic != DB_MAGIC:
             raise CorruptError(
                 f"{self.path}: not an irisrep database (magic {magic!r})",
@@ -136,6 +150,7 @@ class BlockStore:
             )
         self.db_id, self.root, self.free_head, self.free_count = db_id, root, free_head, free_count
         self.block_count, self.checkpoint, self.generation = count, ckpt, gen
+        self.txn_floor = floor
 
     def header_image(self) -> bytes:
         payload = _HEADER.pack(
@@ -150,6 +165,7 @@ class BlockStore:
             0,
             self.checkpoint,
             self.generation,
+            self.txn_floor,
         )
         return _core.seal_image(payload, 0, self.db_id, BT_HEADER)
 

@@ -87,3 +87,7 @@ JOURNAL_FLUSH_MS = 50  # relaxed commits are durable within this
 JOURNAL_GROUP_COMMIT_RECORDS_MAX = 65_536  # records in one group (one write, one fdatasync)
 JOURNAL_KILL_BEFORE_BYTES_MAX = 8 * 1024 * 1024  # a larger KILL splits into several records
 TLEVEL_MAX = 255
+
+# --- locks and transactions --------------------------------------------------------
+LOCKS_MAX = 100_000  # held locks in one instance's lock table
+LOCK_TIMEOUT_DEFAULT_S = 30.0  # g.lock() without a timeout; timeout=None waits forever

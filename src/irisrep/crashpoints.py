@@ -57,7 +57,15 @@ POINTS: tuple[str, ...] = (
     "wij_recovery_after_db_write",  # recovery: one database's blocks restored, not fsynced
     "wij_recovery_after_db_fsync",  # recovery: one database fsynced
     "wij_recovery_after_empty_write",  # recovery: EMPTY header written, not yet fsynced
+    # --- commit path (commit.py): the records of a commit and its fdatasync ---
+    "commit_before_write",  # records logged and applied, nothing written to the journal
+    "commit_after_write_before_sync",  # the journal has the frame(s), not yet durable
+    "commit_after_sync_before_return",  # durable, the committer has not returned yet
     # --- journal: add here ---
+    "journal_before_write",  # frames encoded and positioned, nothing written
+    "journal_after_write",  # frames written to the journal file, not yet fdatasynced
+    "journal_after_fsync",  # frames durable, committers not yet woken
+    "journal_rollover_after_create",  # next journal file durable and visible, no frame in it
 )
 
 _POINT_SET = frozenset(POINTS)

@@ -24,25 +24,36 @@ Until the journal exists, what was written since the last cycle is lost by a cra
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from . import _core, crashpoints
+from . import _core, crashpoints, replay
 from .blockstore import BlockStore
+from .commit import Committer
 from .constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
+    JOURNAL_DIR_NAME,
+    LOCK_TIMEOUT_DEFAULT_S,
+    TLEVEL_MAX,
     WIJ_BLOCKS_MAX,
     WIJ_FILE_NAME,
     WRITE_DAEMON_INTERVAL_MS,
 )
-from .errors import ClosedError, ConfigError, DurabilityError, SubscriptError
+from .errors import ClosedError, ConfigError, DurabilityError, SubscriptError, TransactionError
 from .fileio import check_direct_mode
+from .journal import Journal
+from .journalcodec import Record
+from .locks import LockTable
 from .wij import RawStore, WriteImageJournal
 
 log = logging.getLogger("irisrep.database")
@@ -60,6 +71,35 @@ _decode_value = _core.decode_value
 # key + b"\xff" is above every descendant and key + b"\x00" above the node alone.
 _ALL_BELOW = b"\xff"
 _NODE_ONLY = b"\x00"
+_EMPTY_ENTRIES = replay.encode_entries([])
+
+
+COMMIT_MODES = ("sync", "relaxed")
+
+
+@dataclass
+class JournalRecovery:
+    """What recovery on open did with the journal."""
+
+    from_position: int  # where it read from (the transaction floor)
+    checkpoint: int  # where it applied from
+    end_position: int  # the end of the journal it found
+    applied: int  # data records applied
+    rolled_back: list  # transaction ids rolled back
+    tail: str  # why the journal ended there ("zero": a clean end; else a torn tail)
+
+
+class _TxnState(threading.local):
+    """A thread's transaction: $TLEVEL belongs to the thread (as to the process in IRIS)."""
+
+    level = 0
+    txn = 0
+    records: list
+    marks: list  # len(records) at each TSTART level, for partial rollback
+
+    def __init__(self) -> None:
+        self.records = []
+        self.marks = []
 
 
 def _subs(subs: Any) -> tuple:
@@ -81,6 +121,7 @@ class Database:
         name: str = DEFAULT_DATABASE,
         write_daemon: bool = True,
         write_daemon_interval_ms: int = WRITE_DAEMON_INTERVAL_MS,
+        commit_mode: str = "sync",
     ) -> None:
         from .fileio import default_fs
 
@@ -124,6 +165,12 @@ class Database:
             self.wij.close()
             raise
         self.tree = _core.BTree(self.store, self.store.db_id, self.store.root, pool_blocks)
+        self.db_id = self.store.db_id
+        if commit_mode not in COMMIT_MODES:
+            raise ConfigError(
+                f"commit_mode: {commit_mode!r} is not one of {', '.join(COMMIT_MODES)}"
+            )
+        self.commit_mode = commit_mode
         self.dirty_limit = max(8, int(pool_blocks * DIRTY_SHARE_FLUSH))
         self.dirty_hard_limit = min(
             max(16, int(pool_blocks * DIRTY_SHARE_HARD)), WIJ_BLOCKS_MAX - 2
@@ -132,6 +179,21 @@ class Database:
         self._globals: dict[str, Global] = {}
         self.globals = GlobalsView(self)
         self._daemon: threading.Thread | None = None
+        self._txn = _TxnState()
+        self._open_txns: dict[int, int] = {}  # txn id -> journal position before its TSTART
+        self._txn_ids = itertools.count(time.time_ns())  # unique across restarts
+        self.locks = LockTable()
+        # Recovery on open, step 2 (rule 3): roll the journal forward from the
+        # checkpoint, then roll back transactions that never committed.
+        self.journal = Journal(self.fs, os.path.join(self.path, JOURNAL_DIR_NAME), direct=direct)
+        try:
+            self.committer = Committer(self.journal)
+            self.journal_recovery = self._recover_journal()
+        except BaseException:
+            self.journal.close()
+            self.store.close()
+            self.wij.close()
+            raise
         if write_daemon:
             self._daemon = threading.Thread(
                 target=self._daemon_loop, name=f"irisrep-write-daemon {self.path}", daemon=True
@@ -186,6 +248,56 @@ class Database:
         crashpoints.hit("create_before_rename")
         self.fs.rename(tmp, self.file_path)  # fsyncs the directory
 
+    def _recover_journal(self) -> JournalRecovery:
+        """Roll forward from the checkpoint, roll back what never committed, checkpoint.
+
+        Reads from the transaction floor (no transaction open at the checkpoint began
+        before it) so that the records of a transaction that straddles the checkpoint
+        are known for its rollback; only records at or after the checkpoint are
+        applied. Idempotent: every record states an absolute result, and a rollback
+        is journaled with its TROLLBACK, so a second recovery finds it closed.
+        """
+        ckpt = self.store.checkpoint
+        start = min(self.store.txn_floor, ckpt)
+        open_txns: dict[int, list] = {}
+        order = []  # (txn, record) of open transactions, in journal order
+        applied = 0
+        for pos, _header, records in self.journal.read(from_position=start):
+            for rec in records:
+                t = rec.type
+                if rec.txn:
+                    if t == replay.TSTART:
+                        open_txns[rec.txn] = []
+                    elif t in (replay.TCOMMIT, replay.TROLLBACK):
+                        open_txns.pop(rec.txn, None)
+                    elif t in replay.DATA_TYPES and rec.txn in open_txns:
+                        order.append(rec)
+                if pos >= ckpt and t in replay.DATA_TYPES:
+                    replay.apply(self.tree, rec)
+                    applied += 1
+        rolled_back = sorted(open_txns)
+        undo_records = []
+        for rec in reversed(order):
+            if rec.txn in open_txns:
+                undo_records.extend(replay.undo(self.tree, rec, Record))
+        undo_records.extend(Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in rolled_back)
+        if undo_records:
+            self.committer.log(undo_records)
+            self.committer.sync_all()
+        if applied or rolled_back:
+            log.warning(
+                "%s: journal recovery applied %d records from position %d and rolled "
+                "back %d transactions",
+                self.path,
+                applied,
+                ckpt,
+                len(rolled_back),
+            )
+            self._flush_locked()  # a checkpoint: the database now holds all of it
+        return JournalRecovery(
+            start, ckpt, self.journal.end_position, applied, rolled_back, self.journal.tail_reason
+        )
+
     # --- lifecycle -------------------------------------------------------------------
 
     def __enter__(self) -> Database:
@@ -218,6 +330,7 @@ class Database:
                 self.tree.closed = True
                 self.store.close()
                 self.wij.close()
+                self.journal.close()
 
     @property
     def closed(self) -> bool:
@@ -247,34 +360,44 @@ class Database:
             self._cycle_done.wait()
         if self._failure is not None:
             raise self._closed_error()
-        images = self._snapshot()
-        if images is not None:
+        snap = self._snapshot()
+        if snap is not None:
             self._inflight = True
-            self._run_cycle(images)
+            self._run_cycle(snap)
 
     def _dirty_count(self) -> int:
         return len(self.tree.dirty) + len(self.store.pending)
 
-    def _snapshot(self) -> list[tuple[int, bytes]] | None:
-        """Under the lock: take the consistent set of changed blocks plus the header.
+    def _snapshot(self):
+        """Under the lock: the consistent set of changed blocks, the header, and the
+        journal ticket they stand for.
 
+        Every record of every change in the set is handed to the journal here (no
+        fsync); the header records the journal position after them as the checkpoint.
         The images stay readable through `store.inflight` until the database file
         has them: a node made clean here may be evicted and read back mid-cycle.
         """
         images = self.tree.take_dirty() + self.store.take_pending()
         if not images:
             return None
+        ticket = self.committer.logged
+        self.store.checkpoint = self.committer.write_out()
+        self.store.txn_floor = min(self._open_txns.values(), default=self.store.checkpoint)
         self.store.root = self.tree.root
         self.store.generation += 1
         images.append((0, self.store.header_image()))
         images.sort()
         self.store.inflight = dict(images)
-        return images
+        return images, ticket
 
-    def _run_cycle(self, images: list[tuple[int, bytes]]) -> None:
+    def _run_cycle(self, snap) -> None:
         """One WIJ cycle for a snapshot; may run with or without the lock held."""
+        images, ticket = snap
         db_id = self.store.db_id
         try:
+            # Rule 2: the journal is durable up to every change in these blocks before
+            # any of them can reach the database file.
+            self.committer.sync(ticket)
             self.wij.cycle(
                 {db_id: self.store},
                 [(db_id, block_no, image) for block_no, image in images],
@@ -305,12 +428,12 @@ class Database:
                     return
                 if self._inflight:
                     continue
-                images = self._snapshot()
-                if images is None:
+                snap = self._snapshot()
+                if snap is None:
                     continue
                 self._inflight = True
             try:
-                self._run_cycle(images)  # outside the lock: readers and writers go on
+                self._run_cycle(snap)  # outside the lock: readers and writers go on
             except Exception:
                 return  # recorded in _failure; callers see DurabilityError
 
@@ -333,6 +456,128 @@ class Database:
     def _after_write(self) -> None:
         if self._dirty_count() > self.dirty_limit:
             self._dirty_over_limit()
+
+    # --- journaling the changes ------------------------------------------------------
+
+    def _log(self, records: list) -> int:
+        """Under the lock, right after the change is applied: journal its records.
+
+        Returns the ticket the caller must sync on after releasing the lock (an
+        autocommitted change in sync mode), or 0 (inside a transaction: TCOMMIT syncs;
+        relaxed mode: the write daemon's cycles and close sync).
+        """
+        st = self._txn
+        ticket = self.committer.log(records)
+        if st.level:
+            st.records.extend(records)
+            return 0
+        return ticket if self.commit_mode == "sync" else 0
+
+    def _log_set(self, key: bytes, value: bytes, old: bytes | None, kind: int = replay.SET) -> int:
+        flags = replay.HAD_BEFORE if old is not None else 0
+        rec = Record(kind, flags, self.db_id, self._txn.txn, key, value, old or b"")
+        return self._log([rec])
+
+    def _commit(self, ticket: int) -> None:
+        """Outside the lock: wait until the change is durable (group commit)."""
+        if ticket:
+            self.committer.sync(ticket)
+
+    # --- transactions (TSTART / TCOMMIT / TROLLBACK) ---------------------------------
+
+    @property
+    def tlevel(self) -> int:
+        """$TLEVEL of the calling thread."""
+        return self._txn.level
+
+    def _lock_owner(self) -> int:
+        return threading.get_ident()
+
+    def tstart(self) -> None:
+        st = self._txn
+        if st.level >= TLEVEL_MAX:
+            raise TransactionError(f"TSTART: $TLEVEL is already {TLEVEL_MAX}, the most")
+        with self._lock:
+            self._check_open()
+            if st.level == 0:
+                st.txn = next(self._txn_ids)
+                st.records = []
+                st.marks = []
+                # No record of this transaction can lie before the journal's end now.
+                self._open_txns[st.txn] = self.journal.end_position
+                self.committer.log([Record(replay.TSTART, 0, 0, st.txn, b"", b"", b"")])
+                self.locks.begin_hold(self._lock_owner())
+            st.marks.append(len(st.records))
+            st.level += 1
+
+    def tcommit(self) -> None:
+        """TCOMMIT: at $TLEVEL 1 the transaction is durable when this returns."""
+        st = self._txn
+        if st.level == 0:
+            raise TransactionError("TCOMMIT with no transaction open ($TLEVEL is 0)")
+        ticket = 0
+        with self._lock:
+            self._check_open()
+            st.level -= 1
+            st.marks.pop()
+            if st.level == 0:
+                ticket = self.committer.log([Record(replay.TCOMMIT, 0, 0, st.txn, b"", b"", b"")])
+                del self._open_txns[st.txn]
+                st.txn = 0
+                st.records = []
+        if st.level == 0:
+            self.locks.end_hold(self._lock_owner())
+            if self.commit_mode == "sync":
+                self._commit(ticket)
+
+    def trollback(self, levels: int | None = None) -> None:
+        """TROLLBACK (all levels) or TROLLBACK n: undo from the before-images.
+
+        $INCREMENT is not undone (IRIS). The undo is journaled (UNDO records, then
+        TROLLBACK when the transaction ends) so that recovery replays it as done.
+        """
+        st = self._txn
+        if st.level == 0:
+            raise TransactionError("TROLLBACK with no transaction open ($TLEVEL is 0)")
+        n = st.level if levels is None else levels
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= st.level:
+            raise TransactionError(f"TROLLBACK {levels!r}: $TLEVEL is {st.level}")
+        with self._lock:
+            self._check_open()
+            mark = st.marks[st.level - n]
+            undo_records = []
+            for rec in reversed(st.records[mark:]):
+                undo_records.extend(replay.undo(self.tree, rec, Record))
+            if undo_records:
+                self.tree.mod_count += 1
+            del st.records[mark:]
+            del st.marks[st.level - n :]
+            st.level -= n
+            if st.level == 0:
+                undo_records.append(Record(replay.TROLLBACK, 0, 0, st.txn, b"", b"", b""))
+                del self._open_txns[st.txn]
+                st.txn = 0
+            else:
+                st.records.extend(undo_records)
+            if undo_records:
+                self.committer.log(undo_records)
+            self._after_write()
+        if st.level == 0:
+            self.locks.end_hold(self._lock_owner())
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """TSTART ... TCOMMIT; an exception rolls back this level and propagates."""
+        self.tstart()
+        level = self._txn.level
+        try:
+            yield self
+        except BaseException:
+            if self._txn.level >= level and not self._closed:
+                self.trollback(self._txn.level - level + 1)
+            raise
+        else:
+            self.tcommit()
 
     # --- globals ---------------------------------------------------------------------
 
@@ -402,20 +647,28 @@ class Global(_core.GlobalCore):
         self[subs] = value
 
     def increment(self, subs: Any = (), by: Any = 1) -> int | float:
-        """`$INCREMENT`: add `by` to the node's numeric value (undefined counts as 0)."""
+        """`$INCREMENT`: add `by` to the node's numeric value (undefined counts as 0).
+
+        Atomic under the database lock; journaled as INCREMENT, which a rollback
+        leaves in place (IRIS semantics).
+        """
         subs = _subs(subs)
         key = _encode_key(self._prefix, subs)
         step = _core.number_value(by)
+        db = self._db
         with self._lock:
-            self._db._check_open()
+            db._check_open()
             stored = self._tree.get(key)
-            old = 0 if stored is None else _decode_value(self._tree.load_value(stored))
-            new = _core.number_value(old) + step
+            old = None if stored is None else self._tree.load_value(stored)
+            new = _core.number_value(0 if old is None else _decode_value(old)) + step
             if isinstance(new, float) and new.is_integer() and abs(new) < 1e18:
                 new = int(new)
-            self._tree.set(key, _encode_value(new))
-            self._db._after_write()
-            return new
+            encoded = _encode_value(new)
+            self._tree.set(key, encoded)
+            ticket = db._log_set(key, encoded, old, replay.INCREMENT)
+            db._after_write()
+        db._commit(ticket)
+        return new
 
     # --- kills -----------------------------------------------------------------------
 
@@ -424,19 +677,61 @@ class Global(_core.GlobalCore):
         self.kill(subs)
 
     def kill(self, subs: Any = ()) -> None:
+        """KILL: the node and its descendants; journaled with the killed subtree."""
         key = _encode_key(self._prefix, _subs(subs))
+        self._kill(key, key + _ALL_BELOW)
+
+    def _kill(self, lo: bytes, hi: bytes) -> None:
+        db = self._db
         with self._lock:
-            self._db._check_open()
-            self._tree.kill_range(key, key + _ALL_BELOW)
-            self._db._after_write()
+            db._check_open()
+            # The before-image is read first; nothing to journal when nothing is there.
+            records = [
+                r
+                for r in replay.kill_records(self._tree, Record, db.db_id, db._txn.txn, lo, hi)
+                if r.before != _EMPTY_ENTRIES
+            ]
+            if not records:
+                return
+            self._tree.kill_range(lo, hi)
+            ticket = db._log(records)
+            db._after_write()
+        db._commit(ticket)
 
     def zkill(self, subs: Any) -> None:
         """ZKILL: the node's own value only; descendants stay."""
         key = _encode_key(self._prefix, _subs(subs))
+        db = self._db
         with self._lock:
-            self._db._check_open()
+            db._check_open()
+            stored = self._tree.get(key)
+            if stored is None:
+                return
+            old = self._tree.load_value(stored)
             self._tree.kill_range(key, key + _NODE_ONLY)
-            self._db._after_write()
+            ticket = db._log(
+                [Record(replay.ZKILL, replay.HAD_BEFORE, db.db_id, db._txn.txn, key, b"", old)]
+            )
+            db._after_write()
+        db._commit(ticket)
+
+    # --- locks -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(
+        self, subs: Any = (), timeout: float | None = LOCK_TIMEOUT_DEFAULT_S, shared: bool = False
+    ):
+        """LOCK +^name(subs): held for the block (and, inside a transaction, until it
+        ends). Conflicts with locks on ancestors and descendants, not siblings.
+        `timeout=None` waits as long as it takes; otherwise LockTimeoutError."""
+        key = _encode_key(self._prefix, _subs(subs))
+        owner = self._db._lock_owner()
+        locks = self._db.locks
+        locks.lock(owner, (self._db.db_id, key), shared=shared, timeout=timeout)
+        try:
+            yield self
+        finally:
+            locks.unlock(owner, (self._db.db_id, key), shared=shared)
 
     # --- navigation ------------------------------------------------------------------
 

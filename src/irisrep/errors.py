@@ -65,6 +65,12 @@ class LockTimeoutError(IrisrepError):
     """A lock was not granted within its timeout."""
 
 
+class LockTableFullError(IrisrepError):
+    """The lock table holds LOCKS_MAX locks; a new one is refused (`<LOCKTABLEFULL>`)."""
+
+    iris_word = "<LOCKTABLEFULL>"
+
+
 class TransactionError(IrisrepError):
     """Transaction misuse: commit with no transaction, rollback below level 0, too deep."""
 
@@ -161,6 +167,7 @@ __all__ = [
     "NotPrimaryError",
     "FencedError",
     "LockTimeoutError",
+    "LockTableFullError",
     "TransactionError",
     "CorruptError",
     "BlockCorruptError",

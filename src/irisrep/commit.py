@@ -1,0 +1,105 @@
+"""The commit path: records logged in apply order, made durable by group commit.
+
+Owns the order in which journal records reach the journal and the wait that makes a
+commit durable before it returns (DESIGN.md rule 1). Promises:
+- `log()` is called under the database lock right after the change is applied to
+  the tree, so the journal's order is the order changes were applied;
+- `sync(ticket)` returns only when every record logged up to `ticket` is in the
+  journal and fdatasynced; concurrent committers share one write and one fdatasync
+  (whoever holds the I/O lock writes everything pending for everyone);
+- `write_out()` writes what is pending without syncing and returns the journal
+  position after it: the checkpoint a WIJ cycle's snapshot stands for (the cycle
+  then syncs up to it before any block reaches the database: rule 2);
+- a failed journal write or sync is fatal: every later call raises DurabilityError.
+
+Lock order: the database lock, then `_lock` (brief, bookkeeping); `_io` (held over
+journal I/O) is taken before `_lock` and never while waiting for the database lock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import crashpoints
+from .constants import JOURNAL_GROUP_COMMIT_RECORDS_MAX
+from .errors import DurabilityError
+
+
+class Committer:
+    def __init__(self, journal) -> None:
+        self.journal = journal
+        self._lock = threading.Lock()
+        self._io = threading.Lock()
+        self._pending: list = []
+        self._logged = 0  # tickets: count of records logged so far
+        self._written = 0  # records handed to the journal
+        self._durable = 0  # records fdatasynced
+        self._failure: BaseException | None = None
+
+    @property
+    def logged(self) -> int:
+        return self._logged
+
+    def log(self, records: list) -> int:
+        """Queue records (in apply order); returns the ticket to sync on."""
+        with self._lock:
+            if self._failure is not None:
+                raise self._error()
+            self._pending.extend(records)
+            self._logged += len(records)
+            return self._logged
+
+    def _error(self) -> DurabilityError:
+        return DurabilityError(f"journal stopped after a failed write: {self._failure}")
+
+    def _write_pending_locked_io(self) -> int:
+        """With _io held: hand every pending record to the journal, in order."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            upto = self._logged
+        try:
+            for i in range(0, len(batch), JOURNAL_GROUP_COMMIT_RECORDS_MAX):
+                self.journal.append(batch[i : i + JOURNAL_GROUP_COMMIT_RECORDS_MAX])
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        self._written = upto
+        return upto
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+
+    def write_out(self) -> int:
+        """Write everything pending (no sync); returns the journal end position."""
+        with self._io:
+            if self._failure is not None:
+                raise self._error()
+            self._write_pending_locked_io()
+            return self.journal.end_position
+
+    def sync(self, ticket: int) -> None:
+        """Return when the records up to `ticket` are durable (group commit)."""
+        if self._durable >= ticket:
+            return
+        with self._io:
+            # Whoever gets here first writes and syncs for every committer queued
+            # behind it; they find their ticket durable and return at once.
+            if self._failure is not None:
+                raise self._error()
+            if self._durable >= ticket:
+                return
+            crashpoints.hit("commit_before_write")
+            upto = self._write_pending_locked_io()
+            crashpoints.hit("commit_after_write_before_sync")
+            try:
+                self.journal.flush()
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            self._durable = upto
+        crashpoints.hit("commit_after_sync_before_return")
+
+    def sync_all(self) -> None:
+        self.sync(self._logged)
