@@ -51,7 +51,7 @@
  *   24     8    start       stream position of the first frame byte of this file
  *   32     8    prev_end    last frame checksum of the previous file (0 for the first)
  *   40     8    created     unix ns
- *   48     ...  zeros
+ *   48     4040 reserved    zeros
  *   4088   8    checksum    xxh3_64 of bytes [0, 4088)
  */
 #ifndef IRISREP_JOURNAL_H

@@ -14,7 +14,7 @@ from irisrep.constants import BLOCK_SIZE, REFERENCE_BYTES_MAX, STRING_CHARS_MAX
 
 @pytest.fixture
 def db(tmp_path):
-    d = irisrep.open(tmp_path / "db")
+    d = irisrep.open(tmp_path / "db", commit_mode="relaxed")
     yield d
     d.close()
 
@@ -219,7 +219,7 @@ def test_bad_options(tmp_path):
 
 def test_corrupted_block_raises_typed_error_and_changes_nothing(tmp_path):
     path = tmp_path / "c"
-    with irisrep.open(path, pool_blocks=64) as db:
+    with irisrep.open(path, pool_blocks=64, commit_mode="relaxed") as db:
         g = db.globals["c"]
         for i in range(5000):
             g[i] = f"value {i}"
@@ -234,7 +234,7 @@ def test_corrupted_block_raises_typed_error_and_changes_nothing(tmp_path):
     report = integrity.check(str(path))[0]
     assert not report.ok
     assert any(f"block {block}" in e and "checksum" in e for e in report.errors)
-    db = irisrep.open(path, pool_blocks=64)
+    db = irisrep.open(path, pool_blocks=64, commit_mode="relaxed")
     g = db.globals["c"]
     with pytest.raises(irisrep.BlockCorruptError) as ei:
         for i in range(5000):
@@ -299,7 +299,7 @@ def test_items_while_writing(db):
 
 def test_free_list_trunks_survive_reopen_and_are_reused(tmp_path):
     path = tmp_path / "f"
-    with irisrep.open(path, pool_blocks=256) as db:
+    with irisrep.open(path, pool_blocks=256, commit_mode="relaxed") as db:
         g = db.globals["f"]
         for i in range(6000):
             g[i] = "x" * 2000  # ~ one block per 4 nodes, plus overflow-free inline
@@ -311,7 +311,7 @@ def test_free_list_trunks_survive_reopen_and_are_reused(tmp_path):
     assert r.ok, r.errors
     assert r.free_blocks > 2 * (BLOCK_SIZE // 4)  # more than two trunks' worth
     assert r.nodes == 0
-    with irisrep.open(path, pool_blocks=256) as db:
+    with irisrep.open(path, pool_blocks=256, commit_mode="relaxed") as db:
         g = db.globals["f"]
         for i in range(6000):
             g[i, "again"] = "y" * 2000

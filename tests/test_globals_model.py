@@ -67,7 +67,7 @@ class GlobalsMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="irisrep-model-")
-        self.db = irisrep.open(self.dir, pool_blocks=64)
+        self.db = irisrep.open(self.dir, pool_blocks=64, commit_mode="relaxed")
         self.g = self.db.globals["m"]
         self.model: dict[tuple, object] = {}
 
@@ -164,7 +164,7 @@ class GlobalsMachine(RuleBasedStateMachine):
         self.db.close()
         reports = integrity.check(self.dir)
         assert all(r.ok for r in reports), [r.errors for r in reports]
-        self.db = irisrep.open(self.dir, pool_blocks=64)
+        self.db = irisrep.open(self.dir, pool_blocks=64, commit_mode="relaxed")
         self.g = self.db.globals["m"]
 
     @invariant()

@@ -267,3 +267,56 @@ def test_kill_loop_default(tmp_path):
 @pytest.mark.soak
 def test_kill_loop_soak(tmp_path):
     kill_loop(tmp_path, 100)
+
+
+@pytest.mark.parametrize("first", ["recovery_after_rollforward", "recovery_before_checkpoint"])
+@pytest.mark.parametrize("second", ["recovery_after_rollforward", "recovery_before_checkpoint"])
+def test_crash_during_journal_recovery_twice(first, second):
+    fs = SimFS(11)
+    db = Database(INSTANCE, fs=fs, write_daemon=False)
+    g = db.globals["t"]
+    for i in range(20):
+        g[i] = i
+    db.flush()
+    for i in range(20, 40):
+        g[i] = i  # journal only: roll-forward applies them
+    db.tstart()
+    g[5] = "uncommitted"
+    del g[6]
+    db.committer.sync_all()
+    disk = fs.crash("drop")
+    for point in (first, second):
+        crashpoints.arm(point, action=lambda n, d=disk: disks.append(d.crash("drop")))
+        disks: list = []
+        try:
+            with pytest.raises(crashpoints.SimulatedCrash):
+                Database(INSTANCE, fs=disk, write_daemon=False, create=False)
+        finally:
+            crashpoints.disarm()
+        disk = disks[0]
+    got, _ = reopen(disk)
+    assert got == {(i,): i for i in range(40)}
+    assert reopen(disk)[0] == got
+
+
+def test_journal_cli_dump_and_verify(tmp_path):
+    path = tmp_path / "j"
+    with irisrep.open(path) as db:
+        g = db.globals["t"]
+        with db.transaction():
+            g[1] = "x"
+        del g[1]
+    run = [sys.executable, "-m", "irisrep.cli", "journal"]
+    v = subprocess.run(run + ["verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and "OK" in v.stdout and "end: zero" in v.stdout, v.stdout + v.stderr
+    jfile = sorted((path / "journal").iterdir())[0]
+    d = subprocess.run(run + ["dump", str(jfile)], capture_output=True, text=True, timeout=60)
+    assert d.returncode == 0 and "TSTART" in d.stdout and "TCOMMIT" in d.stdout
+    assert "KILL" in d.stdout
+    with open(jfile, "r+b") as f:  # a flipped byte in the first frame, a valid one after it
+        f.seek(4096 + 60)
+        b = f.read(1)
+        f.seek(4096 + 60)
+        f.write(bytes([b[0] ^ 1]))
+    v = subprocess.run(run + ["verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 1 and "Traceback" not in v.stderr

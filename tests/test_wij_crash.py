@@ -170,7 +170,9 @@ def test_failed_fsync_stops_the_database():
 
 
 def test_write_daemon_cycles_in_the_background(tmp_path):
-    with Database(tmp_path / "d", write_daemon_interval_ms=20, pool_blocks=256) as db:
+    with Database(
+        tmp_path / "d", write_daemon_interval_ms=20, pool_blocks=256, commit_mode="relaxed"
+    ) as db:
         g = db.globals["w"]
         for i in range(100_000):  # ~1,300 blocks: writers must wait for cycles
             g[i] = "v" * 80

@@ -192,5 +192,63 @@ def wij_status_cmd(path: str, as_json: bool) -> None:
     sys.exit(1 if st.recovery_pending else 0)
 
 
+@main.group()
+def journal() -> None:
+    """The journal of an instance: dump frames and records, verify the chain."""
+
+
+@journal.command("dump")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "from_position", type=int, default=None, help="First stream position.")
+@click.option("--count", type=int, default=None, help="How many frames to show.")
+def journal_dump(file: str, from_position: int | None, count: int | None) -> None:
+    """Print the frames and records of one journal file (YYYYMMDD.NNN)."""
+    from .errors import CorruptError
+    from .journal import dump_lines
+
+    try:
+        lines = dump_lines(file, from_position=from_position, count=count)
+    except (CorruptError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
+@journal.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def journal_verify(directory: str, as_json: bool) -> None:
+    """Check every frame of every journal file in DIRECTORY (an instance's journal/).
+
+    Exit 1 on any problem other than the clean end of the stream.
+    """
+    import os
+
+    from .constants import JOURNAL_DIR_NAME
+    from .errors import CorruptError
+    from .journal import verify_dir
+
+    if os.path.isdir(os.path.join(directory, JOURNAL_DIR_NAME)):
+        directory = os.path.join(directory, JOURNAL_DIR_NAME)
+    try:
+        report = verify_dir(directory)
+    except CorruptError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        state = "OK" if report["ok"] else "PROBLEM"
+        console.print(
+            f"{directory}: {state}: {len(report['files'])} files, {report['frames']} frames, "
+            f"{report['records']} records, positions {report['start_position']}.."
+            f"{report['end_position']}, end: {report['end_reason']}",
+            markup=False,
+            highlight=False,
+        )
+        if report.get("first_problem"):
+            console.print(f"  - {report['first_problem']}", markup=False, highlight=False)
+    sys.exit(0 if report["ok"] else 1)
+
+
 if __name__ == "__main__":
     main()

@@ -80,13 +80,14 @@ JOURNAL_FRAME_ALIGN = 8  # frames start at multiples of 8 in the stream
 JOURNAL_RECORD_HEADER_BYTES = 24
 JOURNAL_RECORD_BYTES_MAX = 32 * 1024 * 1024  # one record's value or before-image
 JOURNAL_FRAME_BYTES_MAX = 48 * 1024 * 1024  # raw or stored payload of one frame
-JOURNAL_FILE_BYTES = 64 * 1024 * 1024  # preallocated size of a journal file (rollover)
+JOURNAL_FILE_BYTES = 4 * 1024 * 1024  # preallocated journal file; open scans the last one whole
 JOURNAL_FILES_PER_DAY_MAX = 999  # YYYYMMDD.001 .. .999
 JOURNAL_COMPRESS_MIN_BYTES = 4096  # smaller payloads are stored raw
 JOURNAL_FLUSH_MS = 50  # relaxed commits are durable within this
 JOURNAL_GROUP_COMMIT_RECORDS_MAX = 65_536  # records in one group (one write, one fdatasync)
 JOURNAL_KILL_BEFORE_BYTES_MAX = 8 * 1024 * 1024  # a larger KILL splits into several records
 TLEVEL_MAX = 255
+JOURNAL_PURGE_DAYS = 2.0  # purge keeps files younger than this even when not needed
 
 # --- locks and transactions --------------------------------------------------------
 LOCKS_MAX = 100_000  # held locks in one instance's lock table

@@ -61,6 +61,9 @@ POINTS: tuple[str, ...] = (
     "commit_before_write",  # records logged and applied, nothing written to the journal
     "commit_after_write_before_sync",  # the journal has the frame(s), not yet durable
     "commit_after_sync_before_return",  # durable, the committer has not returned yet
+    # --- journal recovery on open (database.py) ---
+    "recovery_after_rollforward",  # records applied to the tree, rollback not yet done
+    "recovery_before_checkpoint",  # rollback journaled and durable, checkpoint not taken
     # --- journal: add here ---
     "journal_before_write",  # frames encoded and positioned, nothing written
     "journal_after_write",  # frames written to the journal file, not yet fdatasynced

@@ -43,6 +43,8 @@ from .constants import (
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
     JOURNAL_DIR_NAME,
+    JOURNAL_FLUSH_MS,
+    JOURNAL_PURGE_DAYS,
     LOCK_TIMEOUT_DEFAULT_S,
     TLEVEL_MAX,
     WIJ_BLOCKS_MAX,
@@ -194,6 +196,15 @@ class Database:
             self.store.close()
             self.wij.close()
             raise
+        self._flusher: threading.Thread | None = None
+        self._flush_wake = threading.Event()  # set by close(): no waiting out the interval
+        if commit_mode == "relaxed":
+            # Relaxed commits return at once; this makes them durable within
+            # JOURNAL_FLUSH_MS (IRIS without synchronous commit).
+            self._flusher = threading.Thread(
+                target=self._flusher_loop, name=f"irisrep-journal-flusher {self.path}", daemon=True
+            )
+            self._flusher.start()
         if write_daemon:
             self._daemon = threading.Thread(
                 target=self._daemon_loop, name=f"irisrep-write-daemon {self.path}", daemon=True
@@ -275,6 +286,7 @@ class Database:
                 if pos >= ckpt and t in replay.DATA_TYPES:
                     replay.apply(self.tree, rec)
                     applied += 1
+        crashpoints.hit("recovery_after_rollforward")
         rolled_back = sorted(open_txns)
         undo_records = []
         for rec in reversed(order):
@@ -284,6 +296,7 @@ class Database:
         if undo_records:
             self.committer.log(undo_records)
             self.committer.sync_all()
+        crashpoints.hit("recovery_before_checkpoint")
         if applied or rolled_back:
             log.warning(
                 "%s: journal recovery applied %d records from position %d and rolled "
@@ -319,6 +332,9 @@ class Database:
         self._kick.set()
         if self._daemon is not None:
             self._daemon.join()
+        if self._flusher is not None:
+            self._flush_wake.set()
+            self._flusher.join()
         with self._lock:
             try:
                 if self._failure is None:
@@ -437,6 +453,16 @@ class Database:
             except Exception:
                 return  # recorded in _failure; callers see DurabilityError
 
+    def _flusher_loop(self) -> None:
+        interval_s = JOURNAL_FLUSH_MS / 1000
+        while not self._stopping:
+            self._flush_wake.wait(interval_s)
+            try:
+                self.committer.sync_all()
+            except Exception as exc:  # recorded by the committer; callers see it
+                log.error("%s: journal flush failed: %s", self.path, exc)
+                return
+
     def _dirty_over_limit(self) -> None:
         """Called under the lock by a write that left more dirty blocks than dirty_limit.
 
@@ -456,6 +482,22 @@ class Database:
     def _after_write(self) -> None:
         if self._dirty_count() > self.dirty_limit:
             self._dirty_over_limit()
+
+    def purge_journal(self, older_than_days: float = JOURNAL_PURGE_DAYS) -> list[str]:
+        """Remove journal files no longer needed for recovery and older than N days.
+
+        Needed: everything from the smaller of the checkpoint and the transaction
+        floor on (an open transaction may need rolling back). Takes a checkpoint
+        first so that the files before it really are no longer needed.
+        """
+        self.flush()
+        with self._lock:
+            keep = min(
+                self.store.checkpoint,
+                self.store.txn_floor,
+                min(self._open_txns.values(), default=self.store.checkpoint),
+            )
+        return self.journal.purge(keep, older_than_days)
 
     # --- journaling the changes ------------------------------------------------------
 
