@@ -286,8 +286,8 @@ def test_crash_during_journal_recovery_twice(first, second):
     db.committer.sync_all()
     disk = fs.crash("drop")
     for point in (first, second):
-        crashpoints.arm(point, action=lambda n, d=disk: disks.append(d.crash("drop")))
         disks: list = []
+        crashpoints.arm(point, action=lambda n, d=disk, out=disks: out.append(d.crash("drop")))
         try:
             with pytest.raises(crashpoints.SimulatedCrash):
                 Database(INSTANCE, fs=disk, write_daemon=False, create=False)
