@@ -47,9 +47,10 @@ def bench_irisrep(root, keys_seq, keys_rnd, value):
         db = irisrep.open(path, pool_blocks=65536)
         g = db.globals["bench"]
 
-        def run(g=g, keys=keys):
-            for k in keys:
-                g[k] = value
+        def run(g=g, keys=keys, db=db):
+            with db.transaction():
+                for k in keys:
+                    g[k] = value
 
         out[label] = n / timed(run)
         db.close()

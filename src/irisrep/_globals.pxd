@@ -9,7 +9,9 @@ cdef class GlobalCore:
     cdef object _release
     cdef object _store              # the block store (pending images count as dirty)
     cdef Py_ssize_t dirty_limit     # flush when dirty + pending blocks pass this
-    cdef object _log_set            # db._log_set: journal a SET, returns a ticket
-    cdef object _commit             # db._commit: wait until a ticket is durable
+    cdef object _clog               # db.committer: log1() a record, sync() a ticket
+    cdef object _txn                # db._txn: the calling thread's transaction state
+    cdef readonly unsigned int db_id  # the database id written into every record
+    cdef bint _sync_mode            # commit_mode == "sync": an autocommit waits
     cdef _after_write(self)
     cdef _closed(self)

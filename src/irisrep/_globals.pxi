@@ -20,8 +20,10 @@ cdef class GlobalCore:
         self._release = db._lock.release
         self._store = db.store
         self.dirty_limit = db.dirty_limit
-        self._log_set = db._log_set
-        self._commit = db._commit
+        self._clog = db.committer
+        self._txn = db._txn
+        self.db_id = db.db_id
+        self._sync_mode = db.commit_mode == "sync"
 
     cdef _closed(self):
         raise self.db._closed_error()
@@ -75,8 +77,9 @@ cdef class GlobalCore:
         # Both encodings first: a bad subscript or value raises before any change.
         cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
         cdef bytes encoded = kc_encode_value(value)
-        cdef object old
+        cdef object old, st, rec
         cdef object ticket
+        cdef int level
         self._acquire()
         try:
             if self.tree.closed:
@@ -85,14 +88,24 @@ cdef class GlobalCore:
             if old is not None:
                 old = self.tree.load_value(<bytes>old)   # the before-image (rule 5)
             self.tree.set(key, encoded)
-            # Journaled in apply order while the lock is held; synced after it is
-            # released, so concurrent committers share one fdatasync.
-            ticket = self._log_set(key, encoded, old)
+            # Journaled in apply order while the lock is held (a plain 7-tuple record,
+            # docs/journal-format.md); synced after it is released, so concurrent
+            # committers share one fdatasync. In a transaction, TCOMMIT syncs.
+            st = self._txn
+            level = st.level
+            rec = (1, 0 if old is None else 1, self.db_id, st.txn if level else 0,
+                   key, encoded, b"" if old is None else old)
+            ticket = self._clog.log1(rec)
+            if level:
+                st.records.append(rec)
+                ticket = 0
+            elif not self._sync_mode:
+                ticket = 0
             self._after_write()
         finally:
             self._release()
         if ticket:
-            self._commit(ticket)
+            self._clog.sync(ticket)
 
     def __contains__(self, subs):
         """True when the node has a value ($DATA 1 or 11)."""

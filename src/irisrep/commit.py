@@ -12,8 +12,9 @@ commit durable before it returns (DESIGN.md rule 1). Promises:
   then syncs up to it before any block reaches the database: rule 2);
 - a failed journal write or sync is fatal: every later call raises DurabilityError.
 
-Lock order: the database lock, then `_lock` (brief, bookkeeping); `_io` (held over
-journal I/O) is taken before `_lock` and never while waiting for the database lock.
+Concurrency: `log` runs under the database lock (one writer of `_logged`); the I/O
+side takes `_io` (held over journal I/O, never while waiting for the database lock)
+and removes only a prefix of `_pending`; `_lock` guards the failure record.
 """
 
 from __future__ import annotations
@@ -41,22 +42,37 @@ class Committer:
         return self._logged
 
     def log(self, records: list) -> int:
-        """Queue records (in apply order); returns the ticket to sync on."""
-        with self._lock:
-            if self._failure is not None:
-                raise self._error()
-            self._pending.extend(records)
-            self._logged += len(records)
-            return self._logged
+        """Queue records (in apply order); returns the ticket to sync on.
+
+        Called under the database lock only, so `_logged` has one writer; the list
+        append is atomic under the GIL, and the I/O side only ever removes a prefix
+        of `_pending`, so no lock is needed here (this is the per-change hot path).
+        """
+        if self._failure is not None:
+            raise self._error()
+        self._pending.extend(records)
+        self._logged += len(records)
+        return self._logged
+
+    def log1(self, record) -> int:
+        """log([record]) without the list (the hot path of one SET)."""
+        if self._failure is not None:
+            raise self._error()
+        self._pending.append(record)
+        self._logged += 1
+        return self._logged
 
     def _error(self) -> DurabilityError:
         return DurabilityError(f"journal stopped after a failed write: {self._failure}")
 
     def _write_pending_locked_io(self) -> int:
         """With _io held: hand every pending record to the journal, in order."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-            upto = self._logged
+        # Take a prefix: appends only ever add at the end, and `del` of a slice is one
+        # atomic step under the GIL, so records logged meanwhile stay for the next.
+        n = len(self._pending)
+        batch = self._pending[:n]
+        del self._pending[:n]
+        upto = self._written + n
         try:
             for i in range(0, len(batch), JOURNAL_GROUP_COMMIT_RECORDS_MAX):
                 self.journal.append(batch[i : i + JOURNAL_GROUP_COMMIT_RECORDS_MAX])

@@ -275,13 +275,13 @@ class Database:
         applied = 0
         for pos, _header, records in self.journal.read(from_position=start):
             for rec in records:
-                t = rec.type
-                if rec.txn:
+                t, txn = rec[0], rec[3]
+                if txn:
                     if t == replay.TSTART:
-                        open_txns[rec.txn] = []
+                        open_txns[txn] = []
                     elif t in (replay.TCOMMIT, replay.TROLLBACK):
-                        open_txns.pop(rec.txn, None)
-                    elif t in replay.DATA_TYPES and rec.txn in open_txns:
+                        open_txns.pop(txn, None)
+                    elif t in replay.DATA_TYPES and txn in open_txns:
                         order.append(rec)
                 if pos >= ckpt and t in replay.DATA_TYPES:
                     replay.apply(self.tree, rec)
@@ -290,7 +290,7 @@ class Database:
         rolled_back = sorted(open_txns)
         undo_records = []
         for rec in reversed(order):
-            if rec.txn in open_txns:
+            if rec[3] in open_txns:
                 undo_records.extend(replay.undo(self.tree, rec, Record))
         undo_records.extend(Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in rolled_back)
         if undo_records:
@@ -731,7 +731,7 @@ class Global(_core.GlobalCore):
             records = [
                 r
                 for r in replay.kill_records(self._tree, Record, db.db_id, db._txn.txn, lo, hi)
-                if r.before != _EMPTY_ENTRIES
+                if r[6] != _EMPTY_ENTRIES
             ]
             if not records:
                 return

@@ -1,5 +1,9 @@
 """Journal records against the B+tree: make them, replay them, undo them.
 
+A record is a 7-tuple (type, flags, db_id, txn, key, value, before): the hot path
+builds plain tuples, the decoder returns journalcodec.Record (a NamedTuple); both
+index the same way.
+
 Owns the meaning of each record type (docs/journal-format.md) for the engine: how a
 change becomes a record with its before-image, how roll-forward re-applies a record,
 and how rollback, crash recovery and (later) the undo of a divergent mirror tail
@@ -97,13 +101,13 @@ def kill_records(tree, record_cls, db_id: int, txn: int, lo: bytes, hi: bytes) -
 
 def apply(tree, rec) -> None:
     """Roll forward one data record (idempotent)."""
-    t = rec.type
+    t, _flags, _db, _txn, key, value, _before = rec
     if t == SET or t == INCREMENT:
-        tree.set(rec.key, rec.value)
+        tree.set(key, value)
     elif t == KILL:
-        tree.kill_range(rec.key, rec.value)
+        tree.kill_range(key, value)
     elif t == ZKILL:
-        tree.kill_range(rec.key, rec.key + _NODE_ONLY)
+        tree.kill_range(key, key + _NODE_ONLY)
     elif t in (TSTART, TCOMMIT, TROLLBACK, MARKER):
         return
     else:
@@ -115,27 +119,21 @@ def undo(tree, rec, record_cls) -> list:
     describe what was done, each with its own before-image (undo runs in reverse
     order, so the state it starts from is the one right after `rec`). $INCREMENT is
     never undone (IRIS)."""
-    t = rec.type
+    t, flags, db_id, txn, key, value, before = rec
     out = []
     if t == SET:
-        if rec.flags & HAD_BEFORE:
-            tree.set(rec.key, rec.before)
-            out.append(
-                record_cls(
-                    SET, UNDO | HAD_BEFORE, rec.db_id, rec.txn, rec.key, rec.before, rec.value
-                )
-            )
+        if flags & HAD_BEFORE:
+            tree.set(key, before)
+            out.append(record_cls(SET, UNDO | HAD_BEFORE, db_id, txn, key, before, value))
         else:
-            tree.kill_range(rec.key, rec.key + _NODE_ONLY)
-            out.append(
-                record_cls(ZKILL, UNDO | HAD_BEFORE, rec.db_id, rec.txn, rec.key, b"", rec.value)
-            )
+            tree.kill_range(key, key + _NODE_ONLY)
+            out.append(record_cls(ZKILL, UNDO | HAD_BEFORE, db_id, txn, key, b"", value))
     elif t == ZKILL:
-        if rec.flags & HAD_BEFORE:
-            tree.set(rec.key, rec.before)
-            out.append(record_cls(SET, UNDO, rec.db_id, rec.txn, rec.key, rec.before, b""))
+        if flags & HAD_BEFORE:
+            tree.set(key, before)
+            out.append(record_cls(SET, UNDO, db_id, txn, key, before, b""))
     elif t == KILL:
-        for k, v in decode_entries(rec.before):
+        for k, v in decode_entries(before):
             tree.set(k, v)
-            out.append(record_cls(SET, UNDO, rec.db_id, rec.txn, k, v, b""))
+            out.append(record_cls(SET, UNDO, db_id, txn, k, v, b""))
     return out
