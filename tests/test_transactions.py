@@ -320,3 +320,20 @@ def test_journal_cli_dump_and_verify(tmp_path):
         f.write(bytes([b[0] ^ 1]))
     v = subprocess.run(run + ["verify", str(path)], capture_output=True, text=True, timeout=60)
     assert v.returncode == 1 and "Traceback" not in v.stderr
+
+
+def test_journaling_off_loses_only_unjournaled_changes_after_a_crash():
+    """IRIS per-database journaling off: non-transactional changes are not journaled
+    (a crash loses those since the last cycle, the tree stays sound); transactional
+    changes are journaled and survive."""
+    fs = SimFS(4)
+    db = Database(INSTANCE, fs=fs, write_daemon=False, journaling=False)
+    g = db.globals["t"]
+    g["before"] = 1
+    db.flush()
+    g["lost"] = 2  # not journaled, not yet in a cycle
+    with db.transaction():
+        g["tx"] = 3  # journaled: durable at TCOMMIT
+    survivor = fs.crash("drop")
+    got, _ = reopen(survivor)
+    assert got == {("before",): 1, ("tx",): 3}

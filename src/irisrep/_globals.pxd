@@ -13,5 +13,6 @@ cdef class GlobalCore:
     cdef object _txn                # db._txn: the calling thread's transaction state
     cdef readonly unsigned int db_id  # the database id written into every record
     cdef bint _sync_mode            # commit_mode == "sync": an autocommit waits
+    cdef bint _journaling           # off: changes outside a transaction are not journaled
     cdef _after_write(self)
     cdef _closed(self)

@@ -24,6 +24,7 @@ cdef class GlobalCore:
         self._txn = db._txn
         self.db_id = db.db_id
         self._sync_mode = db.commit_mode == "sync"
+        self._journaling = db.journaling
 
     cdef _closed(self):
         raise self.db._closed_error()
@@ -84,23 +85,27 @@ cdef class GlobalCore:
         try:
             if self.tree.closed:
                 self._closed()
-            old = self.tree.get(key)
-            if old is not None:
-                old = self.tree.load_value(<bytes>old)   # the before-image (rule 5)
+            st = self._txn
+            level = st.level
+            old = None
+            if level or self._journaling:
+                old = self.tree.get(key)
+                if old is not None:
+                    old = self.tree.load_value(<bytes>old)   # the before-image (rule 5)
             self.tree.set(key, encoded)
             # Journaled in apply order while the lock is held (a plain 7-tuple record,
             # docs/journal-format.md); synced after it is released, so concurrent
             # committers share one fdatasync. In a transaction, TCOMMIT syncs.
-            st = self._txn
-            level = st.level
-            rec = (1, 0 if old is None else 1, self.db_id, st.txn if level else 0,
-                   key, encoded, b"" if old is None else old)
-            ticket = self._clog.log1(rec)
-            if level:
-                st.records.append(rec)
-                ticket = 0
-            elif not self._sync_mode:
-                ticket = 0
+            ticket = 0
+            if level or self._journaling:
+                rec = (1, 0 if old is None else 1, self.db_id, st.txn if level else 0,
+                       key, encoded, b"" if old is None else old)
+                ticket = self._clog.log1(rec)
+                if level:
+                    st.records.append(rec)
+                    ticket = 0
+                elif not self._sync_mode:
+                    ticket = 0
             self._after_write()
         finally:
             self._release()

@@ -124,6 +124,7 @@ class Database:
         write_daemon: bool = True,
         write_daemon_interval_ms: int = WRITE_DAEMON_INTERVAL_MS,
         commit_mode: str = "sync",
+        journaling: bool = True,
     ) -> None:
         from .fileio import default_fs
 
@@ -173,6 +174,10 @@ class Database:
                 f"commit_mode: {commit_mode!r} is not one of {', '.join(COMMIT_MODES)}"
             )
         self.commit_mode = commit_mode
+        # IRIS per-database journaling: off, a change outside a transaction is not
+        # journaled (it reaches the database with the next WIJ cycle and a crash
+        # before that loses it, the tree staying sound); inside one it always is.
+        self.journaling = bool(journaling)
         self.dirty_limit = max(8, int(pool_blocks * DIRTY_SHARE_FLUSH))
         self.dirty_hard_limit = min(
             max(16, int(pool_blocks * DIRTY_SHARE_HARD)), WIJ_BLOCKS_MAX - 2
@@ -509,6 +514,8 @@ class Database:
         relaxed mode: the write daemon's cycles and close sync).
         """
         st = self._txn
+        if not st.level and not self.journaling:
+            return 0
         ticket = self.committer.log(records)
         if st.level:
             st.records.extend(records)
@@ -727,6 +734,10 @@ class Global(_core.GlobalCore):
         db = self._db
         with self._lock:
             db._check_open()
+            if not db.journaling and not db._txn.level:
+                self._tree.kill_range(lo, hi)  # not journaled: no before-image to read
+                db._after_write()
+                return
             # The before-image is read first; nothing to journal when nothing is there.
             records = [
                 r
