@@ -20,4 +20,14 @@ static inline void *ir_aligned_alloc(size_t nbytes) {
     return p;
 }
 
+/* The same, not zeroed: for a buffer that is about to be overwritten whole (a scatter
+ * write's staging copy), where zeroing tens of MiB first would cost as much as the copy. */
+static inline void *ir_aligned_alloc_uninit(size_t nbytes) {
+    void *p = NULL;
+    size_t rounded = (nbytes + IRISREP_IO_ALIGN - 1) & ~((size_t)IRISREP_IO_ALIGN - 1);
+    if (rounded == 0) rounded = IRISREP_IO_ALIGN;
+    if (posix_memalign(&p, IRISREP_IO_ALIGN, rounded) != 0) return NULL;
+    return p;
+}
+
 #endif

@@ -336,7 +336,9 @@ class TxnMachine(RuleBasedStateMachine):
         if op is not None:
             self.run(op)
 
-    @rule(count=st.integers(8, 40), size=st.sampled_from([2000, 7000, 17000]), tag=st.integers(0, 99))
+    @rule(
+        count=st.integers(8, 40), size=st.sampled_from([2000, 7000, 17000]), tag=st.integers(0, 99)
+    )
     def bulk(self, count, size, tag):
         self.run(("bulk", count, size, tag))
 
@@ -363,8 +365,11 @@ class TxnMachine(RuleBasedStateMachine):
         has_desc = any(len(k) > len(subs) and k[: len(subs)] == subs for k in v)
         assert g.data(subs) == (1 if subs in v else 0) + (10 if has_desc else 0)
 
-    @rule(parent=st.lists(sub, max_size=1).map(tuple), last=st.one_of(sub, st.just("")),
-          reverse=st.booleans())
+    @rule(
+        parent=st.lists(sub, max_size=1).map(tuple),
+        last=st.one_of(sub, st.just("")),
+        reverse=st.booleans(),
+    )
     def order(self, parent, last, reverse):
         level = len(parent)
         children = sorted(

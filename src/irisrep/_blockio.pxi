@@ -35,6 +35,7 @@ from posix.unistd cimport pwrite as c_pwrite
 cdef extern from "irisrep_align.h":
     const size_t IRISREP_IO_ALIGN
     void *ir_aligned_alloc(size_t nbytes) nogil
+    void *ir_aligned_alloc_uninit(size_t nbytes) nogil
 
 
 # Largest single transfer (constants.IO_CALL_BYTES_MAX).
@@ -356,7 +357,7 @@ cdef class DirectFile:
                              f"per-call limit of {_IO_CALL_MAX} bytes")
         threads = depth if depth < n else n
         try:
-            buf = <unsigned char *>ir_aligned_alloc(total)
+            buf = <unsigned char *>ir_aligned_alloc_uninit(total)
             offsets = <long long *>malloc(n * sizeof(long long))
             ptrs = <unsigned char **>malloc(n * sizeof(unsigned char *))
             lens = <size_t *>malloc(n * sizeof(size_t))

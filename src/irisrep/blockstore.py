@@ -30,6 +30,7 @@ from .constants import (
     IO_CALL_BYTES_MAX,
     WRITE_QUEUE_DEPTH,
     WRITE_RUN_BLOCKS_MAX,
+    WRITE_RUN_SEQUENTIAL_BLOCKS_MIN,
 )
 from .errors import BlockCorruptError, CorruptError
 
@@ -323,10 +324,16 @@ def write_runs(file, images: list[tuple[int, bytes]]) -> None:
         # A run is a list of images: the file copies them once into its buffer.
         runs.append((images[i][0] * BLOCK_SIZE, [img for _, img in images[i:j]]))
         i = j
-    # Bounded per call by IO_CALL_BYTES_MAX: a huge cycle goes in slices.
+    # Long runs are sequential writes already: one pwritev each through the file's
+    # reused aligned buffer. Short scattered runs go out together with a queue
+    # (pwrite_scatter), bounded per call by IO_CALL_BYTES_MAX.
+    pwritev = getattr(file, "pwritev_at", None)
     batch: list = []
     size = 0
     for run in runs:
+        if pwritev is not None and len(run[1]) >= WRITE_RUN_SEQUENTIAL_BLOCKS_MIN:
+            pwritev(run[0], run[1])
+            continue
         if batch and size + len(run[1]) * BLOCK_SIZE > IO_CALL_BYTES_MAX:
             file.pwrite_scatter(batch, WRITE_QUEUE_DEPTH)
             batch, size = [], 0

@@ -28,6 +28,7 @@ DIRECT_IO_DEFAULT = "optional"
 IO_CALL_BYTES_MAX = 64 * 1024 * 1024  # largest single pread/pwrite; one bad length fails alone
 WRITE_RUN_BLOCKS_MAX = 1024  # consecutive blocks coalesced into one write (8 MiB)
 WRITE_QUEUE_DEPTH = 8  # scattered O_DIRECT writes in flight at once (pwrite_scatter)
+WRITE_RUN_SEQUENTIAL_BLOCKS_MIN = 64  # runs this long are written one by one (512 KiB+)
 
 # --- key codec (IRIS limits) --------------------------------------------------------
 REFERENCE_BYTES_MAX = 511  # encoded global reference (name + subscripts)

@@ -606,8 +606,9 @@ class Database:
                 undo_records.append(Record(replay.TROLLBACK, 0, 0, st.txn, b"", b"", b""))
                 del self._open_txns[st.txn]
                 st.txn = 0
-            else:
-                st.records.extend(undo_records)
+            # The undone records and their UNDO records cancel out: neither stays in
+            # the live list (an outer rollback must not undo the undo). The journal
+            # keeps both, and recovery's full reverse walk undoes them in pairs.
             if undo_records:
                 self.committer.log(undo_records)
             self._after_write()
