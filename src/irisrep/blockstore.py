@@ -41,7 +41,24 @@ assert _HEADER.size == 64
 _U32 = struct.Struct("<I")
 
 
-class BlockStore:
+class StoreFile:
+    """What a WIJ cycle or recovery needs of a database file: `file`, `path`, `db_id`
+    and these three (BlockStore and wij.RawStore share them)."""
+
+    file: object
+    path: str
+
+    def write_images(self, images: list[tuple[int, bytes]]) -> None:
+        write_runs(self.file, images)
+
+    def sync(self) -> None:
+        self.file.fdatasync()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class BlockStore(StoreFile):
     """A database file opened through the file-system seam (`fileio.FS`)."""
 
     def __init__(self, fs, path: str, *, create: bool = False, direct: str = "optional") -> None:
@@ -296,15 +313,6 @@ class BlockStore:
         out = sorted(self.pending.items())
         self.pending.clear()
         return out
-
-    def write_images(self, images: list[tuple[int, bytes]]) -> None:
-        write_runs(self.file, images)
-
-    def sync(self) -> None:
-        self.file.fdatasync()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def write_runs(file, images: list[tuple[int, bytes]]) -> None:

@@ -38,7 +38,7 @@ import struct
 import xxhash
 
 from . import _core, crashpoints
-from .blockstore import write_runs
+from .blockstore import StoreFile
 from .constants import (
     BLOCK_HEADER_SIZE,
     BLOCK_SIZE,
@@ -306,7 +306,7 @@ def _write_buffers(f, offset: int, buffers: list) -> None:
             f.pwrite(offset + start, run[0] if len(run) == 1 else b"".join(run))
 
 
-class RawStore:
+class RawStore(StoreFile):
     """A database file opened for WIJ recovery only: it never reads the header block
     through the verifier (block 0 may itself be one of the blocks being restored).
 
@@ -341,15 +341,6 @@ class RawStore:
                 found=b,
             )
         self.db_id = a
-
-    def write_images(self, images: list[tuple[int, bytes]]) -> None:
-        write_runs(self.file, images)
-
-    def sync(self) -> None:
-        self.file.fdatasync()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class WriteImageJournal:
@@ -504,22 +495,42 @@ class WriteImageJournal:
         self._sync(self.file.fdatasync, self.path)
         crashpoints.hit("wij_after_active_fsync")
 
-        # 3. the database files, then each fsynced.
+        # 3. the database files, then each fsynced; 4. EMPTY: the set is in the
+        # databases and the WIJ is free for the next cycle.
+        self._copy_out(
+            stores,
+            per_db,
+            "wij_after_db_write",
+            "wij_after_db_fsync",
+            "wij_after_empty_write",
+            "database write failed",
+        )
+
+    def _copy_out(
+        self,
+        stores: dict,
+        per_db: dict,
+        after_write: str,
+        after_fsync: str,
+        after_empty: str,
+        what: str,
+    ) -> None:
+        """The second phase, shared by a cycle and by recovery: write the images into
+        their databases, fdatasync each, then mark the WIJ empty and fdatasync it.
+        The crash point names say which of the two is passing."""
         try:
             for db_id, imgs in per_db.items():
                 stores[db_id].write_images(imgs)
-                crashpoints.hit("wij_after_db_write")
+                crashpoints.hit(after_write)
         except OSError as e:
-            self._fail(f"database write failed: {e}")
+            self._fail(f"{what}: {e}")
             raise
         for db_id in per_db:
             store = stores[db_id]
             self._sync(store.sync, store.path)
-            crashpoints.hit("wij_after_db_fsync")
-
-        # 4. EMPTY: the set is in the databases; the WIJ is free for the next cycle.
+            crashpoints.hit(after_fsync)
         self._write_header(state=WIJ_EMPTY)
-        crashpoints.hit("wij_after_empty_write")
+        crashpoints.hit(after_empty)
         self._sync(self.file.fdatasync, self.path)
 
     def _write_images(self, ordered: list[tuple[int, int, bytes]]) -> bytearray:
@@ -669,20 +680,14 @@ class WriteImageJournal:
             imgs.sort(key=lambda t: t[0])
 
         # Every entry verified: copy them in, fsync, then mark EMPTY.
-        try:
-            for db_id, imgs in per_db.items():
-                stores[db_id].write_images(imgs)
-                crashpoints.hit("wij_recovery_after_db_write")
-        except OSError as e:
-            self._fail(f"database write during recovery failed: {e}")
-            raise
-        for db_id in per_db:
-            store = stores[db_id]
-            self._sync(store.sync, store.path)
-            crashpoints.hit("wij_recovery_after_db_fsync")
-        self._write_header(state=WIJ_EMPTY)
-        crashpoints.hit("wij_recovery_after_empty_write")
-        self._sync(self.file.fdatasync, self.path)
+        self._copy_out(
+            stores,
+            per_db,
+            "wij_recovery_after_db_write",
+            "wij_recovery_after_db_fsync",
+            "wij_recovery_after_empty_write",
+            "database write during recovery failed",
+        )
         return WIJRecovery("active", h.entries, h.cycle, h.checkpoint, [], bool(h.running), [])
 
     def _compare(self, stores: dict, h: _Header, out: WIJRecovery) -> None:
