@@ -70,7 +70,7 @@ cdef class BTree:
     cdef public uint64_t mod_count  # bumped by every structural or value change
     cdef public bint closed         # set by Database.close(); every API call checks it
     cpdef object get(self, bytes key)
-    cpdef object set(self, bytes key, bytes value, uint64_t position=*)
+    cpdef object set(self, bytes key, bytes value, uint64_t position=*, bint want_old=*)
     cpdef object load_value(self, bytes stored)
     cdef Node _get(self, object block_no)
     cdef bytes _store_value(self, bytes value)

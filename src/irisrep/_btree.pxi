@@ -249,17 +249,20 @@ cdef class Node:
     cdef void _fp_insert(self, Py_ssize_t i, bytes key):
         """keys[i] was just inserted: keep the fingerprints valid if that is cheap.
 
-        A key inserted strictly between two keys that share the common prefix shares
-        it too, so its fingerprint slots in with a memmove. At either end the prefix
-        may shrink: drop the fingerprints (the next searches rebuild them).
+        A key that starts with the common prefix slots its fingerprint in with a
+        memmove (the prefix stays common to all, which is all a search needs); one
+        that does not (only possible at either end) drops the fingerprints.
         """
         cdef Py_ssize_t j = i - self.fp_base
-        cdef Py_ssize_t lcp
+        cdef Py_ssize_t lcp = PyBytes_GET_SIZE(self.fp_prefix) if self.fp_n >= 0 else 0
         cdef uint64_t *nfp
         cdef uint16_t *nlen
         if self.fp_n < 0:
             return
-        if j <= 0 or j >= self.fp_n:
+        if (j < 0 or j > self.fp_n or PyBytes_GET_SIZE(key) < lcp
+                or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.fp_prefix), lcp) != 0):
+            # Outside the common prefix (possible only at either end): the prefix
+            # would shrink, so drop the fingerprints.
             self._changed()
             return
         if self.fp_n + 1 > self.fp_cap:
@@ -276,7 +279,6 @@ cdef class Node:
             self.fp_cap *= 2
         memmove(self.fp + j + 1, self.fp + j, (self.fp_n - j) * sizeof(uint64_t))
         memmove(self.fp_len + j + 1, self.fp_len + j, (self.fp_n - j) * sizeof(uint16_t))
-        lcp = PyBytes_GET_SIZE(self.fp_prefix)
         self.fp[j] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(key) + lcp,
                                   PyBytes_GET_SIZE(key) - lcp)
         self.fp_len[j] = <uint16_t>(PyBytes_GET_SIZE(key) - lcp)
@@ -600,26 +602,29 @@ cdef class BTree:
             return node.vals[i]
         return None
 
-    cpdef object set(self, bytes key, bytes value, uint64_t position=0):
+    cpdef object set(self, bytes key, bytes value, uint64_t position=0, bint want_old=False):
         """Insert or replace key; value is an encoded value (long ones go to overflow).
 
-        Returns the previous stored value (or None); the caller frees nothing: the
-        old overflow chain, if any, is freed here.
+        Returns the previous stored value (or None); with want_old, the previous
+        full encoded value (read before its overflow chain is freed), which is the
+        before-image the journal needs, found by the same descent.
         """
         cdef list path = []
         cdef Node node = self._get(self.root)
         cdef Py_ssize_t i
-        cdef bytes stored = self._store_value(value), old = None
+        cdef bytes stored = self._store_value(value), old = None, old_stored
         while node.level > 0:
             i = _child_index(node, key)
             path.append((node, i))
             node = self._get(node.children[i])
         i = _node_search(node, key, False)
         if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
-            old = <bytes>node.vals[i]
+            old_stored = <bytes>node.vals[i]
             node.vals[i] = stored
-            node.nbytes += PyBytes_GET_SIZE(stored) - PyBytes_GET_SIZE(old)
-            self._free_value(old)
+            node.nbytes += PyBytes_GET_SIZE(stored) - PyBytes_GET_SIZE(old_stored)
+            # Read the old value in full before its overflow chain goes back.
+            old = self.load_value(old_stored) if want_old else old_stored
+            self._free_value(old_stored)
         else:
             node.keys.insert(i, key)
             node.vals.insert(i, stored)

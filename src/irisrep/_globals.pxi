@@ -87,12 +87,8 @@ cdef class GlobalCore:
                 self._closed()
             st = self._txn
             level = st.level
-            old = None
-            if level or self._journaling:
-                old = self.tree.get(key)
-                if old is not None:
-                    old = self.tree.load_value(<bytes>old)   # the before-image (rule 5)
-            self.tree.set(key, encoded)
+            # The before-image (rule 5) comes back from the same descent that sets.
+            old = self.tree.set(key, encoded, 0, level or self._journaling)
             # Journaled in apply order while the lock is held (a plain 7-tuple record,
             # docs/journal-format.md); synced after it is released, so concurrent
             # committers share one fdatasync. In a transaction, TCOMMIT syncs.

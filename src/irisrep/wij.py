@@ -104,6 +104,10 @@ RECOVERY_POINTS = (
     "wij_recovery_after_empty_write",
 )
 
+# Writer threads of a cycle's WIJ write on real files: two writes in flight are
+# measurably faster than one on a virtio disk (bench/bench_wij.py), more are not.
+WIJ_WRITE_THREADS = 2
+
 _xxh3 = xxhash.xxh3_64_intdigest
 _xxh3_state = xxhash.xxh3_64
 
@@ -306,6 +310,15 @@ def _write_buffers(f, offset: int, buffers: list) -> None:
             f.pwrite(offset + start, run[0] if len(run) == 1 else b"".join(run))
 
 
+def _per_unit(n: int) -> int:
+    """Images per staged WIJ write: about a quarter of the cycle (so that copies,
+    checksums and writes overlap on WIJ_WRITE_THREADS threads), within
+    [WIJ_PIPELINE_MIN_BYTES, WIJ_WRITE_CHUNK_BYTES]."""
+    most = max(1, min(WIJ_WRITE_CHUNK_BYTES, IO_CALL_BYTES_MAX) // BLOCK_SIZE)
+    least = max(1, WIJ_PIPELINE_MIN_BYTES // BLOCK_SIZE)
+    return min(most, max(least, -(-n // 4)))
+
+
 class RawStore(StoreFile):
     """A database file opened for WIJ recovery only: it never reads the header block
     through the verifier (block 0 may itself be one of the blocks being restored).
@@ -453,26 +466,13 @@ class WriteImageJournal:
         # block and database (a misdirected image is a bug upstream). Their checksums
         # are verified where they are read back: recovery and every database read.
         ordered = sorted(images)  # directory order: (db_id, block_no)
-        per_db: dict[int, list[tuple[int, bytes]]] = {}
-        prev = None
-        unpack_id = _ID.unpack_from
-        for db_id, block_no, image in ordered:
-            key = (db_id, block_no)
-            if key == prev:
-                raise ValueError(f"{self.path}: block {block_no} of database {db_id} twice")
-            prev = key
-            imgs = per_db.get(db_id)
-            if imgs is None:
-                if db_id not in stores:
-                    raise ValueError(f"{self.path}: no store for database id {db_id}")
-                imgs = per_db[db_id] = []
-            if len(image) != BLOCK_SIZE or unpack_id(image, 8) != (block_no, db_id):
-                raise ValueError(
-                    f"{self.path}: image for block {block_no} of database {db_id} is not a "
-                    f"sealed image of that block ({len(image)} bytes, names "
-                    f"{unpack_id(image, 8) if len(image) >= 16 else None})"
-                )
-            imgs.append((block_no, image))
+        # One pass in C; on any failure the loop below finds and words the error.
+        per_db = _core.wj_group_images(ordered)
+        if per_db is None:
+            per_db = self._group_slow(stores, ordered)
+        for db_id in per_db:
+            if db_id not in stores:
+                raise ValueError(f"{self.path}: no store for database id {db_id}")
         n = len(ordered)
 
         # 1. directory + images in large sequential writes, then fdatasync. The
@@ -505,6 +505,31 @@ class WriteImageJournal:
             "wij_after_empty_write",
             "database write failed",
         )
+
+    def _group_slow(self, stores: dict, ordered: list) -> dict[int, list[tuple[int, bytes]]]:
+        """wj_group_images' checks in Python, raising ValueError naming the first
+        triple that fails (the fast pass only says that one does)."""
+        per_db: dict[int, list[tuple[int, bytes]]] = {}
+        prev = None
+        unpack_id = _ID.unpack_from
+        for db_id, block_no, image in ordered:
+            key = (db_id, block_no)
+            if key == prev:
+                raise ValueError(f"{self.path}: block {block_no} of database {db_id} twice")
+            prev = key
+            imgs = per_db.get(db_id)
+            if imgs is None:
+                if db_id not in stores:
+                    raise ValueError(f"{self.path}: no store for database id {db_id}")
+                imgs = per_db[db_id] = []
+            if len(image) != BLOCK_SIZE or unpack_id(image, 8) != (block_no, db_id):
+                raise ValueError(
+                    f"{self.path}: image for block {block_no} of database {db_id} is not a "
+                    f"sealed image of that block ({len(image)} bytes, names "
+                    f"{unpack_id(image, 8) if len(image) >= 16 else None})"
+                )
+            imgs.append((block_no, image))
+        return per_db
 
     def _copy_out(
         self,
@@ -544,6 +569,15 @@ class WriteImageJournal:
         deterministic)."""
         n = len(ordered)
         entries = bytearray(_dir_bytes(n))
+        if isinstance(self.file, _core.DirectFile):
+            # Real files: one pass in C (copy into reused aligned buffers, entry
+            # checksum of the copy, pwrite) on WIJ_WRITE_THREADS writer threads; the
+            # directory goes last, as below.
+            _core.wj_write_images(
+                self.file, _images_offset(n), ordered, entries, _per_unit(n), WIJ_WRITE_THREADS
+            )
+            self.file.pwrite(WIJ_DIR_OFFSET, entries)
+            return entries
         pack = _ENTRY.pack_into
         ck = _entry_checksum
         # Chunks of at most WIJ_WRITE_CHUNK_BYTES; a smaller cycle is still cut into
