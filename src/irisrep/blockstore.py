@@ -323,10 +323,13 @@ def write_runs(file, images: list[tuple[int, bytes]]) -> None:
     of them count, which is why every caller ends the phase with a sync.
     """
     if isinstance(file, _core.DirectFile):
-        # Real files: one call in C. Each run (split at WRITE_RUN_BLOCKS_MAX) is
-        # copied into a reused aligned buffer and written with one pwrite, up to
-        # WRITE_QUEUE_DEPTH of them in flight, copies overlapping writes.
-        _core.wj_write_runs(file, images, WRITE_RUN_BLOCKS_MAX, WRITE_QUEUE_DEPTH)
+        # Real files: one call in C. Each run, split into pieces of at most 2 MiB
+        # (a long run then still has several writes in flight), is copied into a
+        # reused aligned buffer and written with one pwrite, up to WRITE_QUEUE_DEPTH
+        # of them in flight, copies overlapping writes.
+        _core.wj_write_runs(
+            file, images, min(WRITE_RUN_BLOCKS_MAX, (2 << 20) // BLOCK_SIZE), WRITE_QUEUE_DEPTH
+        )
         return
     runs = []
     i = 0

@@ -43,6 +43,7 @@ from .constants import (
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
     JOURNAL_DIR_NAME,
+    JOURNAL_FILE_BYTES,
     JOURNAL_FLUSH_MS,
     JOURNAL_PURGE_DAYS,
     LOCK_TIMEOUT_DEFAULT_S,
@@ -125,6 +126,7 @@ class Database:
         write_daemon_interval_ms: int = WRITE_DAEMON_INTERVAL_MS,
         commit_mode: str = "sync",
         journaling: bool = True,
+        journal_file_bytes: int = JOURNAL_FILE_BYTES,
     ) -> None:
         from .fileio import default_fs
 
@@ -192,7 +194,12 @@ class Database:
         self.locks = LockTable()
         # Recovery on open, step 2 (rule 3): roll the journal forward from the
         # checkpoint, then roll back transactions that never committed.
-        self.journal = Journal(self.fs, os.path.join(self.path, JOURNAL_DIR_NAME), direct=direct)
+        self.journal = Journal(
+            self.fs,
+            os.path.join(self.path, JOURNAL_DIR_NAME),
+            direct=direct,
+            file_bytes=journal_file_bytes,
+        )
         try:
             self.committer = Committer(self.journal)
             self.journal_recovery = self._recover_journal()

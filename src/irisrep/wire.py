@@ -858,8 +858,9 @@ class WireListener:
     """A mirror listener that stays bounded under floods of idle or slow connections.
 
     One thread accepts and watches connections that have sent nothing yet; each is
-    closed (and logged) when nothing arrives within the handshake deadline, and at most
-    `pending_max` connections wait or shake hands at once (more are closed on accept).
+    closed (and logged) when nothing arrives within the handshake deadline; at most
+    `pending_max` connections wait or shake hands at once: when full, a new one closes
+    the oldest that has sent nothing, or is itself closed if all are in handshakes.
     A connection that sends its first byte is handed to one of `threads_max` handshake
     threads (TLS first, when `ssl_context` is given), whose deadline still runs from
     the accept. A welcomed connection goes to `on_peer(sock, peer)`, which owns it from
@@ -891,7 +892,14 @@ class WireListener:
         self._pending_max = pending_max
         self._lock = threading.Lock()
         self._busy = 0  # connections watched or in a handshake
-        self.stats = {"accepted": 0, "refused": 0, "idle_closed": 0, "failed": 0, "welcomed": 0}
+        self.stats = {
+            "accepted": 0,
+            "refused": 0,
+            "evicted": 0,
+            "idle_closed": 0,
+            "failed": 0,
+            "welcomed": 0,
+        }
         self.busy_peak = 0
         self._sock = socket.create_server(address, backlog=WIRE_LISTEN_BACKLOG_COUNT)
         self._sock.setblocking(False)
@@ -963,15 +971,24 @@ class WireListener:
             except OSError as e:  # EMFILE and friends: log, keep serving
                 log.warning("accept failed: %s", e)
                 return
+            if self._busy >= self._pending_max and pending:
+                # Full: the oldest connection that has sent nothing makes room (a member
+                # sends HELLO at once, so a flood of idle ones cannot lock it out).
+                old = next(iter(pending))
+                self._sel.unregister(old)
+                del pending[old]
+                _close(old)
+                self._release("evicted")
+                log.warning("idle connection closed to make room: %d pending", self._pending_max)
             with self._lock:
                 full = self._busy >= self._pending_max
                 if not full:
                     self._busy += 1
                     self.busy_peak = max(self.busy_peak, self._busy)
-                self.stats["accepted" if not full else "refused"] += 1
+                self.stats["refused" if full else "accepted"] += 1
             if full:
                 _close(conn)
-                log.warning("connection from %s refused: %d pending", addr, self._pending_max)
+                log.warning("connection from %s refused: %d in handshakes", addr, self._pending_max)
                 continue
             conn.setblocking(True)
             pending[conn] = time.monotonic() + self._timeout
