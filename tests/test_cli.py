@@ -209,7 +209,7 @@ def test_demo_runs_and_checks_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = flat(proc.stdout)
     assert "congratulations" in out and "<SUBSCRIPT>" in out and "demo passed" in out
-    assert "OK: 4 nodes" in out
+    assert "OK: 5 nodes" in out and "end: zero" in out
 
 
 def test_wij_status_and_integrity_report_pending_recovery(tmp_path):

@@ -81,6 +81,7 @@ def demo(path: str | None) -> None:
     The mirroring walkthrough (primary, backup, failover) joins this command when
     mirroring lands; today it shows the storage engine those members stand on.
     """
+    import os
     import shutil
     import tempfile
 
@@ -124,6 +125,14 @@ def demo(path: str | None) -> None:
             step('Kill ^myfirstglobal("fruit",2)')
             del g["fruit", 2]
             expect("$QUERY after fruit 1", g.query(("fruit", 1)), ("fruit", 3))
+            step("TSTART, Set, TROLLBACK: the before-image comes back")
+            db.tstart()
+            g[()] = "not for long"
+            db.trollback()
+            expect("Write ^myfirstglobal after TROLLBACK", g[()], "congratulations")
+            with db.transaction():
+                g["fruit", 4] = "date"
+            expect('$GET(^myfirstglobal("fruit",4)) after TCOMMIT', g.get(("fruit", 4)), "date")
             step("Bad input is refused and changes nothing")
             try:
                 g[""] = 1
@@ -135,11 +144,25 @@ def demo(path: str | None) -> None:
         with irisrep.open(path) as db:
             g = db.globals["myfirstglobal"]
             expect("Write ^myfirstglobal", g[()], "congratulations")
-            expect("all nodes", [s for s, _ in g.items()], [(), ("fruit", 1), ("fruit", 3), ("n",)])
+            expect(
+                "all nodes",
+                [s for s, _ in g.items()],
+                [(), ("fruit", 1), ("fruit", 3), ("fruit", 4), ("n",)],
+            )
         step(f"irisrep integrity {path}")
         for r in check(path):
             console.print(f"   {r.summary()}", markup=False, highlight=False)
             expect("integrity", r.ok, True)
+        step(f"irisrep journal verify {path}")
+        from .journal import verify_dir
+
+        report = verify_dir(os.path.join(path, "journal"))
+        console.print(
+            f"   {report['frames']} frames, {report['records']} records, "
+            f"end: {report['end_reason']}",
+            markup=False,
+        )
+        expect("journal", report["ok"], True)
         console.print("\n[bold green]demo passed[/]")
     finally:
         if own:
