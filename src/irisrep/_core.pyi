@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeAlias
 from typing_extensions import Buffer, Self, disjoint_base
 
 from irisrep.journalcodec import FrameHeader, Record
+from irisrep.wire import WireFrame
 
 # A decoded subscript: canonical numbers come back as int or float, the rest as str.
 _Subscript: TypeAlias = int | float | str
@@ -171,3 +172,11 @@ def frame_length(stored_len: int) -> int: ...
 def parse_frame(
     buf: _BytesLike, offset: int, expected_position: int
 ) -> tuple[FrameHeader, bytes, int]: ...
+
+# --- _wire.pxi: mirror transport frames (docs/wire-format.md) ------------------------
+
+def encode_wire_frame(
+    ftype: int, epoch: int, payload: _BytesLike, compress: bool | None = None
+) -> bytes: ...
+def parse_wire_header(buf: _BytesLike) -> tuple[int, int, int, int]: ...
+def parse_wire_frame(buf: _BytesLike) -> tuple[WireFrame, int]: ...

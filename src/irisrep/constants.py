@@ -93,3 +93,24 @@ JOURNAL_PURGE_DAYS = 2.0  # purge keeps files younger than this even when not ne
 # --- locks and transactions --------------------------------------------------------
 LOCKS_MAX = 100_000  # held locks in one instance's lock table
 LOCK_TIMEOUT_DEFAULT_S = 30.0  # g.lock() without a timeout; timeout=None waits forever
+
+# --- mirror transport (docs/wire-format.md, include/irisrep_wire.h) -----------------
+WIRE_MAGIC = b"IRWF"
+WIRE_VERSION = 1
+WIRE_FRAME_HEADER_BYTES = 32
+WIRE_FRAME_BYTES_MAX = 64 * 1024 * 1024  # payload of one frame, on the wire and raw
+WIRE_ZSTD_PREFIX_BYTES = 4  # u32 raw size before a compressed payload
+WIRE_COMPRESS_MIN_BYTES = 4096  # smaller payloads are sent raw (compress=None)
+WIRE_NONCE_BYTES = 32
+WIRE_MAC_BYTES = 32  # HMAC-SHA256
+WIRE_NAME_BYTES_MAX = 64  # mirror and member names, ASCII [A-Za-z0-9_.-]
+WIRE_KEY_BYTES_MIN = 16  # the mirror key
+WIRE_REJECT_BYTES_MAX = 256
+WIRE_STATUS_BYTES_MAX = 64 * 1024
+WIRE_JOURNAL_PAYLOAD_BYTES_MIN = 4 + JOURNAL_FRAME_HEADER_BYTES  # count + one frame header
+WIRE_FRAME_TIMEOUT_MS = 10_000  # one frame, first byte to last, however it trickles
+WIRE_HANDSHAKE_TIMEOUT_MS = 5_000  # accept to WELCOME
+WIRE_SEND_TIMEOUT_MS = 10_000  # one send_frame
+WIRE_CONNECTIONS_PENDING_MAX = 64  # accepted, not yet welcomed; more are refused at once
+WIRE_HANDSHAKE_THREADS_MAX = 4  # handshakes run at once by a WireListener
+WIRE_LISTEN_BACKLOG_COUNT = 128

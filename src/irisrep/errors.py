@@ -149,6 +149,30 @@ class DurabilityError(IrisrepError):
     """A write could not be made durable (fsync failed): the member stops taking writes."""
 
 
+class WireError(IrisrepError):
+    """Bad input from the network; `reason` (one of WIRE_ERROR_REASONS) says why.
+
+    The connection it came from cannot be trusted to be in step any more: close it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"wire frame: {reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.detail))
+
+
+class HandshakeError(WireError):
+    """The handshake failed: `reason` is one of HANDSHAKE_REASONS (or a WireError's
+    reason when a frame in it was malformed)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        IrisrepError.__init__(self, f"wire handshake: {reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class ConfigError(IrisrepError, ValueError):
     """A bad setting: names the key and says what is allowed."""
 
@@ -175,6 +199,8 @@ __all__ = [
     "WIJRecoveryPendingError",
     "JournalCorruptError",
     "DurabilityError",
+    "WireError",
+    "HandshakeError",
     "ConfigError",
     "ClosedError",
 ]

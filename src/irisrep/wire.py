@@ -41,29 +41,33 @@ from typing import NamedTuple
 import xxhash
 import zstandard
 
-from .constants import JOURNAL_FRAME_ALIGN, JOURNAL_FRAME_BYTES_MAX, JOURNAL_FRAME_HEADER_BYTES
-from .errors import IrisrepError
+from .constants import (
+    JOURNAL_FRAME_ALIGN,
+    JOURNAL_FRAME_BYTES_MAX,
+    JOURNAL_FRAME_HEADER_BYTES,
+    WIRE_COMPRESS_MIN_BYTES,
+    WIRE_CONNECTIONS_PENDING_MAX,
+    WIRE_FRAME_BYTES_MAX,
+    WIRE_FRAME_HEADER_BYTES,
+    WIRE_FRAME_TIMEOUT_MS,
+    WIRE_HANDSHAKE_THREADS_MAX,
+    WIRE_HANDSHAKE_TIMEOUT_MS,
+    WIRE_JOURNAL_PAYLOAD_BYTES_MIN,
+    WIRE_KEY_BYTES_MIN,
+    WIRE_LISTEN_BACKLOG_COUNT,
+    WIRE_MAC_BYTES,
+    WIRE_MAGIC,
+    WIRE_NAME_BYTES_MAX,
+    WIRE_NONCE_BYTES,
+    WIRE_REJECT_BYTES_MAX,
+    WIRE_SEND_TIMEOUT_MS,
+    WIRE_STATUS_BYTES_MAX,
+    WIRE_VERSION,
+    WIRE_ZSTD_PREFIX_BYTES,
+)
+from .errors import HandshakeError, WireError
 
 # --- limits (to move to constants.py; include/irisrep_wire.h agrees) -------------------
-WIRE_MAGIC = b"IRWF"
-WIRE_VERSION = 1
-WIRE_FRAME_HEADER_BYTES = 32
-WIRE_FRAME_BYTES_MAX = 64 * 1024 * 1024  # payload of one frame, on the wire and raw
-WIRE_ZSTD_PREFIX_BYTES = 4  # u32 raw size before a compressed payload
-WIRE_COMPRESS_MIN_BYTES = 4096  # smaller payloads are sent raw (compress=None)
-WIRE_NONCE_BYTES = 32
-WIRE_MAC_BYTES = 32  # HMAC-SHA256
-WIRE_NAME_BYTES_MAX = 64  # mirror and member names, ASCII [A-Za-z0-9_.-]
-WIRE_KEY_BYTES_MIN = 16  # the mirror key
-WIRE_REJECT_BYTES_MAX = 256
-WIRE_STATUS_BYTES_MAX = 64 * 1024
-WIRE_JOURNAL_PAYLOAD_BYTES_MIN = 4 + JOURNAL_FRAME_HEADER_BYTES  # count + one frame header
-WIRE_FRAME_TIMEOUT_MS = 10_000  # one frame, first byte to last, however it trickles
-WIRE_HANDSHAKE_TIMEOUT_MS = 5_000  # accept to WELCOME
-WIRE_SEND_TIMEOUT_MS = 10_000  # one send_frame
-WIRE_CONNECTIONS_PENDING_MAX = 64  # accepted, not yet welcomed; more are refused at once
-WIRE_HANDSHAKE_THREADS_MAX = 4  # handshakes run at once by a WireListener
-WIRE_LISTEN_BACKLOG_COUNT = 128
 
 __all__ = [
     "HELLO",
@@ -200,30 +204,6 @@ HANDSHAKE_REASONS = (
     "unexpected frame",
     "rejected",  # the peer sent a REJECT with a reason not listed here
 )
-
-
-class WireError(IrisrepError):
-    """Bad input from the network; `reason` (one of WIRE_ERROR_REASONS) says why.
-
-    The connection it came from cannot be trusted to be in step any more: close it."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"wire frame: {reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self):
-        return (type(self), (self.reason, self.detail))
-
-
-class HandshakeError(WireError):
-    """The handshake failed: `reason` is one of HANDSHAKE_REASONS (or a WireError's
-    reason when a frame in it was malformed)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        IrisrepError.__init__(self, f"wire handshake: {reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class WireFrame(NamedTuple):
@@ -605,6 +585,8 @@ class FrameReader:
                 n = self._sock.recv_into(view[got:])
             except TimeoutError:
                 raise _err("timeout", f"{got} of {len(view)} bytes before the deadline") from None
+            except (ConnectionResetError, ConnectionAbortedError):
+                n = 0  # an abrupt close is a close
             if n == 0:
                 if at_boundary and got == 0:
                     raise _err("closed", "the peer closed the connection")
@@ -713,7 +695,7 @@ def _peer_rejected(frame: WireFrame) -> tuple[str, str]:
 def _read(reader: FrameReader, sock, deadline: float) -> WireFrame:
     try:
         return reader.read_frame(deadline=deadline)
-    except WireError as e:
+    except (WireError, OSError) as e:
         _close(sock)
         log.warning("handshake failed: %s", e)
         raise
@@ -754,7 +736,7 @@ def server_handshake(
     try:
         send_frame(sock, CHALLENGE, 0, nonce_s + _proof(key, b"server", f.payload, nonce_s))
     except (OSError, WireError) as e:
-        raise _fail(sock, "rejected", f"sending CHALLENGE: {e}", reject=False) from None
+        raise _fail(sock, "closed", f"sending CHALLENGE: {e}", reject=False) from None
     r = _read(reader, sock, deadline)
     if r.type == REJECT:
         reason, detail = _peer_rejected(r)
@@ -770,7 +752,7 @@ def server_handshake(
     try:
         send_frame(sock, WELCOME, epoch, encode_name(member))
     except (OSError, WireError) as e:
-        raise _fail(sock, "rejected", f"sending WELCOME: {e}", reject=False) from None
+        raise _fail(sock, "closed", f"sending WELCOME: {e}", reject=False) from None
     log.info("member %r of mirror %r connected", peer_member, mirror)
     return Peer(mirror, peer_member, 0)
 
@@ -793,7 +775,7 @@ def client_handshake(
     try:
         send_frame(sock, HELLO, 0, hello)
     except (OSError, WireError) as e:
-        raise _fail(sock, "rejected", f"sending HELLO: {e}", reject=False) from None
+        raise _fail(sock, "closed", f"sending HELLO: {e}", reject=False) from None
     f = _read(reader, sock, deadline)
     if f.type == REJECT:
         reason, detail = _peer_rejected(f)
@@ -808,7 +790,7 @@ def client_handshake(
     try:
         send_frame(sock, RESPONSE, 0, _proof(key, b"client", hello, nonce_s))
     except (OSError, WireError) as e:
-        raise _fail(sock, "rejected", f"sending RESPONSE: {e}", reject=False) from None
+        raise _fail(sock, "closed", f"sending RESPONSE: {e}", reject=False) from None
     w = _read(reader, sock, deadline)
     if w.type == REJECT:
         reason, detail = _peer_rejected(w)
