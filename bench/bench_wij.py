@@ -3,9 +3,9 @@
 For N dirty blocks (1,000 and 10,000) spread over a database file, one run measures:
 - cycle: `WriteImageJournal.cycle()` on real files (RealFS, O_DIRECT where the file
   system allows it), exactly as the write daemon runs it: input check, directory +
-  images to the WIJ (copy, entry checksums and writes in one pass, _core.wj_write_images),
+  images to the WIJ (copy, entry checksums and writes in one pass, _core._wj_write_images),
   fdatasync, ACTIVE header, fdatasync, blocks into the database
-  (BlockStore.write_images -> _core.wj_write_runs), fdatasync, EMPTY header,
+  (BlockStore.write_images -> _core._wj_write_runs), fdatasync, EMPTY header,
   fdatasync. All of its Python and C work is included.
 - floor: the same bytes with nothing else: one sequential write of the N blocks to
   a scratch "wij" file, the N blocks written to a scratch "db" file at the same

@@ -37,7 +37,7 @@ import random
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from irisrep import crashpoints, integrity
@@ -216,7 +216,10 @@ def bulk_items(count: int, size: int, tag: int):
 
 # --- strategies --------------------------------------------------------------------------
 
-sub = st.sampled_from([1, 2, "a", "x"])
+SUBS = (1, 2, "a", "x")
+PARENTS = ((), (1,), ("a",), ("bulk",))
+NODES = ((),) + tuple((a,) for a in SUBS + ("bulk",)) + tuple((a, b) for a in SUBS for b in SUBS)
+sub = st.sampled_from(SUBS)
 subs = st.one_of(
     st.lists(sub, max_size=2).map(tuple),
     st.sampled_from([("bulk",), ("bulk", 0), ("bulk", 3)]),
@@ -357,32 +360,15 @@ class TxnMachine(RuleBasedStateMachine):
     def trollback(self, levels):
         self.run(self.normalize(("trollback", levels)))
 
-    @rule(subs=subs)
-    def read(self, subs):
-        g = self.g()
-        v = self.model.visible
-        assert g.get(subs, "<none>") == v.get(subs, "<none>")
-        has_desc = any(len(k) > len(subs) and k[: len(subs)] == subs for k in v)
-        assert g.data(subs) == (1 if subs in v else 0) + (10 if has_desc else 0)
-
-    @rule(
-        parent=st.lists(sub, max_size=1).map(tuple),
-        last=st.one_of(sub, st.just("")),
-        reverse=st.booleans(),
-    )
-    def order(self, parent, last, reverse):
-        level = len(parent)
-        children = sorted(
-            {k[level] for k in self.model.visible if len(k) > level and k[:level] == parent},
-            key=coll,
-        )
-        if last == "":
-            expect = (children[-1] if reverse else children[0]) if children else None
-        else:
-            here = coll(last)
-            after = [c for c in children if (coll(c) < here if reverse else coll(c) > here)]
-            expect = (after[-1] if reverse else after[0]) if after else None
-        assert self.g().order(parent + (last,), reverse=reverse) == expect
+    @precondition(lambda self: self.model.level < TLEVEL_MODEL_MAX)
+    @rule(ops=st.lists(data_op, min_size=1, max_size=5))
+    def txn_burst(self, ops):
+        """TSTART and a few changes, left open (so crashes find transactions open)."""
+        self.run(("tstart",))
+        for op in ops:
+            op = self.normalize(op)
+            if op is not None:
+                self.run(op)
 
     @rule(mode=modes, seed=seeds, rec_point=st.one_of(st.none(), st.sampled_from(RECOVERY_POINTS)))
     def crash(self, mode, seed, rec_point):
@@ -428,6 +414,7 @@ class TxnMachine(RuleBasedStateMachine):
             pass
         finally:
             crashpoints.disarm()
+        event(f"crash_inside {op[0]} at {point}: {'fired' if holder else 'not reached'}")
         if not holder:  # the operation never reached the point: it simply ran
             if op[0] == "inc":
                 assert self.increment_result == post.last_increment
@@ -476,12 +463,19 @@ class TxnMachine(RuleBasedStateMachine):
                 db = open_db(fs)
             except crashpoints.SimulatedCrash:
                 fs = holder[0]  # recovery itself was cut: run it again on what survived
+                event(f"recovery cut at {rec_point}")
             finally:
                 crashpoints.disarm()
         if db is None:
             db = open_db(fs)
         first = content(db)
         assert first in candidates, (first, candidates)
+        distinct = [c for i, c in enumerate(candidates) if c not in candidates[:i]]
+        event(f"recovery: {len(distinct)} allowed states")
+        if db.journal_recovery.rolled_back:
+            event("recovery rolled back a transaction")
+            if first != candidates[0]:
+                event("recovery kept more than the oldest allowed state")
         assert_integrity(fs)
         # Power loss right after recovery (the recovered db is never closed).
         fs2 = fs.crash(rng.choice(CRASH_MODES), rng)
@@ -499,9 +493,30 @@ class TxnMachine(RuleBasedStateMachine):
 
     @invariant()
     def matches_model(self):
-        if self.db is not None:
-            assert content(self.db) == self.model.visible
-            assert self.db.tlevel == self.model.level
+        """The whole content, then $DATA, $GET and $ORDER, against the visible state."""
+        if self.db is None:
+            return
+        v = self.model.visible
+        assert content(self.db) == v
+        assert self.db.tlevel == self.model.level
+        g = self.g()
+        for node in NODES:
+            has_desc = any(len(k) > len(node) and k[: len(node)] == node for k in v)
+            assert g.data(node) == (1 if node in v else 0) + (10 if has_desc else 0), node
+            assert g.get(node, "<none>") == v.get(node, "<none>"), node
+        for parent in PARENTS:
+            level = len(parent)
+            children = sorted(
+                {k[level] for k in v if len(k) > level and k[:level] == parent}, key=coll
+            )
+            for reverse in (False, True):
+                got = g.order(parent + ("",), reverse=reverse)
+                assert got == ((children[-1] if reverse else children[0]) if children else None)
+                for last in SUBS:
+                    here = coll(last)
+                    after = [c for c in children if (coll(c) < here if reverse else coll(c) > here)]
+                    expect = (after[-1] if reverse else after[0]) if after else None
+                    assert g.order(parent + (last,), reverse=reverse) == expect, (parent, last)
 
 
 TxnMachine.TestCase.settings = settings(

@@ -800,3 +800,79 @@ def test_failed_wij_image_write_raises_oserror_and_changes_nothing():
     assert wij.status().state == "empty" and wij.failure is None
     wij.cycle(stores, images, checkpoint=9)  # the header was never touched: usable
     assert set(classify(fs, old, new).values()) == {"new"}
+
+
+# --- the staged writes in C (_core.wj_*, real files) ---------------------------------
+
+
+def _real_file(tmp_path, name: str):
+    from irisrep.fileio import RealFS
+
+    return RealFS().open(str(tmp_path / name), create=True)
+
+
+def test_wj_group_images_splits_per_database_and_refuses_bad_input():
+    a, b, c = leaf(1, 3, "a"), leaf(1, 4, "b"), leaf(2, 3, "c")
+    assert _core._wj_group_images([(1, 3, a), (1, 4, b), (2, 3, c)]) == {
+        1: [(3, a), (4, b)],
+        2: [(3, c)],
+    }
+    assert _core._wj_group_images([]) == {}
+    for bad in (
+        [(1, 3, a), (1, 3, a)],  # twice
+        [(1, 4, b), (1, 3, a)],  # unsorted
+        [(1, 4, a)],  # image names another block
+        [(2, 3, a)],  # image names another database
+        [(1, 3, a[:-1])],  # short
+        [(1, 3)],
+        [("x", 3, a)],
+        [(1, 3, 5)],
+    ):
+        assert _core._wj_group_images(bad) is None
+
+
+@pytest.mark.parametrize("per_unit,threads", [(1, 1), (3, 2), (7, 8), (100, 2)])
+def test_wj_write_images_writes_images_and_directory_entries(tmp_path, per_unit, threads):
+    f = _real_file(tmp_path, "w")
+    ordered = [(1, b, leaf(1, b, "x")) for b in range(1, 12)] + [(2, 5, leaf(2, 5, "y"))]
+    directory = bytearray(IO_ALIGN)
+    base = 3 * IO_ALIGN
+    _core._wj_write_images(f, base, ordered, directory, per_unit, threads)
+    data = f.pread(base, len(ordered) * BLOCK_SIZE)
+    assert data == b"".join(t[2] for t in ordered)
+    for i, (db_id, block_no, image) in enumerate(ordered):
+        ck = xxhash.xxh3_64_intdigest(struct.pack("<II", db_id, block_no) + image)
+        assert directory[16 * i : 16 * i + 16] == struct.pack("<IIQ", db_id, block_no, ck)
+    assert not any(directory[16 * len(ordered) :])
+    f.close()
+
+
+def test_wj_write_images_refuses_bad_arguments_before_writing(tmp_path):
+    f = _real_file(tmp_path, "w")
+    ordered = [(1, 1, leaf(1, 1, "x"))]
+    with pytest.raises(ValueError):
+        _core._wj_write_images(f, 0, ordered, bytearray(8), 1, 1)  # directory too small
+    with pytest.raises(ValueError):
+        _core._wj_write_images(f, 0, [(1, 1, b"short")], bytearray(IO_ALIGN), 1, 1)
+    if f.direct:
+        with pytest.raises(ValueError, match="O_DIRECT"):
+            _core._wj_write_images(f, 100, ordered, bytearray(IO_ALIGN), 1, 1)
+    assert f.size() == 0
+    f.close()
+    with pytest.raises(OSError):
+        _core._wj_write_images(f, 0, ordered, bytearray(IO_ALIGN), 1, 1)
+
+
+@pytest.mark.parametrize("run_max,threads", [(1, 1), (2, 3), (1024, 8)])
+def test_wj_write_runs_writes_every_block_in_place(tmp_path, run_max, threads):
+    f = _real_file(tmp_path, "d")
+    blocks = [1, 2, 3, 4, 5, 9, 10, 20, 22, 23]
+    images = [(b, leaf(1, b, "r")) for b in blocks]
+    _core._wj_write_runs(f, images, run_max, threads)
+    for b, image in images:
+        assert f.pread(b * BLOCK_SIZE, BLOCK_SIZE) == image
+    assert f.pread(6 * BLOCK_SIZE, BLOCK_SIZE) == bytes(BLOCK_SIZE)
+    _core._wj_write_runs(f, [], run_max, threads)
+    f.close()
+    with pytest.raises(OSError):
+        _core._wj_write_runs(f, images, run_max, threads)

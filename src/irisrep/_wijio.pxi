@@ -1,7 +1,7 @@
 # _wijio: staged writes for a WIJ cycle, one pass in C with the GIL released.
 #
-# Owns: wj_group_images (the cycle's input check and per-database split in one pass),
-# wj_write_images (the WIJ images and their directory entries) and wj_write_runs (a
+# Owns: _wj_group_images (the cycle's input check and per-database split in one pass),
+# _wj_write_images (the WIJ images and their directory entries) and _wj_write_runs (a
 # database's sorted images as runs of consecutive blocks), plus a small pool of
 # reused aligned staging buffers.
 # Promises:
@@ -248,7 +248,7 @@ cdef class _WjPlan:
         return 0
 
 
-def wj_group_images(list ordered):
+def _wj_group_images(list ordered):
     """Check a cycle's sorted (db_id, block_no, image) triples in one pass: keys strictly
     increasing, every image BLOCK_SIZE bytes naming (block_no, db_id) at byte 8. Return
     {db_id: [(block_no, image), ...]} in order, or None if any triple fails (the caller
@@ -295,8 +295,8 @@ def wj_group_images(list ordered):
     return per_db
 
 
-def wj_write_images(DirectFile f, long long base, list ordered, directory,
-                    Py_ssize_t per_unit, int threads):
+def _wj_write_images(DirectFile f, long long base, list ordered, directory,
+                     Py_ssize_t per_unit, int threads):
     """Write the images of `ordered` ((db_id, block_no, image) triples, each image
     BLOCK_SIZE bytes) back to back at `base`, in units of `per_unit` images on up to
     `threads` writer threads, and fill `directory` (a writable buffer of at least 16
@@ -325,7 +325,7 @@ def wj_write_images(DirectFile f, long long base, list ordered, directory,
     return None
 
 
-def wj_write_runs(DirectFile f, list images, Py_ssize_t run_max, int threads):
+def _wj_write_runs(DirectFile f, list images, Py_ssize_t run_max, int threads):
     """Write sorted (block_no, image) pairs: consecutive blocks coalesce into units of
     at most `run_max` images, each unit one pwrite at block_no * BLOCK_SIZE, up to
     `threads` of them in flight."""

@@ -327,7 +327,7 @@ def write_runs(file, images: list[tuple[int, bytes]]) -> None:
         # (a long run then still has several writes in flight), is copied into a
         # reused aligned buffer and written with one pwrite, up to WRITE_QUEUE_DEPTH
         # of them in flight, copies overlapping writes.
-        _core.wj_write_runs(
+        _core._wj_write_runs(
             file, images, min(WRITE_RUN_BLOCKS_MAX, (2 << 20) // BLOCK_SIZE), WRITE_QUEUE_DEPTH
         )
         return

@@ -52,7 +52,14 @@ from .constants import (
     WIJ_FILE_NAME,
     WRITE_DAEMON_INTERVAL_MS,
 )
-from .errors import ClosedError, ConfigError, DurabilityError, SubscriptError, TransactionError
+from .errors import (
+    ClosedError,
+    ConfigError,
+    DurabilityError,
+    IrisrepError,
+    SubscriptError,
+    TransactionError,
+)
 from .fileio import check_direct_mode
 from .journal import Journal
 from .journalcodec import Record
@@ -204,9 +211,11 @@ class Database:
             self.committer = Committer(self.journal)
             self.journal_recovery = self._recover_journal()
         except BaseException:
-            self.journal.close()
-            self.store.close()
-            self.wij.close()
+            # The error that stopped recovery is the one to report: a close that fails
+            # after it (the disk is gone, the journal already stopped) must not hide it.
+            for close in (self.journal.close, self.store.close, self.wij.close):
+                with contextlib.suppress(OSError, IrisrepError):
+                    close()
             raise
         self._flusher: threading.Thread | None = None
         self._flush_wake = threading.Event()  # set by close(): no waiting out the interval

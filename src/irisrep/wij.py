@@ -467,7 +467,7 @@ class WriteImageJournal:
         # are verified where they are read back: recovery and every database read.
         ordered = sorted(images)  # directory order: (db_id, block_no)
         # One pass in C; on any failure the loop below finds and words the error.
-        per_db = _core.wj_group_images(ordered)
+        per_db = _core._wj_group_images(ordered)
         if per_db is None:
             per_db = self._group_slow(stores, ordered)
         for db_id in per_db:
@@ -507,7 +507,7 @@ class WriteImageJournal:
         )
 
     def _group_slow(self, stores: dict, ordered: list) -> dict[int, list[tuple[int, bytes]]]:
-        """wj_group_images' checks in Python, raising ValueError naming the first
+        """_wj_group_images' checks in Python, raising ValueError naming the first
         triple that fails (the fast pass only says that one does)."""
         per_db: dict[int, list[tuple[int, bytes]]] = {}
         prev = None
@@ -573,7 +573,7 @@ class WriteImageJournal:
             # Real files: one pass in C (copy into reused aligned buffers, entry
             # checksum of the copy, pwrite) on WIJ_WRITE_THREADS writer threads; the
             # directory goes last, as below.
-            _core.wj_write_images(
+            _core._wj_write_images(
                 self.file, _images_offset(n), ordered, entries, _per_unit(n), WIJ_WRITE_THREADS
             )
             self.file.pwrite(WIJ_DIR_OFFSET, entries)
