@@ -34,6 +34,7 @@ integrity walk must be clean.
 from __future__ import annotations
 
 import random
+import threading
 
 import hypothesis.strategies as st
 import pytest
@@ -544,17 +545,16 @@ class TestTxnModelSoak(TxnMachine.TestCase):
     )
 
 
-# --- engine bugs found by the machine, minimal ---------------------------------------------
+# --- engine bugs found while building the machine, minimal --------------------------------
 
 
 def test_rollback_of_outer_level_after_inner_rollback_restores_nothing_of_inner():
     """TSTART, TSTART, SET, TROLLBACK 1, TROLLBACK: the SET must stay undone.
 
-    Database.trollback(n) with levels left keeps the undo records of the inner levels
-    in the transaction's record list (and drops the records they undid), so the
-    later TROLLBACK of the outer level "undoes the undo" and brings the inner level's
-    SET back; the TROLLBACK then closes the transaction in the journal, so recovery
-    keeps it too (a rolled-back change made durable)."""
+    Regression: trollback(n) with levels left used to keep the inner levels' UNDO
+    records in the live record list (dropping the records they undid), so the outer
+    TROLLBACK "undid the undo" and brought the inner SET back, and the TROLLBACK
+    record then made that durable."""
     fs = SimFS(1)
     db = open_db(fs)
     g = db.globals[GLOBAL]
@@ -572,3 +572,44 @@ def test_rollback_of_outer_level_after_inner_rollback_restores_nothing_of_inner(
     db = open_db(fs)
     assert content(db) == {("keep",): 1}
     db.close()
+
+
+def _interrupt(_name):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "point", ["commit_after_write_before_sync", "journal_after_write", "wij_after_db_write"]
+)
+def test_interrupted_checkpoint_does_not_hang_close(point):
+    """A KeyboardInterrupt (any BaseException) inside a WIJ cycle must not leave the
+    database waiting forever for a cycle that no longer runs.
+
+    Database._run_cycle handles only Exception, so after a BaseException `_inflight`
+    stays True, and close() (or flush()) waits in _flush_locked for `_cycle_done`
+    forever. close() must return or raise, promptly."""
+    fs = SimFS(1)
+    db = open_db(fs)
+    g = db.globals[GLOBAL]
+    g["a"] = 1
+    db.tstart()
+    g["b"] = 2  # a record the checkpoint must sync: the commit path runs in it
+    crashpoints.arm(point, action=_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            db.flush()
+    finally:
+        crashpoints.disarm()
+    outcome = []
+
+    def close():
+        try:
+            db.close()
+            outcome.append("closed")
+        except BaseException as exc:  # DurabilityError is a fine answer too
+            outcome.append(exc)
+
+    t = threading.Thread(target=close, daemon=True)
+    t.start()
+    t.join(5)
+    assert outcome, "close() after an interrupted checkpoint hangs"
