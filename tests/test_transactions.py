@@ -355,3 +355,38 @@ def test_purge_keeps_what_recovery_needs(tmp_path):
     with irisrep.open(path) as db:  # recovery reads only what is left
         assert db.globals["t"]["open"] == 1 and db.globals["t"][2999] == "v" * 40
     assert all(r.ok for r in integrity.check(str(path)))
+
+
+def test_a_kill_larger_than_one_record_is_split_rolled_back_and_recovered():
+    """A KILL whose before-image passes JOURNAL_KILL_BEFORE_BYTES_MAX is journaled as
+    several KILL records over adjacent sub-ranges; rollback restores every node and
+    recovery after a crash replays the committed kill exactly."""
+    from irisrep.constants import JOURNAL_KILL_BEFORE_BYTES_MAX
+
+    fs = SimFS(8)
+    db = Database(INSTANCE, fs=fs, write_daemon=False, commit_mode="relaxed")
+    g = db.globals["t"]
+    value = "x" * 1400
+    n = JOURNAL_KILL_BEFORE_BYTES_MAX * 5 // 2 // 1420  # ~2.5 records' worth
+    with db.transaction():
+        for i in range(n):
+            g["big", i] = value
+        g["other"] = 1
+    before = items(db)
+    db.tstart()
+    ticket0 = db.committer.logged
+    del g["big"]
+    kills = [r for r in db._txn.records if r[0] == 2]
+    assert len(kills) >= 3 and db.committer.logged - ticket0 == len(kills)
+    node = irisrep._core.encode_key(g.prefix, ("big",))
+    assert kills[0][4] == node and kills[-1][5] == node + b"\xff"  # the whole subtree
+    for a, b in zip(kills, kills[1:], strict=False):
+        assert a[5] == b[4]  # adjacent sub-ranges: one ends where the next begins
+    assert items(db) == {("other",): 1}
+    db.trollback()
+    assert items(db) == before
+    del g["big"]  # now committed (autocommit, relaxed), then a sync and a crash
+    db.committer.sync_all()
+    survivor = fs.crash("drop")
+    got, _ = reopen(survivor)
+    assert got == {("other",): 1}
