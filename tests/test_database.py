@@ -319,3 +319,29 @@ def test_free_list_trunks_survive_reopen_and_are_reused(tmp_path):
         assert db.wij.status().cycle > cycles_before
     r = integrity.check(str(path))[0]
     assert r.ok and r.nodes == 6000, r.errors
+
+
+def test_protected_database_refuses_writes_and_changes_nothing(tmp_path):
+    with irisrep.open(tmp_path / "p", commit_mode="relaxed") as db:
+        g = db.globals["myfirstglobal"]
+        g[()] = "congratulations"
+        g["a", 1] = 1
+        db.set_protect(True)
+        assert db.protected
+        for call in (
+            lambda: g.__setitem__((), "what next?"),
+            lambda: g.increment(("n",)),
+            lambda: g.kill(("a",)),
+            lambda: g.zkill(("a", 1)),
+        ):
+            with pytest.raises(irisrep.ProtectError) as ei:
+                call()
+            assert "<PROTECT>" in str(ei.value)
+        assert g[()] == "congratulations" and g["a", 1] == 1 and g.get("n") is None
+        db.set_protect(False)  # this member became primary
+        g[()] = "what next?"
+        assert g[()] == "what next?"
+    with irisrep.open(tmp_path / "p", protect=True) as db:
+        with pytest.raises(irisrep.ProtectError):
+            db.globals["myfirstglobal"]["x"] = 1
+        assert db.globals["myfirstglobal"][()] == "what next?"

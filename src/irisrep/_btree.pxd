@@ -69,6 +69,7 @@ cdef class BTree:
     cdef public Py_ssize_t capacity  # pool size in blocks
     cdef public uint64_t mod_count  # bumped by every structural or value change
     cdef public bint closed         # set by Database.close(); every API call checks it
+    cdef public bint protected      # a mirrored database on a non-primary: writes refused
     cpdef object get(self, bytes key)
     cpdef object set(self, bytes key, bytes value, uint64_t position=*, bint want_old=*)
     cpdef object load_value(self, bytes stored)

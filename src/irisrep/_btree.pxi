@@ -442,6 +442,7 @@ cdef class BTree:
         self.capacity = capacity
         self.mod_count = 0
         self.closed = False
+        self.protected = False
 
     def init_empty(self):
         """Make the root an empty leaf (a new database); it is written at the next flush."""

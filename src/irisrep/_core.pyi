@@ -10,9 +10,9 @@ the module in step.
 
 from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 
-from typing_extensions import Buffer, Self, disjoint_base
+from typing_extensions import Buffer, disjoint_base
 
 from irisrep.journalcodec import FrameHeader, Record
 from irisrep.wire import WireFrame
@@ -114,6 +114,7 @@ class BTree:
     capacity: int
     mod_count: int
     closed: bool
+    protected: bool
     def __init__(self, store: Any, db_id: int, root: int, capacity: int) -> None: ...
     def init_empty(self) -> None: ...
     def node(self, block_no: int) -> Node: ...

@@ -5,7 +5,7 @@
 # same as the Python API: the key and the value are encoded (and so validated)
 # before the lock is taken and before anything changes; the database lock is held
 # for the tree call and the flush decision; a closed database raises ClosedError.
-from irisrep.errors import UndefinedError as _UndefinedError
+from irisrep.errors import ProtectError as _ProtectError, UndefinedError as _UndefinedError
 
 
 cdef class GlobalCore:
@@ -85,6 +85,9 @@ cdef class GlobalCore:
         try:
             if self.tree.closed:
                 self._closed()
+            if self.tree.protected:
+                raise _ProtectError(f"<PROTECT> {format_reference(self.name, subs)}: this "
+                                    f"database is read-only here (not the primary)")
             st = self._txn
             level = st.level
             # The before-image (rule 5) comes back from the same descent that sets.

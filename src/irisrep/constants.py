@@ -114,3 +114,23 @@ WIRE_SEND_TIMEOUT_MS = 10_000  # one send_frame
 WIRE_CONNECTIONS_PENDING_MAX = 64  # accepted, not yet welcomed; more are refused at once
 WIRE_HANDSHAKE_THREADS_MAX = 4  # handshakes run at once by a WireListener
 WIRE_LISTEN_BACKLOG_COUNT = 128
+
+# --- mirror members and their configuration (config.py) ----------------------------
+MEMBER_KINDS = ("failover", "async-dr", "async-reporting")
+MIRROR_FAILOVER_MEMBERS_COUNT = 2  # exactly two failover members
+MIRROR_ASYNC_MEMBERS_MAX = 14
+MIRROR_MEMBERS_MAX = 16  # failover + async, as IRIS
+ACK_LEVELS = ("received", "durable", "applied")
+ACK_LEVEL_DEFAULT = "durable"
+QOS_TIMEOUT_DEFAULT_MS = 8000  # IRIS's default
+QOS_TIMEOUT_MIN_MS = 100
+QOS_TIMEOUT_MAX_MS = 60_000
+COMMIT_MODES = ("sync", "relaxed")
+COMMIT_MODE_DEFAULT = "sync"
+POOL_BLOCKS_MAX = BLOCK_NO_MAX  # a sanity bound: a typo of a few digits is caught
+CONFIG_FILE_BYTES_MAX = 1024 * 1024  # a config file larger than this is refused unread
+MIRROR_KEY_FILE_BYTES_MAX = 4096  # the key file holds one line of hex or base64
+PORT_MIN = 1
+PORT_MAX = 65_535
+HOSTNAME_CHARS_MAX = 253
+HOSTNAME_LABEL_CHARS_MAX = 63

@@ -40,6 +40,7 @@ from .commit import Committer
 from .constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
+    COMMIT_MODES,
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
     JOURNAL_DIR_NAME,
@@ -57,6 +58,7 @@ from .errors import (
     ConfigError,
     DurabilityError,
     IrisrepError,
+    ProtectError,
     SubscriptError,
     TransactionError,
 )
@@ -82,9 +84,6 @@ _decode_value = _core.decode_value
 _ALL_BELOW = b"\xff"
 _NODE_ONLY = b"\x00"
 _EMPTY_ENTRIES = replay.encode_entries([])
-
-
-COMMIT_MODES = ("sync", "relaxed")
 
 
 @dataclass
@@ -134,6 +133,7 @@ class Database:
         commit_mode: str = "sync",
         journaling: bool = True,
         journal_file_bytes: int = JOURNAL_FILE_BYTES,
+        protect: bool = False,
     ) -> None:
         from .fileio import default_fs
 
@@ -178,6 +178,10 @@ class Database:
             raise
         self.tree = _core.BTree(self.store, self.store.db_id, self.store.root, pool_blocks)
         self.db_id = self.store.db_id
+        # A mirrored database on a backup or async is read-only: every write through
+        # the API raises ProtectError (<PROTECT>) and changes nothing. Mirroring
+        # turns it off when this member becomes primary (set_protect).
+        self.tree.protected = bool(protect)
         if commit_mode not in COMMIT_MODES:
             raise ConfigError(
                 f"commit_mode: {commit_mode!r} is not one of {', '.join(COMMIT_MODES)}"
@@ -440,9 +444,11 @@ class Database:
                 [(db_id, block_no, image) for block_no, image in images],
                 self.store.checkpoint,
             )
-        except Exception as exc:
+        except BaseException as exc:
             # Rule 4: a failed write or fsync is fatal. Record it; every later call
             # raises DurabilityError naming it. The in-flight images stay readable.
+            # Any interruption (KeyboardInterrupt, a simulated crash) leaves the files
+            # mid-cycle too: the same stop, and waiters must not wait for it forever.
             with self._lock:
                 self._failure = exc
                 self._inflight = False
@@ -503,6 +509,21 @@ class Database:
     def _after_write(self) -> None:
         if self._dirty_count() > self.dirty_limit:
             self._dirty_over_limit()
+
+    @property
+    def protected(self) -> bool:
+        return self.tree.protected
+
+    def set_protect(self, on: bool) -> None:
+        """Make the database read-only through the API (a non-primary) or writable."""
+        with self._lock:
+            self.tree.protected = bool(on)
+
+    def _check_writable(self, what: str) -> None:
+        if self.tree.protected:
+            raise ProtectError(
+                f"<PROTECT> {what}: this database is read-only here (not the primary)"
+            )
 
     def purge_journal(self, older_than_days: float = JOURNAL_PURGE_DAYS) -> list[str]:
         """Remove journal files no longer needed for recovery and older than N days.
@@ -724,6 +745,7 @@ class Global(_core.GlobalCore):
         db = self._db
         with self._lock:
             db._check_open()
+            db._check_writable(_core.format_reference(self.name, subs))
             stored = self._tree.get(key)
             old = None if stored is None else self._tree.load_value(stored)
             new = _core.number_value(0 if old is None else _decode_value(old)) + step
@@ -751,6 +773,7 @@ class Global(_core.GlobalCore):
         db = self._db
         with self._lock:
             db._check_open()
+            db._check_writable(f"KILL ^{self.name}")
             if not db.journaling and not db._txn.level:
                 self._tree.kill_range(lo, hi)  # not journaled: no before-image to read
                 db._after_write()
@@ -774,6 +797,7 @@ class Global(_core.GlobalCore):
         db = self._db
         with self._lock:
             db._check_open()
+            db._check_writable(f"ZKILL ^{self.name}")
             stored = self._tree.get(key)
             if stored is None:
                 return

@@ -1,0 +1,758 @@
+"""A mirror member's configuration: the TOML file `irisrep serve --config FILE` reads.
+
+Loading is validation only: nothing is created, nothing is written, and the only
+files opened are the mirror key file and the TLS files named in the config (to check
+that they exist and are readable, and to read the key). Every problem raises
+`ConfigError` (also a `ValueError`) whose message starts with the exact key path
+(`members[1].mirror_address: ...`) and says what is allowed; the key path is also
+on the exception as `.key`. Unknown keys are errors, so a typo is never ignored.
+
+The same mirror description (mirror name, member list, key) can be copied to every
+member; only `member_name` (and the local directories) differ between them. This
+member's kind is the kind of its own entry in `members`.
+
+See docs/member-config.md for every key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .constants import (
+    ACK_LEVEL_DEFAULT,
+    ACK_LEVELS,
+    BUFFER_POOL_BLOCKS_DEFAULT,
+    BUFFER_POOL_BLOCKS_MIN,
+    COMMIT_MODE_DEFAULT,
+    COMMIT_MODES,
+    CONFIG_FILE_BYTES_MAX,
+    DIRECT_IO_DEFAULT,
+    DIRECT_IO_MODES,
+    HOSTNAME_CHARS_MAX,
+    HOSTNAME_LABEL_CHARS_MAX,
+    JOURNAL_DIR_NAME,
+    MEMBER_KINDS,
+    MIRROR_ASYNC_MEMBERS_MAX,
+    MIRROR_FAILOVER_MEMBERS_COUNT,
+    MIRROR_KEY_FILE_BYTES_MAX,
+    MIRROR_MEMBERS_MAX,
+    POOL_BLOCKS_MAX,
+    PORT_MAX,
+    PORT_MIN,
+    QOS_TIMEOUT_DEFAULT_MS,
+    QOS_TIMEOUT_MAX_MS,
+    QOS_TIMEOUT_MIN_MS,
+    WIRE_KEY_BYTES_MIN,
+    WIRE_NAME_BYTES_MAX,
+)
+from .errors import ConfigError
+from .wire import check_name
+
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+
+
+# --- values --------------------------------------------------------------------------
+class Address(NamedTuple):
+    """A host and a port; usable directly as a socket address. `str()` gives the
+    config form (`host:port`, `[v6]:port`)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """`host:port` (host: an IPv4 address, a DNS name, or `[IPv6]`; port 1..65535).
+    ValueError saying what is wrong otherwise."""
+    what = f"is not host:port with a port in {PORT_MIN}..{PORT_MAX}"
+    if not isinstance(text, str):
+        raise ValueError(what)
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(what)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{what} (inside [ ] must be an IPv6 address)") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(what)
+        if ":" in host:
+            raise ValueError(f"{what} (write an IPv6 host in brackets: [::1]:7001)")
+        _check_host(host, what)
+    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise ValueError(what)
+    port = int(port_text)
+    if not PORT_MIN <= port <= PORT_MAX:
+        raise ValueError(what)
+    return Address(host, port)
+
+
+def _check_host(host: str, what: str) -> None:
+    if not host:
+        raise ValueError(f"{what} (the host is empty)")
+    labels = host.split(".")
+    if labels[-1].isascii() and labels[-1].isdigit():  # looks numeric: must be IPv4
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{what} ({host} is not an IPv4 address)") from None
+        return
+    if (
+        len(host) > HOSTNAME_CHARS_MAX
+        or not host.isascii()
+        or not all(len(x) <= HOSTNAME_LABEL_CHARS_MAX and _LABEL.fullmatch(x) for x in labels)
+    ):
+        raise ValueError(f"{what} ({host!r} is not a valid host name)")
+
+
+def _check_address(key: str, value: object, *, routable: bool) -> Address:
+    if isinstance(value, str):
+        try:
+            value = parse_address(value)
+        except ValueError as e:
+            raise _err(key, f"{_show(value)} {e}") from None
+    if (
+        not isinstance(value, Address)
+        or not isinstance(value.host, str)
+        or not isinstance(value.port, int)
+        or isinstance(value.port, bool)
+    ):
+        raise _err(key, f"{_show(value)} is not an Address or a host:port string")
+    try:
+        parse_address(str(value))
+    except ValueError as e:
+        raise _err(key, f"{_show(str(value))} {e}") from None
+    if routable:
+        try:
+            unspecified = ipaddress.ip_address(value.host).is_unspecified
+        except ValueError:
+            unspecified = False
+        if unspecified:
+            raise _err(
+                key,
+                f"{_show(str(value))}: the other members connect to this address, so it "
+                "must be a real one (not 0.0.0.0 or ::)",
+            )
+    return value
+
+
+# --- the config ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MirrorMember:
+    """One entry of the mirror's member list (`[[members]]`)."""
+
+    name: str
+    kind: str  # one of MEMBER_KINDS
+    mirror_address: Address  # the mirror listener: journal stream, acks, handshake
+    client_address: Address  # the client listener (irisrep.connect)
+    agent_address: Address | None = None  # the host's agent, if it runs one
+
+    def __post_init__(self) -> None:
+        _validate_member(self, "member")
+
+    @property
+    def is_failover(self) -> bool:
+        return self.kind == "failover"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Certificate, private key and CA bundle for TLS on the mirror connections."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    def __post_init__(self) -> None:
+        for name in ("cert_file", "key_file", "ca_file"):
+            _set(self, name, _check_abs_path(f"tls.{name}", getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """A validated member configuration. Constructing one checks it as loading does
+    (paths must then be absolute); it never touches the file system."""
+
+    mirror_name: str
+    member_name: str
+    members: tuple[MirrorMember, ...]
+    data_dir: Path
+    mirror_key: bytes = field(repr=False)  # the key itself, from mirror_key or the file
+    mirror_key_file: Path | None = None  # where the key was read from, if from a file
+    journal_dir: Path | None = None  # None: data_dir / JOURNAL_DIR_NAME
+    ack_level: str = ACK_LEVEL_DEFAULT
+    qos_timeout_ms: int = QOS_TIMEOUT_DEFAULT_MS
+    direct_io: str = DIRECT_IO_DEFAULT
+    pool_blocks: int = BUFFER_POOL_BLOCKS_DEFAULT
+    commit_mode: str = COMMIT_MODE_DEFAULT
+    arbiter_address: Address | None = None
+    http_address: Address | None = None
+    tls: TLSFiles | None = None
+
+    def __post_init__(self) -> None:
+        _validate_config(self)
+
+    @property
+    def me(self) -> MirrorMember:
+        """This member's entry in `members`."""
+        return next(m for m in self.members if m.name == self.member_name)
+
+    @property
+    def kind(self) -> str:
+        """This member's kind: "failover", "async-dr" or "async-reporting"."""
+        return self.me.kind
+
+    @property
+    def failover_members(self) -> tuple[MirrorMember, ...]:
+        return tuple(m for m in self.members if m.kind == "failover")
+
+    @property
+    def async_members(self) -> tuple[MirrorMember, ...]:
+        return tuple(m for m in self.members if m.kind != "failover")
+
+    def member(self, name: str) -> MirrorMember:
+        """The entry named `name`; KeyError if there is none."""
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def to_toml(self) -> str:
+        """This config as TOML text that `parse_config` reads back to an equal config.
+
+        Paths are written absolute. The key is written as `mirror_key_file` when it
+        came from a file, else inline as hex: a file holding an inline key must be
+        kept private (mode 0600)."""
+        out = [
+            f"mirror_name = {_toml_str(self.mirror_name)}",
+            f"member_name = {_toml_str(self.member_name)}",
+            f"data_dir = {_toml_path('data_dir', self.data_dir)}",
+            f"journal_dir = {_toml_path('journal_dir', self.journal_dir)}",
+            f"ack_level = {_toml_str(self.ack_level)}",
+            f"qos_timeout_ms = {self.qos_timeout_ms}",
+            f"direct_io = {_toml_str(self.direct_io)}",
+            f"pool_blocks = {self.pool_blocks}",
+            f"commit_mode = {_toml_str(self.commit_mode)}",
+        ]
+        if self.arbiter_address is not None:
+            out.append(f"arbiter_address = {_toml_str(str(self.arbiter_address))}")
+        if self.http_address is not None:
+            out.append(f"http_address = {_toml_str(str(self.http_address))}")
+        if self.mirror_key_file is not None:
+            out.append(f"mirror_key_file = {_toml_path('mirror_key_file', self.mirror_key_file)}")
+        else:
+            out.append(f"mirror_key = {_toml_str(self.mirror_key.hex())}")
+        if self.tls is not None:
+            out.append("\n[tls]")
+            for name in ("cert_file", "key_file", "ca_file"):
+                out.append(f"{name} = {_toml_path('tls.' + name, getattr(self.tls, name))}")
+        for m in self.members:
+            out += [
+                "\n[[members]]",
+                f"name = {_toml_str(m.name)}",
+                f"kind = {_toml_str(m.kind)}",
+                f"mirror_address = {_toml_str(str(m.mirror_address))}",
+                f"client_address = {_toml_str(str(m.client_address))}",
+            ]
+            if m.agent_address is not None:
+                out.append(f"agent_address = {_toml_str(str(m.agent_address))}")
+        return "\n".join(out) + "\n"
+
+
+# --- loading -------------------------------------------------------------------------
+def load_config(path: str | os.PathLike[str]) -> MemberConfig:
+    """Read and validate the member config at `path`; relative paths in it resolve
+    against the file's directory. ConfigError (message prefixed with the file name)
+    for any problem, including a missing or unreadable file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(CONFIG_FILE_BYTES_MAX + 1)
+    except OSError as e:
+        raise _err("", f"{path}: cannot read the config file: {e.strerror or e}") from None
+    if len(raw) > CONFIG_FILE_BYTES_MAX:
+        raise _err("", f"{path}: larger than {CONFIG_FILE_BYTES_MAX} bytes; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _err("", f"{path}: not UTF-8 text (byte {e.start}); TOML must be UTF-8") from None
+    try:
+        return parse_config(text, base_dir=path.absolute().parent)
+    except ConfigError as e:
+        err = ConfigError(f"{path}: {e}")
+        err.key = getattr(e, "key", "")
+        raise err from None
+
+
+def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig:
+    """Validate TOML `text`; relative paths in it resolve against `base_dir`."""
+    base = Path(base_dir).expanduser().absolute()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\s*\((at line \d+, column \d+|at end of document)\)$", msg)
+        where = m.group(1) if m else "somewhere"
+        reason = msg[: m.start()] if m else msg
+        raise _err("", f"TOML syntax error {where}: {reason}") from None
+
+    top = _Table(doc, "")
+    top.check_keys(_TOP_KEYS)
+    mirror_name = top.get("mirror_name", str, required=True)
+    member_name = top.get("member_name", str, required=True)
+    data_dir = _resolve(base, top.key("data_dir"), top.get("data_dir", str, required=True))
+    journal_dir = top.get("journal_dir", str)
+    journal_dir = (
+        data_dir / JOURNAL_DIR_NAME
+        if journal_dir is None
+        else _resolve(base, top.key("journal_dir"), journal_dir)
+    )
+    for key, p in (("data_dir", data_dir), ("journal_dir", journal_dir)):
+        if p.exists() and not p.is_dir():
+            raise _err(key, f"{_show(str(p))} exists and is not a directory")
+
+    key_text = top.get("mirror_key", str)
+    key_path = top.get("mirror_key_file", str)
+    if key_text is not None and key_path is not None:
+        raise _err("mirror_key_file", "set mirror_key or mirror_key_file, not both")
+    if key_text is None and key_path is None:
+        raise _err(
+            "mirror_key",
+            f"missing: set mirror_key (at least {WIRE_KEY_BYTES_MIN} bytes as hex or "
+            "base64) or mirror_key_file (a file holding one)",
+        )
+    mirror_key_file = None
+    if key_path is not None:
+        mirror_key_file = _resolve(base, "mirror_key_file", key_path)
+        key_text = _read_key_file("mirror_key_file", mirror_key_file)
+        mirror_key = _decode_key("mirror_key_file", key_text, in_file=True)
+    else:
+        mirror_key = _decode_key("mirror_key", key_text, in_file=False)
+
+    tls = None
+    tls_doc = top.get("tls", dict)
+    if tls_doc is not None:
+        t = _Table(tls_doc, "tls")
+        t.check_keys(("cert_file", "key_file", "ca_file"))
+        files = {}
+        for name in ("cert_file", "key_file", "ca_file"):
+            p = _resolve(base, t.key(name), t.get(name, str, required=True))
+            _check_readable(t.key(name), p)
+            files[name] = p
+        tls = TLSFiles(**files)
+
+    members_doc = top.get("members", list, required=True)
+    members = []
+    for i, item in enumerate(members_doc):
+        key = f"members[{i}]"
+        if not isinstance(item, dict):
+            raise _err(key, f"{_show(item)} is not a table; write each member as [[members]]")
+        t = _Table(item, key)
+        t.check_keys(_MEMBER_KEYS)
+        kw: dict[str, Any] = {
+            "name": t.get("name", str, required=True),
+            "kind": t.get("kind", str, required=True),
+        }
+        for name in ("mirror_address", "client_address", "agent_address"):
+            value = t.get(name, str, required=name != "agent_address")
+            if value is not None:
+                kw[name] = _check_address(t.key(name), value, routable=True)
+        members.append(_build(MirrorMember, key, kw))
+
+    kw = {
+        "mirror_name": mirror_name,
+        "member_name": member_name,
+        "members": tuple(members),
+        "data_dir": data_dir,
+        "journal_dir": journal_dir,
+        "mirror_key": mirror_key,
+        "mirror_key_file": mirror_key_file,
+        "tls": tls,
+    }
+    for name, typ in (
+        ("ack_level", str),
+        ("qos_timeout_ms", int),
+        ("direct_io", str),
+        ("pool_blocks", int),
+        ("commit_mode", str),
+    ):
+        value = top.get(name, typ)
+        if value is not None:
+            kw[name] = value
+    for name, routable in (("arbiter_address", True), ("http_address", False)):
+        value = top.get(name, str)
+        if value is not None:
+            kw[name] = _check_address(name, value, routable=routable)
+    return _build(MemberConfig, "", kw)
+
+
+_TOP_KEYS = (
+    "mirror_name",
+    "member_name",
+    "data_dir",
+    "journal_dir",
+    "ack_level",
+    "qos_timeout_ms",
+    "direct_io",
+    "pool_blocks",
+    "commit_mode",
+    "arbiter_address",
+    "http_address",
+    "mirror_key",
+    "mirror_key_file",
+    "tls",
+    "members",
+)
+_MEMBER_KEYS = ("name", "kind", "mirror_address", "client_address", "agent_address")
+
+_HINTS = {
+    "ack_level": "one of " + ", ".join(f'"{x}"' for x in ACK_LEVELS),
+    "qos_timeout_ms": f"an integer in {QOS_TIMEOUT_MIN_MS}..{QOS_TIMEOUT_MAX_MS} (milliseconds)",
+    "direct_io": "one of " + ", ".join(f'"{x}"' for x in DIRECT_IO_MODES),
+    "pool_blocks": f"an integer in {BUFFER_POOL_BLOCKS_MIN}..{POOL_BLOCKS_MAX} (8 KiB blocks)",
+    "commit_mode": "one of " + ", ".join(f'"{x}"' for x in COMMIT_MODES),
+    "kind": "one of " + ", ".join(f'"{x}"' for x in MEMBER_KINDS),
+}
+_TYPE_WORDS = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+
+
+class _Table:
+    """One TOML table being read: key paths for messages, unknown keys refused."""
+
+    def __init__(self, data: dict, path: str) -> None:
+        self.data = data
+        self.path = path
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        for name in self.data:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise _err(self.key(name), f"unknown key; {hint}allowed here: {', '.join(allowed)}")
+
+    def get(self, name: str, typ: type, *, required: bool = False) -> Any:
+        if name not in self.data:
+            if required:
+                raise _err(self.key(name), f"missing; it is required ({_TYPE_WORDS[typ]})")
+            return None
+        value = self.data[name]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            expected = _HINTS.get(name.rpartition(".")[2], _TYPE_WORDS[typ])
+            raise _err(self.key(name), f"{_show(value)} is {_kind(value)}; expected {expected}")
+        return value
+
+
+def _build(cls, key: str, kw: dict):
+    """Construct a validated dataclass; its own key paths are relative to `key`."""
+    try:
+        return cls(**kw)
+    except ConfigError as e:
+        if not key:
+            raise
+        sub = getattr(e, "key", "")
+        # _validate_member names keys "member.x": rewrite to "members[i].x".
+        full = key + sub[len("member") :] if sub.startswith("member") else key
+        msg = str(e)
+        if sub and msg.startswith(sub):
+            msg = msg[len(sub) :].lstrip(": ")
+        raise _err(full, msg) from None
+
+
+def _resolve(base: Path, key: str, text: str) -> Path:
+    if not text:
+        raise _err(key, '"" is empty; expected a path')
+    if "\0" in text:
+        raise _err(key, f"{_show(text)} contains a NUL character")
+    return Path(os.path.normpath(base / Path(text).expanduser()))
+
+
+def _check_readable(key: str, p: Path) -> None:
+    if not p.exists():
+        raise _err(key, f"{_show(str(p))} does not exist")
+    if not p.is_file():
+        raise _err(key, f"{_show(str(p))} is not a regular file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise _err(key, f"{_show(str(p))} is not readable: {e.strerror or e}") from None
+
+
+def _read_key_file(key: str, p: Path) -> str:
+    _check_readable(key, p)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MIRROR_KEY_FILE_BYTES_MAX + 1)
+    except OSError as e:
+        raise _err(key, f"{_show(str(p))} is not readable: {e.strerror or e}") from None
+    if len(raw) > MIRROR_KEY_FILE_BYTES_MAX:
+        raise _err(
+            key,
+            f"{_show(str(p))} is larger than {MIRROR_KEY_FILE_BYTES_MAX} bytes; "
+            "a key file holds one line of hex or base64",
+        )
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _err(key, f"{_show(str(p))} does not hold hex or base64 text") from None
+
+
+def _decode_key(key: str, text: str, *, in_file: bool) -> bytes:
+    """Hex if the text is all hex digits (even length), else base64 (standard or
+    URL-safe alphabet). The key is never echoed in a message."""
+    where = "the file" if in_file else f"the value ({len(text)} characters, not shown)"
+    text = text.strip()
+    allowed = f"expected at least {WIRE_KEY_BYTES_MIN} bytes as hex or base64"
+    if _HEX.fullmatch(text) and len(text) % 2 == 0:
+        raw = bytes.fromhex(text)
+    elif _B64.fullmatch(text):
+        try:
+            raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise _err(key, f"{where} is not valid hex or base64; {allowed}") from None
+    else:
+        raise _err(key, f"{where} is not hex or base64; {allowed}")
+    if len(raw) < WIRE_KEY_BYTES_MIN:
+        raise _err(key, f"{where} decodes to {len(raw)} bytes; {allowed}")
+    return raw
+
+
+# --- validation (shared by loading and direct construction) --------------------------
+def _validate_member(m: MirrorMember, key: str) -> None:
+    _check_name(f"{key}.name", m.name)
+    _check_choice(f"{key}.kind", m.kind, MEMBER_KINDS)
+    _set(
+        m,
+        "mirror_address",
+        _check_address(f"{key}.mirror_address", m.mirror_address, routable=True),
+    )
+    _set(
+        m,
+        "client_address",
+        _check_address(f"{key}.client_address", m.client_address, routable=True),
+    )
+    if m.agent_address is not None:
+        _set(
+            m,
+            "agent_address",
+            _check_address(f"{key}.agent_address", m.agent_address, routable=True),
+        )
+
+
+def _validate_config(c: MemberConfig) -> None:
+    _check_name("mirror_name", c.mirror_name)
+    _check_name("member_name", c.member_name)
+    _check_choice("ack_level", c.ack_level, ACK_LEVELS)
+    _check_int("qos_timeout_ms", c.qos_timeout_ms, QOS_TIMEOUT_MIN_MS, QOS_TIMEOUT_MAX_MS)
+    _check_choice("direct_io", c.direct_io, DIRECT_IO_MODES)
+    _check_int("pool_blocks", c.pool_blocks, BUFFER_POOL_BLOCKS_MIN, POOL_BLOCKS_MAX)
+    _check_choice("commit_mode", c.commit_mode, COMMIT_MODES)
+    _set(c, "data_dir", _check_abs_path("data_dir", c.data_dir))
+    journal_dir = c.data_dir / JOURNAL_DIR_NAME if c.journal_dir is None else c.journal_dir
+    _set(c, "journal_dir", _check_abs_path("journal_dir", journal_dir))
+    if not isinstance(c.mirror_key, bytes) or len(c.mirror_key) < WIRE_KEY_BYTES_MIN:
+        raise _err("mirror_key", f"expected at least {WIRE_KEY_BYTES_MIN} bytes (bytes)")
+    if c.mirror_key_file is not None:
+        _set(c, "mirror_key_file", _check_abs_path("mirror_key_file", c.mirror_key_file))
+    if c.tls is not None and not isinstance(c.tls, TLSFiles):
+        raise _err("tls", f"{_show(c.tls)} is not a TLSFiles")
+    for name, routable in (("arbiter_address", True), ("http_address", False)):
+        value = getattr(c, name)
+        if value is not None:
+            _set(c, name, _check_address(name, value, routable=routable))
+
+    members = c.members
+    if isinstance(members, list):
+        members = tuple(members)
+        _set(c, "members", members)
+    if not isinstance(members, tuple) or not all(isinstance(m, MirrorMember) for m in members):
+        raise _err("members", "expected a sequence of MirrorMember")
+    allowed = (
+        f"a mirror has exactly {MIRROR_FAILOVER_MEMBERS_COUNT} failover members and up to "
+        f"{MIRROR_ASYNC_MEMBERS_MAX} async members ({MIRROR_MEMBERS_MAX} in all)"
+    )
+    seen: dict[str, int] = {}
+    for i, m in enumerate(members):
+        prev = seen.setdefault(m.name.lower(), i)
+        if prev != i:
+            raise _err(
+                f"members[{i}].name",
+                f"{_show(m.name)} is also members[{prev}].name ({_show(members[prev].name)}); "
+                "member names must be unique (ignoring case)",
+            )
+    failover = [m.name for m in members if m.kind == "failover"]
+    asyncs = [m.name for m in members if m.kind != "failover"]
+    if len(failover) != MIRROR_FAILOVER_MEMBERS_COUNT:
+        listed = f" ({', '.join(failover)})" if failover else ""
+        raise _err("members", f"{len(failover)} failover members{listed}; {allowed}")
+    if len(asyncs) > MIRROR_ASYNC_MEMBERS_MAX:
+        raise _err("members", f"{len(asyncs)} async members; {allowed}")
+    if len(members) > MIRROR_MEMBERS_MAX:  # implied by the two above; kept as the IRIS rule
+        raise _err("members", f"{len(members)} members; {allowed}")
+    if c.member_name not in {m.name for m in members}:
+        raise _err(
+            "member_name",
+            f"{_show(c.member_name)} is not the name of any entry in members "
+            f"({', '.join(m.name for m in members)})",
+        )
+
+    # Every listener address is used once. An agent address may be shared: one agent
+    # serves every member on its host.
+    owners: dict[tuple[str, int], str] = {}
+
+    def claim(key: str, a: Address | None) -> None:
+        if a is None:
+            return
+        k = (a.host.lower(), a.port)
+        if k in owners:
+            raise _err(key, f"{_show(str(a))} is also {owners[k]}; each listener needs its own")
+        owners[k] = key
+
+    for i, m in enumerate(members):
+        claim(f"members[{i}].mirror_address", m.mirror_address)
+        claim(f"members[{i}].client_address", m.client_address)
+    claim("arbiter_address", c.arbiter_address)
+    claim("http_address", c.http_address)
+    for i, m in enumerate(members):
+        if m.agent_address is not None:
+            k = (m.agent_address.host.lower(), m.agent_address.port)
+            if k in owners:
+                raise _err(
+                    f"members[{i}].agent_address",
+                    f"{_show(str(m.agent_address))} is also {owners[k]}",
+                )
+
+
+def _check_name(key: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise _err(key, f"{_show(value)} is {_kind(value)}; expected a string")
+    try:
+        check_name(value)
+    except ValueError:
+        raise _err(
+            key,
+            f"{_show(value)} is not a name: 1..{WIRE_NAME_BYTES_MAX} characters of "
+            "A-Z a-z 0-9 _ . - starting with a letter or digit",
+        ) from None
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed or not isinstance(value, str):
+        raise _err(key, f"{_show(value)} is not one of {', '.join(map(_show, allowed))}")
+
+
+def _check_int(key: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _err(key, f"{_show(value)} is not an integer in {lo}..{hi}")
+
+
+def _check_abs_path(key: str, value: object) -> Path:
+    if isinstance(value, str):
+        value = Path(value)
+    if not isinstance(value, Path) or not value.is_absolute() or "\0" in str(value):
+        raise _err(key, f"{_show(value)} is not an absolute path (resolve it first)")
+    return value
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass's own field
+
+
+# --- messages and TOML text ----------------------------------------------------------
+def _err(key: str, message: str) -> ConfigError:
+    err = ConfigError(f"{key}: {message}" if key else message)
+    err.key = key
+    return err
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    for typ, word in _TYPE_WORDS.items():
+        if isinstance(value, typ):
+            return word
+    if isinstance(value, float):
+        return "a float"
+    return f"a {type(value).__name__}"
+
+
+def _show(value: object, limit: int = 80) -> str:
+    if isinstance(value, str):
+        text = _toml_str(value)
+        return text if len(text) <= limit else text[: limit - 4] + '..."'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, Path):
+        return _toml_str(str(value))
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string. Control characters are escaped; a lone surrogate (a file
+    name that is not UTF-8) cannot be written and raises ValueError."""
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            raise ValueError(f"{s!r} cannot be written as TOML (not UTF-8)")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_path(key: str, p: Path | None) -> str:
+    try:
+        return _toml_str(str(p))
+    except ValueError:
+        raise _err(key, f"{p!r} is not UTF-8 and cannot be written as TOML") from None
+
+
+__all__ = [
+    "Address",
+    "MemberConfig",
+    "MirrorMember",
+    "TLSFiles",
+    "load_config",
+    "parse_address",
+    "parse_config",
+]
