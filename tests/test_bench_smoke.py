@@ -1,0 +1,42 @@
+"""Every benchmark script runs, tiny, so the benchmarks cannot rot.
+
+Figures are not checked here (speed is measured in bench/, never asserted in
+tests): only that each script runs to the end and writes its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+CASES = {
+    "bench_globals.py": ["--n", "2000"],
+    "bench_keycodec.py": ["--n", "2000", "--repeat", "1"],
+    "bench_journal_codec.py": ["--frames", "4", "--repeat", "1"],
+    "bench_journal.py": ["--quick", "--seconds", "0.2", "--latency-n", "20", "--threads", "1,4"],
+    "bench_engine_commit.py": ["--commits", "20", "--seconds", "0.2"],
+    "bench_wij.py": ["--sizes", "64", "--repeat", "1"],
+}
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not beside the tests")
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_bench_script_runs(tmp_path, script):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *CASES[script], "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(out.read_text())
