@@ -784,3 +784,36 @@ def test_real_files_torn_tail_buffered(tmp_path):
     assert j.tail_reason != "zero" and j.end_position == ends[-1]
     j.close()
     assert records(fs, d) == [rec(i) for i in range(4)]
+
+
+def test_append_frames_copies_another_journal_byte_for_byte():
+    """A backup's journal takes the primary's frames as shipped: same positions, same
+    bytes; a damaged or misplaced frame is refused and nothing is appended."""
+    from irisrep.journalcodec import FrameError
+
+    fs = SimFS(21)
+    primary = Journal(fs, "/p/journal", precreate=False)
+    backup = Journal(fs, "/b/journal", precreate=False)
+    recs = [Record(1, 0, 7, 0, b"k%d" % i, b"\x01v%d" % i, b"") for i in range(50)]
+    for i in range(0, 50, 5):
+        primary.commit(recs[i : i + 5])
+    (name,) = fs.listdir("/p/journal")
+    f = fs.open("/p/journal/" + name, direct="disabled")
+    stream = f.pread(JOURNAL_HEADER_BYTES, primary.end_position)  # the shipped bytes
+    f.close()
+    with pytest.raises(FrameError):
+        backup.append_frames(stream[8:])  # not a frame at this journal's position 0
+    bad = bytearray(stream)
+    bad[60] ^= 0xFF  # a payload byte of the first frame
+    with pytest.raises(FrameError):
+        backup.append_frames(bytes(bad))
+    assert backup.end_position == 0  # nothing appended by the refused calls
+    start, end = backup.append_frames(stream)
+    assert (start, end) == (0, primary.end_position)
+    backup.flush()
+    assert [r for _, _, rs in backup.read(from_position=0) for r in rs] == recs
+    primary.close()
+    backup.close()
+    reopened = Journal(fs, "/b/journal", precreate=False)
+    assert reopened.end_position == end and reopened.tail_reason == "zero"
+    reopened.close()

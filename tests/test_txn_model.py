@@ -545,7 +545,27 @@ class TestTxnModelSoak(TxnMachine.TestCase):
     )
 
 
-# --- engine bugs found while building the machine, minimal --------------------------------
+def test_uncommitted_increment_survives_a_crash_only_when_durable():
+    """The rule the model encodes, spelled out: recovery rolls back an uncommitted
+    transaction but not its $INCREMENT, which therefore survives exactly when its
+    record reached the durable journal (here: a checkpoint), and is lost otherwise."""
+    for checkpoint in (False, True):
+        fs = SimFS(2)
+        db = open_db(fs)
+        g = db.globals[GLOBAL]
+        g["n"] = 10
+        db.tstart()
+        g["s"] = "tx"
+        assert g.increment("n", 5) == 15
+        if checkpoint:
+            db.flush()
+        survivor = fs.crash("drop")
+        db = open_db(survivor)
+        assert content(db) == {("n",): 15 if checkpoint else 10}, checkpoint
+        db.close()
+
+
+# --- regressions: engine bugs found while building the machine, minimal ------------------
 
 
 def test_rollback_of_outer_level_after_inner_rollback_restores_nothing_of_inner():
@@ -585,9 +605,9 @@ def test_interrupted_checkpoint_does_not_hang_close(point):
     """A KeyboardInterrupt (any BaseException) inside a WIJ cycle must not leave the
     database waiting forever for a cycle that no longer runs.
 
-    Database._run_cycle handles only Exception, so after a BaseException `_inflight`
-    stays True, and close() (or flush()) waits in _flush_locked for `_cycle_done`
-    forever. close() must return or raise, promptly."""
+    Regression: Database._run_cycle handled only Exception, so after a BaseException
+    `_inflight` stayed True and close() (or flush()) waited in _flush_locked for
+    `_cycle_done` forever. close() must return or raise, promptly."""
     fs = SimFS(1)
     db = open_db(fs)
     g = db.globals[GLOBAL]

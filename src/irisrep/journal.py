@@ -854,6 +854,35 @@ class Journal:
             self.flush(req.end)
         return start, req.end
 
+    def append_frames(self, data) -> tuple[int, int]:
+        """Append frames exactly as another member's journal wrote them: (start, end).
+
+        The mirror ships journal frames byte for byte; a backup keeps them at the
+        same stream positions, so its journal is a copy of the primary's stream.
+        Every frame in `data` must parse (checksum, lengths, zstd) at the next
+        position of this journal, or the call raises the codec's FrameError and
+        appends nothing. Nothing is re-encoded. Not durable until flush()."""
+        data = bytes(data)
+        if not data:
+            raise ValueError("no frames to append")
+        with self._cv:
+            self._check()
+            start = self._end
+            frames = []
+            off = 0
+            while off < len(data):
+                _header, _raw, nxt = self.codec.parse_frame(data, off, start + off)
+                frames.append(_Frame(start + off, data[off:nxt]))
+                off = nxt
+            for f in frames:  # all verified: only now does anything change
+                self._pending.append(f)
+                self._pending_bytes += len(f.data)
+            self._end = start + len(data)
+            big = self._pending_bytes >= _PENDING_BYTES_MAX
+        if big:
+            self.flush(start + len(data))
+        return start, start + len(data)
+
     def append_relaxed(self, records) -> tuple[int, int]:
         """Like append(), and a flusher thread makes it durable within flush_ms."""
         start, end = self.append(records)
