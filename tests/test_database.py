@@ -344,4 +344,7 @@ def test_protected_database_refuses_writes_and_changes_nothing(tmp_path):
     with irisrep.open(tmp_path / "p", protect=True) as db:
         with pytest.raises(irisrep.ProtectError):
             db.globals["myfirstglobal"]["x"] = 1
+        with pytest.raises(irisrep.ProtectError):
+            db.tstart()  # a TSTART record would fork a backup's journal
+        assert db.tlevel == 0
         assert db.globals["myfirstglobal"][()] == "what next?"

@@ -586,6 +586,9 @@ class Database:
         with self._lock:
             self._check_open()
             if st.level == 0:
+                # A TSTART is a journal record: on a read-only mirror copy it would
+                # fork this member's journal from the primary's stream.
+                self._check_writable("TSTART")
                 st.txn = next(self._txn_ids)
                 st.records = []
                 st.marks = []
