@@ -66,6 +66,8 @@ from .constants import (
     WIRE_ZSTD_PREFIX_BYTES,
 )
 from .errors import HandshakeError, WireError
+from .journalcodec import _compressor as _journal_zstd_compressor
+from .journalcodec import _decompressor as _journal_zstd_decompressor
 
 # --- limits (to move to constants.py; include/irisrep_wire.h agrees) -------------------
 
@@ -238,21 +240,10 @@ def payload_bounds(ftype: int) -> tuple[int, int, bool]:
 
 # --- helpers shared with the compiled codec (slow, error and per-frame paths) ----------
 
-_zstd_local = threading.local()  # zstandard objects are not safe to share across threads
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_zstd_local, "compressor", None)
-    if c is None:
-        c = _zstd_local.compressor = zstandard.ZstdCompressor(level=1, write_content_size=True)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_zstd_local, "decompressor", None)
-    if d is None:
-        d = _zstd_local.decompressor = zstandard.ZstdDecompressor()
-    return d
+# One per-thread zstd compressor/decompressor for the whole package (the journal
+# codec's): zstandard objects are not safe to share across threads.
+_compressor = _journal_zstd_compressor
+_decompressor = _journal_zstd_decompressor
 
 
 def _encode_args(ftype, epoch, payload) -> tuple[int, int, bytes]:
