@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 
+from _machine import pct
+
 import irisrep
 
 
@@ -37,11 +39,6 @@ def floor_us(path: str, n: int) -> list[float]:
         return out
     finally:
         os.close(fd)
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
 def one_committer(db, n: int) -> list[float]:

@@ -31,6 +31,8 @@ import tempfile
 import threading
 import time
 
+from _machine import mount_of, pct
+
 from irisrep.constants import IO_ALIGN
 from irisrep.fileio import RealFS
 from irisrep.journal import Journal
@@ -41,28 +43,6 @@ VALUE = b"x" * (64 - 24 - 8)  # a 64-byte SET record: 24 header + 8 key + 32 val
 
 # Engine-level measurements (commits through Database, transactions) plug in here.
 ENGINE_HOOKS: dict[str, object] = {}
-
-
-def mount_of(path: str) -> tuple[str, str]:
-    best = ("/", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                mnt, fstype = parts[1], parts[2]
-                real = os.path.realpath(path)
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
-                    best[0]
-                ):
-                    best = (mnt, fstype)
-    except OSError:
-        pass
-    return best
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
 def floor_latency(fs, d: str, n: int) -> tuple[list[float], bool]:

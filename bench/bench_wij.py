@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+from _machine import mount_of
+
 from irisrep import _core
 from irisrep.blockstore import BlockStore
 from irisrep.constants import BLOCK_SIZE, BT_LEAF, IO_CALL_BYTES_MAX, WRITE_RUN_BLOCKS_MAX
@@ -47,24 +49,6 @@ from irisrep.wij import WIJ_FILE_NAME, WIJ_WRITE_CHUNK_BYTES, WriteImageJournal
 DB_ID = 4242
 CHUNK = min(WIJ_WRITE_CHUNK_BYTES, IO_CALL_BYTES_MAX)
 GOAL_RATIO = 1.3
-
-
-def mount_of(path: str) -> tuple[str, str]:
-    """(mount point, file system type) holding `path`, from /proc/mounts."""
-    real = os.path.realpath(path)
-    best = ("/", "unknown")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                mnt, fstype = parts[1], parts[2]
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
-                    best[0]
-                ):
-                    best = (mnt, fstype)
-    except OSError:
-        pass
-    return best
 
 
 def dirty_blocks(n: int, layout: str, rng: random.Random) -> list[int]:

@@ -18,7 +18,6 @@ Headers are discovered by glob, so a new `include/irisrep_*.h` is checked too.
 from __future__ import annotations
 
 import ast
-import importlib
 import operator
 import re
 import struct
@@ -134,12 +133,7 @@ def _python_name(c_name: str) -> str | None:
 
 
 def _python_modules():
-    mods = [constants]
-    try:  # the WIJ layout lives in irisrep.wij until it moves to constants.py
-        mods.append(importlib.import_module("irisrep.wij"))
-    except ImportError:
-        pass
-    return mods
+    return [constants]
 
 
 def test_headers_parse(defines, all_defines):
