@@ -134,3 +134,28 @@ PORT_MIN = 1
 PORT_MAX = 65_535
 HOSTNAME_CHARS_MAX = 253
 HOSTNAME_LABEL_CHARS_MAX = 63
+
+# --- mirror members at run time (mirror.py, member.py) ------------------------------
+MIRROR_RING_BYTES_MAX = 64 * 1024 * 1024  # recent journal bytes kept in memory for senders
+MIRROR_BATCH_BYTES_MAX = 4 * 1024 * 1024  # journal bytes in one JOURNAL wire frame
+MIRROR_APPLY_QUEUE_BYTES_MAX = 64 * 1024 * 1024  # received, not yet applied (backpressure)
+MIRROR_HEARTBEAT_MS = 100  # idle links send a HEARTBEAT this often
+MIRROR_RECONNECT_MS = 100  # a backup/async retries its primary this often
+MIRROR_PEER_SILENCE_MS_MIN = 2000  # a link silent this long (and > 2 QoS) is dead
+MIRROR_STATE_FILE_NAME = "mirror.json"  # this member's epoch and last role
+MIRROR_EPOCH_FIRST = 1
+DEFAULT_DATABASE_NAME = "DB"
+
+# --- client protocol (clientproto.py, server.py, client.py) ------------------------
+CLIENT_FRAME_BYTES_MAX = 16 * 1024 * 1024  # one request or response (a max string in UTF-8 fits)
+CLIENT_CONNECTIONS_MAX = 256  # open client connections per member; more are refused
+CLIENT_LOGIN_TIMEOUT_MS = 5_000  # accept to a successful LOGIN
+CLIENT_CONNECT_TIMEOUT_MS = 5_000  # irisrep.connect: one TCP connect
+CLIENT_ITEMS_PAGE_MAX = 1_000  # nodes in one ITEMS reply; the client pages on
+CLIENT_VALUE_DEPTH_MAX = 64  # nesting of a tagged value (subscript tuples are depth 2)
+CLIENT_USERS_MAX = 1_000
+SCRYPT_N = 2**14  # password hashes (hashlib.scrypt); ~16 MiB and ~50 ms per check
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_SALT_BYTES = 16
+SCRYPT_HASH_BYTES = 32
