@@ -144,7 +144,6 @@ MIRROR_RECONNECT_MS = 100  # a backup/async retries its primary this often
 MIRROR_PEER_SILENCE_MS_MIN = 2000  # a link silent this long (and > 2 QoS) is dead
 MIRROR_STATE_FILE_NAME = "mirror.json"  # this member's epoch and last role
 MIRROR_EPOCH_FIRST = 1
-DEFAULT_DATABASE_NAME = "DB"
 
 # --- client protocol (clientproto.py, server.py, client.py) ------------------------
 CLIENT_FRAME_BYTES_MAX = 16 * 1024 * 1024  # one request or response (a max string in UTF-8 fits)
