@@ -10,7 +10,12 @@ commit durable before it returns (DESIGN.md rule 1). Promises:
 - `write_out()` writes what is pending without syncing and returns the journal
   position after it: the checkpoint a WIJ cycle's snapshot stands for (the cycle
   then syncs up to it before any block reaches the database: rule 2);
-- a failed journal write or sync is fatal: every later call raises DurabilityError.
+- a failed journal write or sync is fatal: every later call raises DurabilityError;
+- with a `replicator` attached (a mirror primary), `sync` returns only when the
+  local journal is durable past the records AND the replicator's `wait(position)`
+  has returned: the active backup acknowledged them, or it was declared not active
+  first (DESIGN.md rule 1). The wait happens outside every lock, so the next group
+  writes and syncs locally while this one waits for its acknowledgement.
 
 Concurrency: `log` runs under the database lock (one writer of `_logged`); the I/O
 side takes `_io` (held over journal I/O, never while waiting for the database lock)
@@ -37,6 +42,8 @@ class Committer:
         self._logged = 0  # tickets: count of records logged so far
         self._written = 0  # records handed to the journal
         self._durable = 0  # records fdatasynced
+        self._durable_position = 0  # journal position after the last synced group
+        self.replicator = None  # mirror.Replicator on a primary: wait(position)
         self._failure: BaseException | None = None
 
     @property
@@ -97,7 +104,20 @@ class Committer:
             self._write_pending_locked_io()
             return self.journal.end_position
 
-    def sync(self, ticket: int) -> None:
+    def sync(self, ticket: int, *, mirror: bool = True) -> None:
+        """Return when the records up to `ticket` are durable (group commit), and,
+        with `mirror` and a replicator attached, acknowledged by the mirror.
+
+        The position waited for is that of the last synced group, which covers the
+        ticket (it may be a little further: waiting longer is safe, shorter never).
+        The write daemon passes mirror=False: blocks need local durability only.
+        """
+        self._sync_local(ticket)
+        rep = self.replicator
+        if mirror and rep is not None and ticket:
+            rep.wait(self._durable_position)
+
+    def _sync_local(self, ticket: int) -> None:
         """Return when the records up to `ticket` are durable (group commit).
 
         One committer at a time leads: it writes every pending record (its own and
@@ -122,12 +142,16 @@ class Committer:
             with self._io:
                 crashpoints.hit("commit_before_write")
                 upto = self._write_pending_locked_io()
+                position = self.journal.end_position
                 crashpoints.hit("commit_after_write_before_sync")
                 try:
                     self.journal.flush()
                 except BaseException as exc:
                     self._fail(exc)
                     raise
+                # Position first: a waiter that sees _durable >= its ticket must find
+                # a position that covers it.
+                self._durable_position = position
                 self._durable = upto
         finally:
             with self._cond:
@@ -135,5 +159,5 @@ class Committer:
                 self._cond.notify_all()
         crashpoints.hit("commit_after_sync_before_return")
 
-    def sync_all(self) -> None:
-        self.sync(self._logged)
+    def sync_all(self, *, mirror: bool = True) -> None:
+        self.sync(self._logged, mirror=mirror)

@@ -134,6 +134,9 @@ class Database:
         journaling: bool = True,
         journal_file_bytes: int = JOURNAL_FILE_BYTES,
         protect: bool = False,
+        mirror_copy: bool = False,
+        epoch: int = 0,
+        journal_dir: str | os.PathLike | None = None,
     ) -> None:
         from .fileio import default_fs
 
@@ -181,7 +184,15 @@ class Database:
         # A mirrored database on a backup or async is read-only: every write through
         # the API raises ProtectError (<PROTECT>) and changes nothing. Mirroring
         # turns it off when this member becomes primary (set_protect).
-        self.tree.protected = bool(protect)
+        self.tree.protected = bool(protect) or bool(mirror_copy)
+        # A mirror copy (backup or async) journals nothing of its own: its journal is
+        # the primary's stream, byte for byte (Journal.append_frames), and its blocks
+        # follow by dejournaling (apply_frames). Its checkpoint is the position it has
+        # applied, and recovery rolls forward without rolling back: a transaction open
+        # in the stream may still commit on the primary.
+        self.mirror_copy = bool(mirror_copy)
+        self.applied_position = 0
+        self._stream_txns: dict[int, int] = {}  # open in the applied stream: txn -> position
         if commit_mode not in COMMIT_MODES:
             raise ConfigError(
                 f"commit_mode: {commit_mode!r} is not one of {', '.join(COMMIT_MODES)}"
@@ -207,9 +218,12 @@ class Database:
         # checkpoint, then roll back transactions that never committed.
         self.journal = Journal(
             self.fs,
-            os.path.join(self.path, JOURNAL_DIR_NAME),
+            os.path.join(self.path, JOURNAL_DIR_NAME)
+            if journal_dir is None
+            else os.fspath(journal_dir),
             direct=direct,
             file_bytes=journal_file_bytes,
+            epoch=epoch,
         )
         try:
             self.committer = Committer(self.journal)
@@ -312,6 +326,29 @@ class Database:
                     replay.apply(self.tree, rec)
                     applied += 1
         crashpoints.hit("recovery_after_rollforward")
+        self.applied_position = self.journal.end_position
+        if self.mirror_copy:
+            # The primary owns these transactions: it commits or rolls them back, and
+            # the stream will say which. Remember where each began (the checkpoint's
+            # transaction floor), undo nothing, journal nothing.
+            self._stream_txns = dict.fromkeys(open_txns, start)
+            for pos, _header, records in self.journal.read(from_position=start):
+                for rec in records:
+                    if rec[0] == replay.TSTART and rec[3] in self._stream_txns:
+                        self._stream_txns[rec[3]] = pos
+            if applied:
+                log.warning(
+                    "%s: mirror copy recovery applied %d records from position %d; %d "
+                    "transactions stay open for the primary to end",
+                    self.path,
+                    applied,
+                    ckpt,
+                    len(open_txns),
+                )
+                self._flush_locked()
+            return JournalRecovery(
+                start, ckpt, self.journal.end_position, applied, [], self.journal.tail_reason
+            )
         rolled_back = sorted(open_txns)
         undo_records = []
         for rec in reversed(order):
@@ -320,7 +357,7 @@ class Database:
         undo_records.extend(Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in rolled_back)
         if undo_records:
             self.committer.log(undo_records)
-            self.committer.sync_all()
+            self.committer.sync_all(mirror=False)
         crashpoints.hit("recovery_before_checkpoint")
         if applied or rolled_back:
             log.warning(
@@ -422,8 +459,14 @@ class Database:
         if not images:
             return None
         ticket = self.committer.logged
-        self.store.checkpoint = self.committer.write_out()
-        self.store.txn_floor = min(self._open_txns.values(), default=self.store.checkpoint)
+        if self.mirror_copy:
+            # Blocks reflect the stream up to what was applied (only durable frames
+            # are applied, so rule 2 holds without a sync here).
+            self.store.checkpoint = self.applied_position
+            self.store.txn_floor = min(self._stream_txns.values(), default=self.store.checkpoint)
+        else:
+            self.store.checkpoint = self.committer.write_out()
+            self.store.txn_floor = min(self._open_txns.values(), default=self.store.checkpoint)
         self.store.root = self.tree.root
         self.store.generation += 1
         images.append((0, self.store.header_image()))
@@ -438,7 +481,7 @@ class Database:
         try:
             # Rule 2: the journal is durable up to every change in these blocks before
             # any of them can reach the database file.
-            self.committer.sync(ticket)
+            self.committer.sync(ticket, mirror=False)
             self.wij.cycle(
                 {db_id: self.store},
                 [(db_id, block_no, image) for block_no, image in images],
@@ -485,7 +528,7 @@ class Database:
         while not self._stopping:
             self._flush_wake.wait(interval_s)
             try:
-                self.committer.sync_all()
+                self.committer.sync_all(mirror=False)
             except Exception as exc:  # recorded by the committer; callers see it
                 log.error("%s: journal flush failed: %s", self.path, exc)
                 return
@@ -518,6 +561,40 @@ class Database:
         """Make the database read-only through the API (a non-primary) or writable."""
         with self._lock:
             self.tree.protected = bool(on)
+
+    def apply_frames(self, frames: list, end_position: int) -> int:
+        """Dejournaling on a mirror copy: apply decoded frames, in stream order.
+
+        `frames` is a list of (position, records) of frames already durable in this
+        member's journal; `end_position` is the stream position after the last.
+        Replay is idempotent, so frames applied again after a crash change nothing.
+        Returns the number of data records applied."""
+        if not self.mirror_copy:
+            raise TransactionError("apply_frames: this database is not a mirror copy")
+        n = 0
+        with self._lock:
+            self._check_open()
+            if end_position <= self.applied_position:
+                return 0
+            txns = self._stream_txns
+            tree = self.tree
+            for pos, records in frames:
+                if pos < self.applied_position:
+                    continue  # already applied (a catch-up overlapping the live stream)
+                for rec in records:
+                    t = rec[0]
+                    if t in replay.DATA_TYPES:
+                        replay.apply(tree, rec)
+                        n += 1
+                    elif t == replay.TSTART:
+                        txns[rec[3]] = pos
+                    elif t == replay.TCOMMIT or t == replay.TROLLBACK:
+                        txns.pop(rec[3], None)
+            if n:
+                tree.mod_count += 1
+            self.applied_position = end_position
+            self._after_write()
+        return n
 
     def _check_writable(self, what: str) -> None:
         if self.tree.protected:

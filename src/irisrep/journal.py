@@ -639,6 +639,10 @@ class Journal:
         self._pending: list[_Frame] = []
         self._pending_bytes = 0
         self.fsyncs = 0  # fdatasyncs of frames (for tests and benchmarks)
+        # Called by the group leader with (position, bytes) of every write of frames,
+        # after the write and BEFORE its fdatasync, so that a mirror ships the frames
+        # while the local disk syncs them (the commit still waits for both).
+        self.on_written = None
 
         self._spare_lock = threading.Lock()
         self._spare_thread: threading.Thread | None = None
@@ -1033,6 +1037,9 @@ class Journal:
             self._write_at(off, data)
             self._written += nbytes
             self._last_checksum = frames[j - 1].checksum
+            hook = self.on_written
+            if hook is not None:
+                hook(frames[i].position, data)
             i = j
         crashpoints.hit("journal_after_write")
         # The one fdatasync of the group: after it every frame before _written is
@@ -1171,6 +1178,48 @@ class Journal:
             to_position=self._durable,
             codec=self.codec,
         )
+
+    @property
+    def written_position(self) -> int:
+        """Every frame before this position is written to the file (maybe not synced)."""
+        return self._written
+
+    def read_raw(self, from_position: int, to_position: int, max_bytes: int) -> bytes:
+        """The stream's bytes from `from_position` (a frame start) to at most
+        `to_position`, whole frames only, at most `max_bytes` (but at least one frame),
+        exactly as written: what a mirror primary sends a member that is catching up.
+        Every frame is verified on the way. b"" when there is nothing yet."""
+        self._check()
+        files = list_journal_files(self.fs, self.dirpath)
+        if not files or from_position < files[0].start_position:
+            first = files[0].start_position if files else 0
+            raise ValueError(
+                f"position {from_position} is no longer in the journal (the first file "
+                f"starts at {first}; older files were purged)"
+            )
+        idx = max(i for i, inf in enumerate(files) if inf.start_position <= from_position)
+        out: list[bytes] = []
+        size = 0
+        pos = from_position
+        for k in range(idx, len(files)):
+            info = files[k]
+            if k > idx:
+                pos = info.start_position
+            buf = _read_path(self.fs, info.path)
+            scan = _FileScan(
+                self.codec, buf, info, JOURNAL_HEADER_BYTES + pos - info.start_position
+            )
+            for off, fpos, _header, _raw, nxt in scan:
+                if fpos >= to_position or (out and size + nxt - off > max_bytes):
+                    return b"".join(out)
+                out.append(buf[off:nxt])
+                size += nxt - off
+            if k + 1 < len(files) and scan.end_position != files[k + 1].start_position:
+                raise JournalCorruptError(
+                    f"{info.name} ends at position {scan.end_position} but "
+                    f"{files[k + 1].name} starts at {files[k + 1].start_position}"
+                )
+        return b"".join(out)
 
     def purge(self, keep_from_position: int, older_than_days: float, now: int | None = None):
         """Remove whole files that end at or before `keep_from_position` and were

@@ -1,0 +1,327 @@
+"""A mirror member hosted in this process: its database, listeners and role.
+
+Owns one member of a mirror as `irisrep serve --config FILE` runs it, and as a
+service that hosts a member in-process uses it (`irisrep.Member`): it opens the
+instance's default database (`DB`), runs the mirror listener (journal shipping and
+acks, `mirror.py`) and the client listener (`server.py`), and knows its role:
+
+- primary: the database is writable; every commit waits for the Active backup
+  (`mirror.Replicator`, DESIGN.md rule 1);
+- backup / async: the database is a read-only mirror copy (`ProtectError` on every
+  write through the API) that follows the primary's journal (`mirror.CopyLink`).
+
+The role and the epoch are kept in `DATA_DIR/mirror.json` (written to a temporary
+name, fsynced, renamed, directory fsynced), so a restarted member comes back in the
+role it had. Which member starts as primary: the first failover member of the
+config's list (`+` in `irisrep inventory`). Deciding failover is the mirror core's
+job (a later issue); `role` is an attribute that changes when the role changes, and
+`on_role` callbacks hear about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+from . import wire
+from .config import MemberConfig
+from .constants import MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
+from .database import DEFAULT_DATABASE, Database
+from .errors import ConfigError
+from .mirror import CopyLink, Replicator
+
+log = logging.getLogger("irisrep.member")
+
+ROLES = ("primary", "backup", "async")
+
+
+def _read_state(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(65536)
+    except FileNotFoundError:
+        return None
+    try:
+        st = json.loads(raw)
+        epoch = st["epoch"]
+        role = st["role"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a member state file ({e})") from None
+    if not isinstance(epoch, int) or epoch < 0 or role not in ROLES:
+        raise ConfigError(f"{path}: bad epoch or role: {st!r}")
+    return st
+
+
+def _write_state(path: str, state: dict) -> None:
+    tmp = path + ".new"
+    data = json.dumps(state, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Member:
+    """One mirror member in this process. `Member(config).start()`; `close()`.
+
+    `role` is "primary", "backup" or "async"; `database` is the default database
+    (read-only unless primary); `status()` is what `irisrep ps` shows."""
+
+    def __init__(self, config: MemberConfig, *, client_listener: bool = True) -> None:
+        self.config = config
+        self.name = config.member_name
+        self.kind = config.kind
+        self._lock = threading.Lock()
+        self._role_callbacks: list = []
+        self.started_at = time.time()
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.state_path = os.path.join(config.data_dir, MIRROR_STATE_FILE_NAME)
+        st = _read_state(self.state_path)
+        if st is None:
+            st = {"epoch": 0, "role": self._initial_role()}
+            if st["role"] == "primary":
+                st["epoch"] = MIRROR_EPOCH_FIRST
+            _write_state(self.state_path, st)
+        self.epoch = st["epoch"]
+        self.role = st["role"]
+        self.replicator: Replicator | None = None
+        self.copy: CopyLink | None = None
+        self.database: Database | None = None
+        self.mirror_listener: wire.WireListener | None = None
+        self.client_listener = None
+        self._want_client_listener = client_listener
+        self.closed = False
+
+    def _initial_role(self) -> str:
+        if self.kind != "failover":
+            return "async"
+        first = self.config.failover_members[0].name
+        return "primary" if first == self.name else "backup"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Member:
+        c = self.config
+        primary = self.role == "primary"
+        self.database = Database(
+            str(c.data_dir),
+            direct=c.direct_io,
+            pool_blocks=c.pool_blocks,
+            commit_mode=c.commit_mode,
+            mirror_copy=not primary,
+            epoch=self.epoch,
+            journal_dir=None if c.journal_dir is None else str(c.journal_dir),
+            name=DEFAULT_DATABASE,
+        )
+        try:
+            if primary:
+                others = {m.name: m.kind for m in c.members if m.name != self.name}
+                self.replicator = Replicator(
+                    self.database.journal,
+                    epoch=self.epoch,
+                    ack_level=c.ack_level,
+                    qos_timeout_ms=c.qos_timeout_ms,
+                    members=others,
+                )
+                self.database.committer.replicator = self.replicator
+                on_peer = self.replicator.on_peer
+            else:
+                on_peer = self._refuse_peer
+            self.mirror_listener = wire.WireListener(
+                tuple(c.me.mirror_address),
+                mirror=c.mirror_name,
+                member=self.name,
+                key=c.mirror_key,
+                known_members=[m.name for m in c.members if m.name != self.name],
+                on_peer=on_peer,
+                ssl_context=self._ssl_context(server=True),
+                epoch=lambda: self.epoch,
+            )
+            if not primary:
+                candidates = [
+                    (m.name, tuple(m.mirror_address))
+                    for m in c.failover_members
+                    if m.name != self.name
+                ]
+                self.copy = CopyLink(
+                    self.database,
+                    mirror=c.mirror_name,
+                    member=self.name,
+                    key=c.mirror_key,
+                    candidates=candidates,
+                    epoch=self.epoch,
+                    ack_level=c.ack_level,
+                    qos_timeout_ms=c.qos_timeout_ms,
+                    on_epoch=self._adopt_epoch,
+                    ssl_context=self._ssl_context(server=False),
+                )
+                self.copy.start()
+            if self._want_client_listener:
+                from .server import ClientListener
+
+                users = {u.name: u.password_hash for u in getattr(c, "users", ())}
+                self.client_listener = ClientListener(
+                    self, tuple(c.me.client_address), users=users or None
+                )
+        except BaseException:
+            self.close()
+            raise
+        log.warning(
+            "member %s of mirror %s started as %s (epoch %d)",
+            self.name,
+            c.mirror_name,
+            self.role,
+            self.epoch,
+        )
+        return self
+
+    def _ssl_context(self, *, server: bool):
+        tls = self.config.tls
+        if tls is None:
+            return None
+        import ssl
+
+        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+        ctx = ssl.create_default_context(purpose, cafile=str(tls.ca_file))
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        if server:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False
+        return ctx
+
+    def _refuse_peer(self, sock, peer) -> None:
+        """A member that is not primary answers a mirror connection with its status
+        (who it is, whom it follows) and closes it: the caller tries the next."""
+        try:
+            body = json.dumps(
+                {
+                    "member": self.name,
+                    "role": self.role,
+                    "primary": self.copy.primary if self.copy else None,
+                }
+            ).encode()
+            wire.send_frame(sock, wire.STATUS, self.epoch, body, timeout_ms=1000)
+        except (OSError, wire.WireError):
+            pass
+        finally:
+            sock.close()
+
+    def _adopt_epoch(self, epoch: int) -> None:
+        with self._lock:
+            if epoch <= self.epoch:
+                return
+            _write_state(self.state_path, {"epoch": epoch, "role": self.role})
+            log.warning("member %s: epoch %d -> %d", self.name, self.epoch, epoch)
+            self.epoch = epoch
+
+    def on_role(self, callback) -> None:
+        """Call `callback(member, old_role, new_role)` when the role changes."""
+        self._role_callbacks.append(callback)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.client_listener is not None:
+            self.client_listener.close()
+        if self.mirror_listener is not None:
+            self.mirror_listener.close()
+        if self.copy is not None:
+            self.copy.close()
+        if self.replicator is not None:
+            self.replicator.close()
+        if self.database is not None:
+            self.database.close()
+
+    def __enter__(self) -> Member:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- what the client listener and `irisrep ps` use ----------------------------------
+
+    @property
+    def primary_client_address(self) -> str | None:
+        if self.role == "primary":
+            return str(self.config.me.client_address)
+        name = self.copy.primary if self.copy else None
+        if name is None:
+            return None
+        return str(self.config.member(name).client_address)
+
+    def status(self) -> dict:
+        db = self.database
+        out = {
+            "mirror": self.config.mirror_name,
+            "member": self.name,
+            "kind": self.kind,
+            "role": self.role,
+            "epoch": self.epoch,
+            "pid": os.getpid(),
+            "mirror_address": str(self.config.me.mirror_address),
+            "client_address": str(self.config.me.client_address),
+            "ack_level": self.config.ack_level,
+            "qos_timeout_ms": self.config.qos_timeout_ms,
+        }
+        if db is not None:
+            out["journal_end"] = db.journal.end_position
+            out["journal_durable"] = db.journal.durable_position
+            out["applied"] = db.applied_position if db.mirror_copy else db.journal.end_position
+        if self.role == "primary" and self.replicator is not None:
+            rep = self.replicator
+            out["status"] = "Primary"
+            out["peers"] = rep.peers()
+            active = rep.active
+            out["active_backup"] = active.state.name if active is not None else None
+            out["events"] = [list(e) for e in list(rep.events)[-20:]]
+        elif self.copy is not None:
+            cs = self.copy.status()
+            out.update(cs)
+            if cs["connected_to"] is None:
+                out["status"] = "Waiting"
+            elif cs["lag_bytes"] > 0:
+                out["status"] = "Synchronizing"
+            else:
+                out["status"] = "Backup" if self.role == "backup" else "Connected"
+        return out
+
+
+def serve(config_path: str) -> int:
+    """`irisrep serve --config FILE`: run one member until SIGTERM or SIGINT."""
+    import signal
+
+    from .config import load_config
+
+    config = load_config(config_path)
+    member = Member(config).start()
+    stop = threading.Event()
+
+    def _stop(_signo, _frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(
+        f"irisrep: member {member.name} of mirror {config.mirror_name} serving as "
+        f"{member.role}: mirror {config.me.mirror_address}, clients {config.me.client_address}",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        member.close()
+    return 0

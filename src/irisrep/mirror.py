@@ -1,0 +1,814 @@
+"""Journal shipping between mirror members: the primary's side and the copy's side.
+
+Owns the live data path of a mirror (DESIGN.md section 3): the primary sends every
+journal frame, byte for byte as its journal wrote it, to the backup and to every
+async; a backup or async writes the frames to its own journal at the same stream
+positions, makes them durable, acknowledges, and applies them to its read-only
+database (dejournaling).
+
+Promises:
+- Frames reach a member in stream order, each exactly once per connection; a member
+  that connects behind (new, restarted, dropped) first gets what it lacks from the
+  primary's journal files (catch-up), then the live stream, with no gap and no
+  overlap (the `Ring` keeps recent writes; older ones come from the files).
+- `Replicator.wait(position)` (called by the committer after the local fdatasync,
+  commit.py) returns only when the Active backup has acknowledged `position` at the
+  mirror's ack level, or when that backup has been declared not Active first
+  (connection lost, or no acknowledgement within the QoS timeout; then the primary
+  continues alone and says so). It never claims an acknowledgement it did not get.
+- A backup becomes Active only when it is streaming live and within
+  MIRROR_ACTIVE_LAG_BYTES_MAX of the journal's end; asyncs are never Active and
+  never hold a commit back.
+- Every JOURNAL frame and ACK carries the epoch; a copy refuses frames from an older
+  epoch than its own, and a primary that hears of a newer epoch stops writing.
+- A copy applies only frames that are durable in its own journal, so its database
+  never runs ahead of its journal (rule 2); its checkpoint is the applied position.
+
+Threads: on the primary, per connected member one sender (ring/files -> socket) and
+one reader (acks, heartbeats); on a copy, one link thread (connect, receive, append,
+fdatasync, ack) and one applier. Decisions about roles and failover are not made
+here (the mirror core, a later issue); this module only moves and acknowledges data.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from . import wire
+from .constants import (
+    JOURNAL_FRAME_ALIGN,
+    JOURNAL_FRAME_HEADER_BYTES,
+    MIRROR_ACTIVE_LAG_BYTES_MAX,
+    MIRROR_APPLY_QUEUE_BYTES_MAX,
+    MIRROR_BATCH_BYTES_MAX,
+    MIRROR_HEARTBEAT_MS,
+    MIRROR_PEER_SILENCE_MS_MIN,
+    MIRROR_RECONNECT_MS,
+    MIRROR_RING_BYTES_MAX,
+)
+from .errors import DurabilityError, IrisrepError, JournalCorruptError, WireError
+
+log = logging.getLogger("irisrep.mirror")
+
+ACK_LEVEL_CODES = {
+    "received": wire.ACK_RECEIVED,
+    "durable": wire.ACK_DURABLE,
+    "applied": wire.ACK_APPLIED,
+}
+_STORED_LEN = struct.Struct("<I")
+_STORED_LEN_OFF = 32  # irisrep_journal.h IR_JRNL_OFF_STORED_LEN
+
+
+def count_frames(data) -> int:
+    """How many journal frames lie back to back in `data` (already verified bytes)."""
+    n = off = 0
+    end = len(data)
+    while off < end:
+        (stored,) = _STORED_LEN.unpack_from(data, off + _STORED_LEN_OFF)
+        flen = JOURNAL_FRAME_HEADER_BYTES + stored
+        off += (flen + JOURNAL_FRAME_ALIGN - 1) // JOURNAL_FRAME_ALIGN * JOURNAL_FRAME_ALIGN
+        n += 1
+    if off != end:
+        raise JournalCorruptError(f"journal bytes end inside a frame ({off} != {end})")
+    return n
+
+
+def silence_ms(qos_timeout_ms: int) -> int:
+    """How long a link may stay silent before it is taken for dead."""
+    return max(MIRROR_PEER_SILENCE_MS_MIN, 2 * qos_timeout_ms)
+
+
+# --- the primary's side ----------------------------------------------------------------
+
+
+class Ring:
+    """The journal's recent writes, in memory, for the senders.
+
+    `publish` is the journal's `on_written` hook (called by the group leader with
+    contiguous (position, bytes)); senders `take` from any frame boundary inside the
+    ring. Bounded by `bytes_max`: the oldest writes drop out, and a sender that falls
+    behind them reads the journal files instead."""
+
+    def __init__(self, start_position: int, bytes_max: int = MIRROR_RING_BYTES_MAX) -> None:
+        self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._start = self._end = start_position
+        self._bytes = 0
+        self._bytes_max = bytes_max
+        self._cv = threading.Condition()
+        # (end position, monotonic time) of recent writes: lag in seconds for status.
+        self.times: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    def publish(self, position: int, data: bytes) -> None:
+        with self._cv:
+            if position != self._end:
+                # A gap would ship a broken stream: refuse loudly (a bug, not bad input).
+                raise AssertionError(f"journal write at {position}, ring ends at {self._end}")
+            self._chunks.append((position, data))
+            self._end = position + len(data)
+            self._bytes += len(data)
+            while self._bytes > self._bytes_max and len(self._chunks) > 1:
+                p, d = self._chunks.popleft()
+                self._bytes -= len(d)
+                self._start = p + len(d)
+            self.times.append((self._end, time.monotonic()))
+            self._cv.notify_all()
+
+    def take(self, from_position: int, max_bytes: int) -> bytes | None:
+        """Bytes from `from_position` (a frame boundary) to the ring's end, at most
+        `max_bytes` of whole writes (at least one); b"" if there is nothing new, None
+        if `from_position` is older than the ring (read the files)."""
+        with self._cv:
+            if from_position < self._start:
+                return None
+            if from_position >= self._end:
+                return b""
+            out: list[bytes] = []
+            size = 0
+            for p, d in self._chunks:
+                e = p + len(d)
+                if e <= from_position:
+                    continue
+                piece = d if p >= from_position else d[from_position - p :]
+                if out and size + len(piece) > max_bytes:
+                    break
+                out.append(piece)
+                size += len(piece)
+            return b"".join(out)
+
+    def wait_past(self, position: int, timeout_s: float) -> bool:
+        with self._cv:
+            if self._end > position:
+                return True
+            self._cv.wait(timeout_s)
+            return self._end > position
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def seconds_behind(self, position: int) -> float:
+        """How long ago the journal first went past `position` (0.0: not past it)."""
+        with self._cv:
+            if position >= self._end:
+                return 0.0
+            for end, t in self.times:
+                if end > position:
+                    return max(0.0, time.monotonic() - t)
+            return max(0.0, time.monotonic() - self.times[0][1]) if self.times else 0.0
+
+
+@dataclass
+class PeerState:
+    """What the primary knows of one connected member (status and bookkeeping)."""
+
+    name: str
+    kind: str
+    connected_at: float
+    requested: int = 0  # the position it asked to start from
+    sent: int = 0  # stream position after the last byte sent
+    received: int = 0  # acknowledged positions, by level
+    durable: int = 0
+    applied: int = 0
+    applied_seen: int = 0  # its database's applied position, from its heartbeats
+    live: bool = False  # streaming from the ring (not catching up from files)
+    active: bool = False  # a backup that holds commits back
+    last_heard: float = 0.0
+    closed: bool = False
+    reason: str = ""
+
+
+class _PeerLink:
+    """One connected backup or async, on the primary: a sender and a reader thread."""
+
+    def __init__(self, rep: Replicator, sock: socket.socket, peer: wire.Peer, kind: str):
+        self.rep = rep
+        self.sock = sock
+        self.peer = peer
+        self.state = PeerState(peer.member, kind, time.monotonic(), last_heard=time.monotonic())
+        self._send_lock = threading.Lock()
+        self._started = threading.Event()  # the CATCHUP_REQUEST arrived
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"irisrep-mirror-read {peer.member}", daemon=True
+        )
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"irisrep-mirror-send {peer.member}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._reader.start()
+        self._sender.start()
+
+    def close(self, reason: str) -> None:
+        st = self.state
+        if st.closed:
+            return
+        st.closed = True
+        st.reason = reason
+        self.rep._link_closed(self, reason)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._started.set()
+        self.rep.ring.wake()
+
+    def _send(self, ftype: int, payload: bytes) -> None:
+        with self._send_lock:
+            wire.send_frame(self.sock, ftype, self.rep.epoch, payload)
+
+    def _read_loop(self) -> None:
+        reader = wire.FrameReader(self.sock)
+        idle_ms = silence_ms(self.rep.qos_timeout_ms)
+        try:
+            while not self.state.closed:
+                f = reader.read_frame(idle_timeout_ms=idle_ms)
+                self.state.last_heard = time.monotonic()
+                if f.epoch > self.rep.epoch:
+                    self.rep._newer_epoch(f.epoch, self.peer.member)
+                    raise WireError("payload", f"epoch {f.epoch} is newer than ours")
+                if f.type == wire.ACK:
+                    if f.epoch != self.rep.epoch:
+                        raise WireError(
+                            "payload", f"ACK of epoch {f.epoch}, ours is {self.rep.epoch}"
+                        )
+                    pos, level = wire.decode_ack(f.payload)
+                    self.rep._on_ack(self, pos, level)
+                elif f.type == wire.HEARTBEAT:
+                    # A copy's heartbeat carries the position its database has applied.
+                    self.state.applied_seen = wire.decode_u64(f.payload)
+                elif f.type == wire.CATCHUP_REQUEST:
+                    if self._started.is_set():
+                        raise WireError("payload", "a second CATCHUP_REQUEST")
+                    pos = wire.decode_u64(f.payload)
+                    problem = self.rep._check_start(pos)
+                    if problem:
+                        self._send(wire.STATUS, _status_json({"refused": problem}))
+                        raise WireError("payload", problem)
+                    self.state.requested = self.state.sent = pos
+                    self.state.received = self.state.durable = self.state.applied = pos
+                    self._started.set()
+                else:
+                    raise WireError("payload", f"unexpected {wire.TYPE_NAMES.get(f.type)} frame")
+        except (WireError, OSError) as e:
+            self.close(f"{e}")
+        except IrisrepError as e:
+            self.close(f"{type(e).__name__}: {e}")
+
+    def _send_loop(self) -> None:
+        rep = self.rep
+        st = self.state
+        beat_s = MIRROR_HEARTBEAT_MS / 1000.0
+        try:
+            self._started.wait()
+            last_send = time.monotonic()
+            while not st.closed and not rep.closed:
+                data = rep.ring.take(st.sent, MIRROR_BATCH_BYTES_MAX)
+                if data is None:
+                    # Behind the ring: catch up from the journal files.
+                    st.live = False
+                    data = rep.journal.read_raw(st.sent, rep.ring.start, MIRROR_BATCH_BYTES_MAX)
+                    if not data:
+                        raise JournalCorruptError(
+                            f"no journal frames at position {st.sent} to catch up from"
+                        )
+                elif not data:
+                    st.live = True
+                    rep._maybe_activate(self)
+                    if not rep.ring.wait_past(st.sent, beat_s):
+                        if time.monotonic() - last_send >= beat_s:
+                            self._send(wire.HEARTBEAT, wire.encode_u64(rep.ring.end))
+                            last_send = time.monotonic()
+                    continue
+                payload = struct.pack("<I", count_frames(data)) + data
+                # Count it sent before the send: the ack may come back before
+                # sendall returns here (a failed send closes the link anyway).
+                st.sent += len(data)
+                self._send(wire.JOURNAL, payload)
+                last_send = time.monotonic()
+        except (WireError, OSError) as e:
+            self.close(f"send failed: {e}")
+        except (IrisrepError, ValueError) as e:
+            log.error("mirror: cannot send the journal to %s: %s", self.peer.member, e)
+            self.close(f"{type(e).__name__}: {e}")
+
+
+def _status_json(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+class Replicator:
+    """The primary's side: ships the journal to every connected member and makes
+    commits wait for the Active backup (`wait`, called by commit.Committer)."""
+
+    def __init__(
+        self,
+        journal,
+        *,
+        epoch: int,
+        ack_level: str,
+        qos_timeout_ms: int,
+        members: dict[str, str],
+        on_event=None,
+    ) -> None:
+        self.journal = journal
+        self.epoch = epoch
+        self.ack_level = ack_level
+        self.ack_code = ACK_LEVEL_CODES[ack_level]
+        self.qos_timeout_ms = qos_timeout_ms
+        self.members = dict(members)  # name -> kind ("failover", "async-dr", ...)
+        self.ring = Ring(journal.written_position)
+        self.closed = False
+        self.fenced_by: int | None = None
+        self._cv = threading.Condition()
+        self._links: dict[str, _PeerLink] = {}
+        self.active: _PeerLink | None = None
+        self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=1000)
+        self._on_event = on_event
+        self.stats = {"waits": 0, "acked": 0, "alone": 0, "qos_timeouts": 0}
+        journal.on_written = self.ring.publish
+
+    # --- events and links ---------------------------------------------------------------
+
+    def _event(self, kind: str, text: str) -> None:
+        self.events.append((time.time(), kind, text))
+        log.warning("mirror: %s", text)
+        if self._on_event is not None:
+            self._on_event(kind, text)
+
+    def on_peer(self, sock: socket.socket, peer: wire.Peer) -> None:
+        """WireListener's callback: a member proved the key and its name."""
+        kind = self.members.get(peer.member)
+        if kind is None or self.closed:
+            sock.close()
+            return
+        link = _PeerLink(self, sock, peer, kind)
+        with self._cv:
+            old = self._links.get(peer.member)
+            self._links[peer.member] = link
+        if old is not None:
+            old.close("replaced by a new connection from the same member")
+        self._event("connected", f"{peer.member} ({kind}) connected")
+        link.start()
+
+    def _link_closed(self, link: _PeerLink, reason: str) -> None:
+        with self._cv:
+            if self._links.get(link.peer.member) is link:
+                del self._links[link.peer.member]
+            was_active = self.active is link
+            if was_active:
+                self.active = None
+                link.state.active = False
+            self._cv.notify_all()
+        if was_active:
+            self._event(
+                "backup-inactive",
+                f"backup {link.peer.member} is no longer Active ({reason}); "
+                f"the primary continues alone",
+            )
+        elif not self.closed:
+            self._event("disconnected", f"{link.peer.member} disconnected: {reason}")
+
+    def _check_start(self, position: int) -> str:
+        end = self.journal.written_position
+        if position > end:
+            return (
+                f"the member's journal ends at {position}, past this primary's end {end}: "
+                f"its tail was never acknowledged here (diverged)"
+            )
+        return ""
+
+    def _newer_epoch(self, epoch: int, member: str) -> None:
+        with self._cv:
+            if self.fenced_by is None:
+                self.fenced_by = epoch
+        self._event("fenced", f"{member} reports epoch {epoch}, newer than ours: writes stop")
+
+    def _maybe_activate(self, link: _PeerLink) -> None:
+        st = link.state
+        if st.kind != "failover" or st.active or st.closed:
+            return
+        with self._cv:
+            if self.active is not None or st.closed:
+                return
+            if self.journal.written_position - self._acked(st) > MIRROR_ACTIVE_LAG_BYTES_MAX:
+                return
+            self.active = link
+            st.active = True
+        self._event("backup-active", f"backup {st.name} is caught up and Active")
+
+    def _acked(self, st: PeerState) -> int:
+        if self.ack_code == wire.ACK_RECEIVED:
+            return max(st.received, st.durable, st.applied)
+        if self.ack_code == wire.ACK_DURABLE:
+            return max(st.durable, st.applied)
+        return st.applied
+
+    def _on_ack(self, link: _PeerLink, position: int, level: int) -> None:
+        st = link.state
+        if position > st.sent:
+            raise WireError("payload", f"ACK of {position}, only {st.sent} was sent")
+        with self._cv:
+            if level == wire.ACK_RECEIVED:
+                st.received = max(st.received, position)
+            elif level == wire.ACK_DURABLE:
+                st.durable = max(st.durable, position)
+            else:
+                st.applied = max(st.applied, position)
+            if self.active is link:
+                self._cv.notify_all()
+        if self.active is None and st.live:
+            self._maybe_activate(link)
+
+    # --- the commit's wait ----------------------------------------------------------------
+
+    def wait(self, position: int) -> None:
+        """Return when the Active backup acknowledged `position`, or it is no longer
+        Active (then the commit is durable on this member only, as IRIS)."""
+        if self.fenced_by is not None:
+            raise DurabilityError(
+                f"this primary was fenced by epoch {self.fenced_by}: the commit may not be "
+                f"acknowledged by the mirror"
+            )
+        link = self.active
+        if link is None:
+            self.stats["alone"] += 1
+            return
+        st = link.state
+        if self._acked(st) >= position:
+            self.stats["acked"] += 1
+            return
+        deadline = time.monotonic() + self.qos_timeout_ms / 1000.0
+        with self._cv:
+            self.stats["waits"] += 1
+            while True:
+                if self.active is not link:
+                    self.stats["alone"] += 1
+                    return  # declared not Active (and logged) before we return
+                if self._acked(st) >= position:
+                    self.stats["acked"] += 1
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+        self.stats["qos_timeouts"] += 1
+        link.close(
+            f"no acknowledgement of position {position} within the QoS timeout "
+            f"({self.qos_timeout_ms} ms)"
+        )
+
+    # --- status ------------------------------------------------------------------------------
+
+    def peers(self) -> list[dict]:
+        end = self.journal.written_position
+        out = []
+        with self._cv:
+            links = list(self._links.values())
+        for link in links:
+            st = link.state
+            acked = (
+                self._acked(st)
+                if st.kind == "failover"
+                else max(st.durable, st.applied, st.received)
+            )
+            behind = max(0, end - acked)
+            if st.active:
+                transfer = "Active"
+            elif behind == 0:
+                transfer = "Caught up"
+            else:
+                transfer = f"{behind} bytes behind"
+            out.append(
+                {
+                    "member": st.name,
+                    "kind": st.kind,
+                    "status": ("Backup" if st.kind == "failover" else "Connected")
+                    if st.live
+                    else "Synchronizing",
+                    "active": st.active,
+                    "journal_transfer": transfer,
+                    "sent": st.sent,
+                    "received": st.received,
+                    "durable": st.durable,
+                    "applied": st.applied,
+                    "lag_bytes": behind,
+                    "lag_s": round(self.ring.seconds_behind(acked), 3),
+                    "dejournaling": "Caught up"
+                    if st.applied >= end
+                    else f"{max(0, end - st.applied)} bytes behind",
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        self.journal.on_written = None
+        with self._cv:
+            links = list(self._links.values())
+        for link in links:
+            link.close("the primary is stopping")
+        self.ring.wake()
+
+
+# --- the copy's side (backup and async) ---------------------------------------------------
+
+
+class _Stale(Exception):
+    """This connection must end (logged reason); the link tries again later."""
+
+
+class CopyLink:
+    """A backup's or async's link to the primary: receive, journal, ack, apply.
+
+    `candidates` are the (member name, mirror address) pairs that may be primary; the
+    link tries them in turn, and keeps trying every MIRROR_RECONNECT_MS. `epoch` is
+    this member's epoch; `on_epoch(n)` is called (before anything of epoch n is
+    journaled) when the primary's is newer, so that the member persists it."""
+
+    def __init__(
+        self,
+        db,
+        *,
+        mirror: str,
+        member: str,
+        key: bytes,
+        candidates: list[tuple[str, tuple[str, int]]],
+        epoch: int,
+        ack_level: str,
+        qos_timeout_ms: int,
+        on_epoch=None,
+        ssl_context=None,
+    ) -> None:
+        self.db = db
+        self.journal = db.journal
+        self.codec = db.journal.codec
+        self.mirror = mirror
+        self.member = member
+        self._key = key
+        self.candidates = list(candidates)
+        self.epoch = epoch
+        self.ack_level = ack_level
+        self.ack_code = ACK_LEVEL_CODES[ack_level]
+        self.qos_timeout_ms = qos_timeout_ms
+        self._on_epoch = on_epoch
+        self._ssl = ssl_context
+        self.closed = False
+        self.primary: str | None = None  # the member we stream from, when connected
+        self.primary_end = 0  # its journal end, from its heartbeats
+        self.connected_at = 0.0
+        self.last_error = ""
+        self.caught_up_at: float | None = None
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._apply_q: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._apply_bytes = 0
+        self._apply_cv = threading.Condition()
+        self.apply_error: BaseException | None = None
+        self.stats = {"connects": 0, "batches": 0, "flushes": 0, "applied_records": 0}
+        self._thread = threading.Thread(
+            target=self._run, name=f"irisrep-copy {member}", daemon=True
+        )
+        self._applier = threading.Thread(
+            target=self._apply_loop, name=f"irisrep-apply {member}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._applier.start()
+        self._thread.start()
+
+    def close(self) -> None:
+        self.closed = True
+        self._drop()
+        with self._apply_cv:
+            self._apply_cv.notify_all()
+        self._thread.join(timeout=10)
+        self._applier.join(timeout=30)
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    # --- connecting ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.closed:
+            for name, address in self.candidates:
+                if self.closed:
+                    return
+                try:
+                    sock, peer = wire.connect(
+                        address,
+                        mirror=self.mirror,
+                        member=self.member,
+                        key=self._key,
+                        ssl_context=self._ssl,
+                    )
+                except (OSError, WireError) as e:
+                    self.last_error = f"{name}: {e}"
+                    continue
+                self._sock = sock
+                try:
+                    self._session(sock, name, peer)
+                except (_Stale, WireError, OSError) as e:
+                    if not self.closed:
+                        self.last_error = f"{name}: {e}"
+                        if self.primary is not None:
+                            log.warning("mirror: link to %s ended: %s", name, e)
+                except (IrisrepError, ValueError) as e:
+                    # A frame that does not verify at our position, a failed fdatasync:
+                    # this connection ends; a DurabilityError stops the journal for good.
+                    self.last_error = f"{name}: {type(e).__name__}: {e}"
+                    log.error("mirror: link to %s ended: %s", name, self.last_error)
+                finally:
+                    self.primary = None
+                    self.caught_up_at = None
+                    self._drop()
+                if self.journal.failure is not None:
+                    return
+            if not self.closed:
+                time.sleep(MIRROR_RECONNECT_MS / 1000.0)
+
+    def _send(self, sock, ftype: int, payload: bytes) -> None:
+        with self._send_lock:
+            wire.send_frame(sock, ftype, self.epoch, payload)
+
+    def _session(self, sock, name: str, peer: wire.Peer) -> None:
+        if peer.epoch < self.epoch:
+            raise _Stale(f"its epoch {peer.epoch} is older than ours ({self.epoch})")
+        if peer.epoch > self.epoch:
+            self._adopt_epoch(peer.epoch)
+        self._send(sock, wire.CATCHUP_REQUEST, wire.encode_u64(self.journal.end_position))
+        reader = wire.FrameReader(sock)
+        idle_ms = silence_ms(self.qos_timeout_ms)
+        unflushed = []  # (start, data) appended, not yet fdatasynced
+        unflushed_bytes = 0
+        while not self.closed:
+            f = reader.read_frame(idle_timeout_ms=idle_ms)
+            if f.epoch < self.epoch:
+                raise _Stale(
+                    f"{wire.TYPE_NAMES.get(f.type)} frame of epoch {f.epoch}, ours is {self.epoch}"
+                )
+            if f.epoch > self.epoch:
+                self._adopt_epoch(f.epoch)
+            if f.type == wire.JOURNAL:
+                wire.decode_journal_batch(f.payload)  # framing, before anything changes
+                data = bytes(memoryview(f.payload)[4:])
+                start, end = self.journal.append_frames(data)  # verified, all or nothing
+                if self.primary is None:
+                    self.primary = name
+                    self.connected_at = time.monotonic()
+                    self.stats["connects"] += 1
+                    log.warning("mirror: streaming from %s at position %d", name, start)
+                self.stats["batches"] += 1
+                unflushed.append((start, data))
+                unflushed_bytes += len(data)
+                if self.ack_code == wire.ACK_RECEIVED:
+                    self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_RECEIVED))
+                if unflushed_bytes < MIRROR_BATCH_BYTES_MAX and _readable(sock):
+                    continue  # more is waiting: one fdatasync for all of it
+                self.journal.flush(end)
+                self.stats["flushes"] += 1
+                self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
+                self._queue_apply(unflushed)
+                unflushed, unflushed_bytes = [], 0
+                self.primary_end = max(self.primary_end, end)
+            elif f.type == wire.HEARTBEAT:
+                self.primary_end = wire.decode_u64(f.payload)
+                if self.primary is None:
+                    self.primary = name
+                    self.connected_at = time.monotonic()
+                    self.stats["connects"] += 1
+                    log.warning(
+                        "mirror: connected to %s (caught up at %d)", name, self.journal.end_position
+                    )
+                self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
+            elif f.type == wire.STATUS:
+                raise _Stale(f"not streaming: {f.payload[:200].decode('utf-8', 'replace')}")
+            else:
+                raise _Stale(f"unexpected {wire.TYPE_NAMES.get(f.type)} frame")
+            if self.caught_up_at is None and self.journal.durable_position >= self.primary_end:
+                self.caught_up_at = time.monotonic()
+
+    def _adopt_epoch(self, epoch: int) -> None:
+        if self._on_epoch is not None:
+            self._on_epoch(epoch)
+        self.epoch = epoch
+
+    # --- applying (dejournaling) ----------------------------------------------------------
+
+    def _queue_apply(self, chunks) -> None:
+        with self._apply_cv:
+            while self._apply_bytes > MIRROR_APPLY_QUEUE_BYTES_MAX and not self.closed:
+                # Back-pressure: stop reading until the applier catches up (the
+                # primary's QoS decides whether it waits for us meanwhile).
+                self._apply_cv.wait(0.1)
+                if self.apply_error is not None:
+                    raise self.apply_error
+            for c in chunks:
+                self._apply_q.append(c)
+                self._apply_bytes += len(c[1])
+            self._apply_cv.notify_all()
+
+    def _apply_loop(self) -> None:
+        codec = self.codec
+        while True:
+            with self._apply_cv:
+                while not self._apply_q and not self.closed:
+                    self._apply_cv.wait(0.5)
+                if not self._apply_q:
+                    return
+                batch = list(self._apply_q)
+                self._apply_q.clear()
+            try:
+                frames = []
+                for start, data in batch:
+                    off = 0
+                    while off < len(data):
+                        header, raw, nxt = codec.parse_frame(data, off, start + off)
+                        frames.append((start + off, codec.decode_records(raw, header.count)))
+                        off = nxt
+                end = batch[-1][0] + len(batch[-1][1])
+                self.stats["applied_records"] += self.db.apply_frames(frames, end)
+            except BaseException as e:
+                self.apply_error = e
+                log.error("mirror: dejournaling stopped: %s", e)
+                self._drop()
+                return
+            with self._apply_cv:
+                self._apply_bytes -= sum(len(d) for _s, d in batch)
+                self._apply_cv.notify_all()
+            if self.ack_code == wire.ACK_APPLIED:
+                sock = self._sock
+                if sock is not None:
+                    try:
+                        self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
+                    except (WireError, OSError):
+                        pass  # the link thread sees the broken connection too
+
+    def wait_applied(self, position: int, timeout_s: float) -> bool:
+        """Tests and tools: wait until the database has applied up to `position`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.db.applied_position >= position:
+                return True
+            time.sleep(0.01)
+        return self.db.applied_position >= position
+
+    def status(self) -> dict:
+        durable = self.journal.durable_position
+        behind = max(0, self.primary_end - durable)
+        if self.primary is None:
+            transfer = "Disconnected"
+        elif behind == 0:
+            transfer = "Caught up"
+        else:
+            transfer = f"{behind} bytes behind"
+        applied = self.db.applied_position
+        return {
+            "connected_to": self.primary,
+            "journal_transfer": transfer,
+            "received": self.journal.end_position,
+            "durable": durable,
+            "applied": applied,
+            "primary_end": self.primary_end,
+            "lag_bytes": behind,
+            "dejournaling": "Caught up"
+            if applied >= durable
+            else f"{durable - applied} bytes behind",
+            "epoch": self.epoch,
+            "last_error": self.last_error,
+        }
+
+
+def _readable(sock) -> bool:
+    """Whether more bytes are waiting on the socket now (TLS: decrypted or raw)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    r, _w, _x = select.select([sock], [], [], 0)
+    return bool(r)

@@ -1,0 +1,71 @@
+"""Test kit: configs for a mirror on 127.0.0.1 with free ports, and waiting helpers."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from irisrep.config import Address, MemberConfig, MirrorMember
+
+KEY = bytes(range(32))
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def mirror_configs(
+    base: Path,
+    *,
+    asyncs: int = 0,
+    ack_level: str = "durable",
+    qos_timeout_ms: int = 500,
+    mirror: str = "MIRROR1",
+    **extra,
+) -> list[MemberConfig]:
+    """Configs for members A (initial primary), B (backup) and asyncs C1..Cn."""
+    names = ["A", "B"] + [f"C{i + 1}" for i in range(asyncs)]
+    ports = free_ports(2 * len(names))
+    members = tuple(
+        MirrorMember(
+            name=n,
+            kind="failover" if i < 2 else "async-dr",
+            mirror_address=Address("127.0.0.1", ports[2 * i]),
+            client_address=Address("127.0.0.1", ports[2 * i + 1]),
+        )
+        for i, n in enumerate(names)
+    )
+    return [
+        MemberConfig(
+            mirror_name=mirror,
+            member_name=n,
+            members=members,
+            data_dir=(base / n).resolve(),
+            mirror_key=KEY,
+            ack_level=ack_level,
+            qos_timeout_ms=qos_timeout_ms,
+            direct_io="optional",
+            pool_blocks=1024,
+            **extra,
+        )
+        for n in names
+    ]
+
+
+def wait_for(pred, timeout_s: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
