@@ -275,3 +275,27 @@ def journal_verify(directory: str, as_json: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The member's TOML config (docs/member-config.md).",
+)
+def serve(config_path: str) -> None:
+    """Run one mirror member (its databases, mirror and client listeners) until stopped."""
+    import logging
+
+    from .errors import ConfigError
+    from .member import serve as serve_member
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        sys.exit(serve_member(config_path))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
