@@ -69,3 +69,26 @@ def wait_for(pred, timeout_s: float = 20.0, what: str = "condition"):
             return v
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def dump(db) -> list[tuple[bytes, bytes]]:
+    """Every node of a database as (encoded key, value bytes), in order."""
+    out = []
+    with db._lock:
+        tree = db.tree
+        cur = tree.seek(b"")
+        while True:
+            batch = cur.take(1024, b"\xff" * 8)
+            if not batch:
+                return out
+            out.extend((k, tree.load_value(v)) for k, v in batch)
+
+
+def wait_applied(members, position: int, timeout_s: float = 30.0) -> None:
+    """Wait until every copy member's database has applied up to `position`."""
+    wait_for(
+        lambda: all(m.database.applied_position >= position for m in members),
+        timeout_s,
+        f"members to apply up to {position}: "
+        + ", ".join(f"{m.name}={m.database.applied_position}" for m in members),
+    )

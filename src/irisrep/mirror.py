@@ -97,11 +97,11 @@ class Ring:
     ring. Bounded by `bytes_max`: the oldest writes drop out, and a sender that falls
     behind them reads the journal files instead."""
 
-    def __init__(self, start_position: int, bytes_max: int = MIRROR_RING_BYTES_MAX) -> None:
+    def __init__(self, start_position: int, bytes_max: int | None = None) -> None:
         self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
         self._start = self._end = start_position
         self._bytes = 0
-        self._bytes_max = bytes_max
+        self._bytes_max = MIRROR_RING_BYTES_MAX if bytes_max is None else bytes_max
         self._cv = threading.Condition()
         # (end position, monotonic time) of recent writes: lag in seconds for status.
         self.times: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
