@@ -92,3 +92,54 @@ def wait_applied(members, position: int, timeout_s: float = 30.0) -> None:
         f"members to apply up to {position}: "
         + ", ".join(f"{m.name}={m.database.applied_position}" for m in members),
     )
+
+
+def spawn_member(cfg, log_path: Path | None = None):
+    """Start `irisrep serve --config` for cfg as a real process; returns the Popen."""
+    import subprocess
+    import sys
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    conf = cfg.data_dir.parent / f"{cfg.member_name}.toml"
+    conf.write_text(cfg.to_toml())
+    out = open(log_path or (cfg.data_dir.parent / f"{cfg.member_name}.log"), "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "irisrep", "serve", "--config", str(conf)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_proc(p, timeout_s: float = 20.0) -> None:
+    import signal
+    import subprocess
+
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def journal_keys(data_dir: Path, name: str) -> set[bytes]:
+    """The encoded keys of every SET of global `name` in a member's journal files."""
+    from irisrep.fileio import RealFS
+    from irisrep.journal import read_stream
+    from irisrep.keycodec import encode_name
+
+    prefix = encode_name(name)
+    keys = set()
+    for _pos, _h, records in read_stream(RealFS(), str(data_dir / "journal")):
+        for r in records:
+            if r[0] == 1 and r[4].startswith(prefix):
+                keys.add(bytes(r[4]))
+    return keys
+
+
+def open_copy(data_dir: Path):
+    """Open a stopped copy member's database as it would recover (no rollback)."""
+    import irisrep
+
+    return irisrep.open(str(data_dir), mirror_copy=True)

@@ -58,6 +58,7 @@ from .errors import (
     ConfigError,
     DurabilityError,
     IrisrepError,
+    JournalCorruptError,
     ProtectError,
     SubscriptError,
     TransactionError,
@@ -576,6 +577,12 @@ class Database:
             self._check_open()
             if end_position <= self.applied_position:
                 return 0
+            if frames and frames[0][0] > self.applied_position:
+                # A hole would silently skip records: never apply past one.
+                raise JournalCorruptError(
+                    f"{self.path}: dejournaling at position {frames[0][0]}, but only "
+                    f"{self.applied_position} is applied (a gap in the stream)"
+                )
             txns = self._stream_txns
             tree = self.tree
             for pos, records in frames:

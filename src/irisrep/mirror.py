@@ -349,8 +349,8 @@ class Replicator:
 
     # --- events and links ---------------------------------------------------------------
 
-    def _event(self, kind: str, text: str) -> None:
-        self.events.append((time.time(), kind, text))
+    def _event(self, kind: str, text: str, at: float | None = None) -> None:
+        self.events.append((time.time() if at is None else at, kind, text))
         log.warning("mirror: %s", text)
         if self._on_event is not None:
             self._on_event(kind, text)
@@ -371,6 +371,9 @@ class Replicator:
         link.start()
 
     def _link_closed(self, link: _PeerLink, reason: str) -> None:
+        # The declaration's time is taken before any waiter can see it: a commit that
+        # returns alone afterwards returns after this instant.
+        at = time.time()
         with self._cv:
             if self._links.get(link.peer.member) is link:
                 del self._links[link.peer.member]
@@ -384,6 +387,7 @@ class Replicator:
                 "backup-inactive",
                 f"backup {link.peer.member} is no longer Active ({reason}); "
                 f"the primary continues alone",
+                at,
             )
         elif not self.closed:
             self._event("disconnected", f"{link.peer.member} disconnected: {reason}")
@@ -663,9 +667,20 @@ class CopyLink:
         if peer.epoch > self.epoch:
             self._adopt_epoch(peer.epoch)
         self._send(sock, wire.CATCHUP_REQUEST, wire.encode_u64(self.journal.end_position))
+        unflushed: list[tuple[int, bytes]] = []  # appended, not yet fdatasynced
+        try:
+            self._stream(sock, name, unflushed)
+        finally:
+            # Frames appended but not yet synced when the connection ended are in the
+            # journal (and a reconnect asks for what follows them): make them durable
+            # and apply them, or they would be skipped by dejournaling.
+            if unflushed and self.journal.failure is None:
+                self.journal.flush()
+                self._queue_apply(unflushed)
+
+    def _stream(self, sock, name: str, unflushed: list) -> None:
         reader = wire.FrameReader(sock)
         idle_ms = silence_ms(self.qos_timeout_ms)
-        unflushed = []  # (start, data) appended, not yet fdatasynced
         unflushed_bytes = 0
         while not self.closed:
             f = reader.read_frame(idle_timeout_ms=idle_ms)
@@ -695,7 +710,8 @@ class CopyLink:
                 self.stats["flushes"] += 1
                 self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
                 self._queue_apply(unflushed)
-                unflushed, unflushed_bytes = [], 0
+                unflushed.clear()
+                unflushed_bytes = 0
                 self.primary_end = max(self.primary_end, end)
             elif f.type == wire.HEARTBEAT:
                 self.primary_end = wire.decode_u64(f.payload)
