@@ -14,12 +14,14 @@ from irisrep.config import (
     Address,
     MemberConfig,
     MirrorMember,
+    User,
     load_config,
     parse_address,
     parse_config,
 )
 from irisrep.constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
+    CLIENT_USERS_MAX,
     DIRECT_IO_DEFAULT,
     JOURNAL_DIR_NAME,
     WIRE_KEY_BYTES_MIN,
@@ -573,8 +575,98 @@ def test_docs_example_loads(tmp_path):
         assert load_config(_write(tmp_path / f"{name}.toml", other)).member_name == name
     # every key in the tables of the doc is a key the loader knows, and vice versa
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc.read_text(), re.M))
-    assert documented == set(cfgmod._TOP_KEYS) | set(cfgmod._MEMBER_KEYS) | {
+    assert documented == set(cfgmod._TOP_KEYS) | set(cfgmod._MEMBER_KEYS) | set(
+        cfgmod._USER_KEYS
+    ) | {
         "cert_file",
         "key_file",
         "ca_file",
     }
+
+
+# --- client users ([[users]]) -----------------------------------------------------------
+# A fixed hash (of "pw") so that these tests need no scrypt run per case.
+HASH = (
+    "scrypt$16384$8$1$aa1535bd292b09910df369239ddd85f9$"
+    "ba27d745a8c8618591a52ae73242762580ea12d97a562dd441b3cbbede08f448"
+)
+
+
+def _users(*pairs: tuple[str, str]) -> str:
+    return "".join(f'\n[[users]]\nname = "{n}"\npassword_hash = "{h}"\n' for n, h in pairs)
+
+
+def test_users_default_empty(tmp_path):
+    assert _load(tmp_path, EXAMPLE).users == ()
+    assert "[[users]]" not in _load(tmp_path, EXAMPLE).to_toml()
+
+
+def test_users_load_and_round_trip(tmp_path):
+    c = _load(tmp_path, EXAMPLE + _users(("app", HASH), ("ops.1", HASH)))
+    assert c.users == (User("app", HASH), User("ops.1", HASH))
+    assert HASH not in repr(c)  # hashes stay out of logs too
+    assert parse_config(c.to_toml(), base_dir="/") == c
+
+
+def test_users_real_hash_verifies(tmp_path):
+    from irisrep.auth import hash_password, verify_password
+
+    h = hash_password("s3cret")
+    c = _load(tmp_path, EXAMPLE + _users(("app", h)))
+    assert verify_password(c.users[0].password_hash, "s3cret")
+    assert not verify_password(c.users[0].password_hash, "s3cret!")
+
+
+BAD_HASHES = [
+    "plain-password",
+    "",
+    "scrypt$16384$8$1$zz$00",
+    "bcrypt$16384$8$1$aa1535bd292b09910df369239ddd85f9$" + "00" * 32,
+    "scrypt$16383$8$1$aa1535bd292b09910df369239ddd85f9$" + "00" * 32,  # not a power of 2
+    "scrypt$1048576$8$1$aa1535bd292b09910df369239ddd85f9$" + "00" * 32,  # too costly
+    "scrypt$16384$8$1$aa15$" + "00" * 32,  # salt too short
+    "scrypt$16384$8$1$aa1535bd292b09910df369239ddd85f9$00",  # hash too short
+    "scrypt$16384$8$1$AA1535BD292B09910DF369239DDD85F9$" + "00" * 32,  # uppercase
+    HASH + "$",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_HASHES)
+def test_users_bad_hash(tmp_path, bad):
+    err = _fails(tmp_path, EXAMPLE + _users(("app", HASH), ("b", bad)), "users[1].password_hash")
+    assert "scrypt$N$r$p$salt_hex$hash_hex" in str(err)
+
+
+def test_users_bad_structure(tmp_path):
+    _fails(tmp_path, EXAMPLE + _users(("a b", HASH)), "users[0].name")
+    _fails(tmp_path, EXAMPLE + '\n[[users]]\nname = "a"\n', "users[0].password_hash")
+    _fails(tmp_path, EXAMPLE + f'\n[[users]]\npassword_hash = "{HASH}"\n', "users[0].name")
+    text = EXAMPLE + _users(("a", HASH)) + "password = 1\n"
+    _fails(tmp_path, text, "users[0].password")
+    text = EXAMPLE + _users(("a", HASH)).replace(f'"{HASH}"', "3")
+    _fails(tmp_path, text, "users[0].password_hash")
+    _fails(tmp_path, 'users = ["a"]\n' + EXAMPLE, "users[0]")
+    _fails(tmp_path, 'users = "a"\n' + EXAMPLE, "users")
+
+
+def test_users_unique_names(tmp_path):
+    err = _fails(tmp_path, EXAMPLE + _users(("app", HASH), ("App", HASH)), "users[1].name")
+    assert "unique" in str(err)
+
+
+def test_users_limit(tmp_path):
+    many = _users(*[(f"u{i}", HASH) for i in range(CLIENT_USERS_MAX)])
+    assert len(_load(tmp_path, EXAMPLE + many).users) == CLIENT_USERS_MAX
+    _fails(tmp_path, EXAMPLE + many + _users(("one_more", HASH)), "users")
+
+
+def test_users_constructed(tmp_path):
+    c = _load(tmp_path, EXAMPLE)
+    kw = {f: getattr(c, f) for f in c.__dataclass_fields__}
+    kw["users"] = [User("app", HASH)]
+    c2 = MemberConfig(**kw)
+    assert c2.users == (User("app", HASH),)
+    with pytest.raises(ConfigError, match=r"^user\.password_hash: "):
+        User("app", "nope")
+    with pytest.raises(ConfigError, match=r"^users: "):
+        MemberConfig(**{**kw, "users": ("app",)})

@@ -22,6 +22,15 @@ def open(path, **options):  # noqa: A001 - the API name is irisrep.open
     return Database(path, **options)
 
 
+def connect(addresses, **options):
+    """Connect to the primary among member addresses ("host:port" or a list of them);
+    returns a Connection with the Database API (`globals`, `transaction`, `lock`,
+    `status()`). Options: user, password, timeout, request_timeout."""
+    from .client import connect as _connect
+
+    return _connect(addresses, **options)
+
+
 def __getattr__(name):
     # Lazy so that `import irisrep` stays cheap and the CLI starts fast.
     if name in ("Database", "Global"):
@@ -35,4 +44,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'irisrep' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "open", "Database", "Global", "check_integrity", *_errors_all]  # noqa: F405
+__all__ = ["__version__", "open", "connect", "Database", "Global", "check_integrity", *_errors_all]  # noqa: F405

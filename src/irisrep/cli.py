@@ -299,3 +299,180 @@ def serve(config_path: str) -> None:
         sys.exit(serve_member(config_path))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# --- a local mirror (deploy.py) ---------------------------------------------------------
+
+_dir_option = click.option(
+    "--dir",
+    "dir_",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Deployment directory (default: $IRISREP_DIR, else ./irisrep-mirror).",
+)
+
+
+def _deploy_call(fn, *args, **kw):
+    from .deploy import DeployError
+
+    try:
+        return fn(*args, **kw)
+    except DeployError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--control", "control_path", required=True, type=click.Path())
+def agent(config_path: str, control_path: str) -> None:
+    """Supervise one member: start it, and stop/start/kill it on request."""
+    import logging
+
+    from .agent import Agent
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        a = Agent(config_path, control_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(a.serve())
+
+
+@main.command()
+@_dir_option
+@click.option("--asyncs", type=click.IntRange(0, 14), default=0, help="DR async members.")
+@click.option("--base-port", type=click.IntRange(1, 65000), default=None, help="First port.")
+@click.option("--qos-ms", type=click.IntRange(100, 60000), default=2000, help="QoS timeout.")
+@click.option(
+    "--ack", "ack_level", type=click.Choice(["received", "durable", "applied"]), default="durable"
+)
+def up(dir_, asyncs, base_port, qos_ms, ack_level) -> None:
+    """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup."""
+    from .deploy import deploy_dir
+    from .deploy import up as deploy_up
+
+    d = deploy_dir(dir_)
+    dep = _deploy_call(
+        deploy_up,
+        d,
+        asyncs=asyncs,
+        base_port=base_port,
+        qos_timeout_ms=qos_ms,
+        ack_level=ack_level,
+        progress=lambda msg: err_console.print(msg),
+    )
+    console.print(
+        f"mirror {dep['mirror']} is up in {d}: "
+        + ", ".join(f"{m['name']} {m['client_address']}" for m in dep["members"])
+    )
+
+
+@main.command()
+@_dir_option
+@click.option("--purge", is_flag=True, help="Also remove the deployment directory.")
+def down(dir_, purge) -> None:
+    """Stop every member and agent started by `irisrep up`."""
+    from .deploy import deploy_dir
+    from .deploy import down as deploy_down
+
+    d = deploy_dir(dir_)
+    stopped = _deploy_call(deploy_down, d, purge=purge)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@main.command()
+@_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def inventory(dir_, as_json) -> None:
+    """The members: address, kind, data directory; + initial primary, - initial backup."""
+    from rich.table import Table
+
+    from .deploy import deploy_dir, load
+
+    dep = _deploy_call(load, deploy_dir(dir_))
+    if as_json:
+        click.echo(json.dumps(dep["members"], indent=2))
+        return
+    t = Table(title=f"mirror {dep['mirror']}")
+    for col in ("", "member", "kind", "client address", "mirror address", "data dir"):
+        t.add_column(col)
+    for m in dep["members"]:
+        t.add_row(
+            m["initial"],
+            m["name"],
+            m["kind"],
+            m["client_address"],
+            m["mirror_address"],
+            m["data_dir"],
+        )
+    console.print(t)
+
+
+@main.command()
+@_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def ps(dir_, as_json) -> None:
+    """Live status of every member of the local mirror."""
+    from rich.table import Table
+
+    from .deploy import deploy_dir
+    from .deploy import ps as deploy_ps
+
+    rows = _deploy_call(deploy_ps, deploy_dir(dir_))
+    if as_json or not console.is_terminal:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    t = Table()
+    cols = (
+        "member",
+        "address",
+        "process",
+        "role",
+        "status",
+        "journal_transfer",
+        "dejournaling",
+        "lag",
+        "epoch",
+    )
+    for col in cols:
+        t.add_column(col.replace("_", " "))
+    for r in rows:
+        t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+    console.print(t)
+
+
+@main.command()
+@_dir_option
+@click.argument("member")
+@click.option("-c", "commands", required=True, help='ObjectScript, e.g. -c "Set ^x=1 Write ^x"')
+def session(dir_, member, commands) -> None:
+    """Run ObjectScript commands on MEMBER; exit 1 on an error such as <PROTECT>."""
+    from .deploy import deploy_dir
+    from .deploy import session as deploy_session
+
+    sys.exit(_deploy_call(deploy_session, deploy_dir(dir_), member, commands))
+
+
+def _member_command(op: str, doc: str):
+    @main.command(name=op, help=doc)
+    @_dir_option
+    @click.argument("member")
+    def _cmd(dir_, member, **kw) -> None:
+        from .deploy import deploy_dir, member_op
+
+        d = deploy_dir(dir_)
+        st = _deploy_call(member_op, d, member, op)
+        if kw.get("restart"):
+            st = _deploy_call(member_op, d, member, "start")
+        state = f"running (pid {st['pid']})" if st.get("running") else "stopped"
+        console.print(f"{member}: {state}")
+
+    return _cmd
+
+
+_member_command("start", "Start MEMBER (its agent runs `irisrep serve`).")
+_member_command("kill", "Crash MEMBER: SIGKILL, no clean stop.")
+stop = _member_command("stop", "Stop MEMBER cleanly (SIGTERM); --restart starts it again.")
+stop = click.option("--restart", is_flag=True, help="Start it again after the stop.")(stop)

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .auth import parse_hash
 from .constants import (
     ACK_LEVEL_DEFAULT,
     ACK_LEVELS,
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
+    CLIENT_USERS_MAX,
     COMMIT_MODE_DEFAULT,
     COMMIT_MODES,
     CONFIG_FILE_BYTES_MAX,
@@ -172,6 +174,18 @@ class MirrorMember:
 
 
 @dataclass(frozen=True)
+class User:
+    """One client user (`[[users]]`): a name and its scrypt password hash, as
+    `irisrep.auth.hash_password` makes it (the password itself is never stored)."""
+
+    name: str
+    password_hash: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _validate_user(self, "user")
+
+
+@dataclass(frozen=True)
 class TLSFiles:
     """Certificate, private key and CA bundle for TLS on the mirror connections."""
 
@@ -204,6 +218,7 @@ class MemberConfig:
     arbiter_address: Address | None = None
     http_address: Address | None = None
     tls: TLSFiles | None = None
+    users: tuple[User, ...] = ()  # client users; none: the client listener takes no logins
 
     def __post_init__(self) -> None:
         _validate_config(self)
@@ -272,6 +287,12 @@ class MemberConfig:
             ]
             if m.agent_address is not None:
                 out.append(f"agent_address = {_toml_str(str(m.agent_address))}")
+        for u in self.users:
+            out += [
+                "\n[[users]]",
+                f"name = {_toml_str(u.name)}",
+                f"password_hash = {_toml_str(u.password_hash)}",
+            ]
         return "\n".join(out) + "\n"
 
 
@@ -375,6 +396,19 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
                 kw[name] = _check_address(t.key(name), value, routable=True)
         members.append(_build(MirrorMember, key, kw))
 
+    users = []
+    for i, item in enumerate(top.get("users", list) or ()):
+        key = f"users[{i}]"
+        if not isinstance(item, dict):
+            raise _err(key, f"{_show(item)} is not a table; write each user as [[users]]")
+        t = _Table(item, key)
+        t.check_keys(_USER_KEYS)
+        kw = {
+            "name": t.get("name", str, required=True),
+            "password_hash": t.get("password_hash", str, required=True),
+        }
+        users.append(_build(User, key, kw, local="user"))
+
     kw = {
         "mirror_name": mirror_name,
         "member_name": member_name,
@@ -384,6 +418,7 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
         "mirror_key": mirror_key,
         "mirror_key_file": mirror_key_file,
         "tls": tls,
+        "users": tuple(users),
     }
     for name, typ in (
         ("ack_level", str),
@@ -418,8 +453,10 @@ _TOP_KEYS = (
     "mirror_key_file",
     "tls",
     "members",
+    "users",
 )
 _MEMBER_KEYS = ("name", "kind", "mirror_address", "client_address", "agent_address")
+_USER_KEYS = ("name", "password_hash")
 
 _HINTS = {
     "ack_level": "one of " + ", ".join(f'"{x}"' for x in ACK_LEVELS),
@@ -461,16 +498,17 @@ class _Table:
         return value
 
 
-def _build(cls, key: str, kw: dict):
-    """Construct a validated dataclass; its own key paths are relative to `key`."""
+def _build(cls, key: str, kw: dict, local: str = "member"):
+    """Construct a validated dataclass; its own key paths (`local.x`) are relative
+    to `key`."""
     try:
         return cls(**kw)
     except ConfigError as e:
         if not key:
             raise
         sub = getattr(e, "key", "")
-        # _validate_member names keys "member.x": rewrite to "members[i].x".
-        full = key + sub[len("member") :] if sub.startswith("member") else key
+        # _validate_member names keys "member.x": rewrite to "members[i].x" (users alike).
+        full = key + sub[len(local) :] if sub.startswith(local) else key
         msg = str(e)
         if sub and msg.startswith(sub):
             msg = msg[len(sub) :].lstrip(": ")
@@ -558,6 +596,34 @@ def _validate_member(m: MirrorMember, key: str) -> None:
         )
 
 
+def _validate_user(u: User, key: str) -> None:
+    _check_name(f"{key}.name", u.name)
+    try:
+        parse_hash(u.password_hash)
+    except ConfigError as e:
+        raise _err(f"{key}.password_hash", str(e)) from None
+
+
+def _validate_users(c: MemberConfig) -> None:
+    users = c.users
+    if isinstance(users, list):
+        users = tuple(users)
+        _set(c, "users", users)
+    if not isinstance(users, tuple) or not all(isinstance(u, User) for u in users):
+        raise _err("users", "expected a sequence of User")
+    if len(users) > CLIENT_USERS_MAX:
+        raise _err("users", f"{len(users)} users; at most {CLIENT_USERS_MAX}")
+    seen: dict[str, int] = {}
+    for i, u in enumerate(users):
+        prev = seen.setdefault(u.name.lower(), i)
+        if prev != i:
+            raise _err(
+                f"users[{i}].name",
+                f"{_show(u.name)} is also users[{prev}].name ({_show(users[prev].name)}); "
+                "user names must be unique (ignoring case)",
+            )
+
+
 def _validate_config(c: MemberConfig) -> None:
     _check_name("mirror_name", c.mirror_name)
     _check_name("member_name", c.member_name)
@@ -575,6 +641,7 @@ def _validate_config(c: MemberConfig) -> None:
         _set(c, "mirror_key_file", _check_abs_path("mirror_key_file", c.mirror_key_file))
     if c.tls is not None and not isinstance(c.tls, TLSFiles):
         raise _err("tls", f"{_show(c.tls)} is not a TLSFiles")
+    _validate_users(c)
     for name, routable in (("arbiter_address", True), ("http_address", False)):
         value = getattr(c, name)
         if value is not None:
@@ -752,6 +819,7 @@ __all__ = [
     "MemberConfig",
     "MirrorMember",
     "TLSFiles",
+    "User",
     "load_config",
     "parse_address",
     "parse_config",

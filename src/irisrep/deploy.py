@@ -1,0 +1,384 @@
+"""A local mirror on this machine: `irisrep up`, `down`, `inventory`, `ps`, `stop`,
+`start`, `kill`, `session` (DESIGN.md section 4).
+
+Owns the deployment directory (`--dir`, else `$IRISREP_DIR`, else `./irisrep-mirror`):
+
+    deploy.json            the members: name, kind, addresses, initial role (+ / -)
+    mirror.key             the mirror key (mode 0600)
+    credentials.json       the client user and password `irisrep up` generated (0600);
+                           the member configs hold only its scrypt hash
+    <member>/member.toml   that member's config (irisrep serve --config)
+    <member>/data/         its instance directory (DB.dat, irisrep.wij, journal/)
+    <member>/agent.sock    its agent's control socket (agent.py); agent.pid, *.log
+
+Promises: `up` returns only when the primary has an Active backup (or says why not,
+and leaves nothing running); every member runs under its own agent process, in its
+own session, so it outlives the `irisrep up` command; `down` stops every agent and
+member it started (by control socket, then by pid); all listeners bind 127.0.0.1.
+The commands read credentials from the directory; nothing secret is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import agent as agent_mod
+from .auth import generate_password, hash_password
+from .config import Address, MemberConfig, MirrorMember, User, load_config
+
+DEPLOY_FILE = "deploy.json"
+KEY_FILE = "mirror.key"
+CREDENTIALS_FILE = "credentials.json"
+USER_NAME = "admin"
+BASE_PORT_DEFAULT = 7100
+QOS_TIMEOUT_LOCAL_MS = 2000  # a local mirror: members share one machine
+UP_TIMEOUT_S = 60.0
+
+
+class DeployError(Exception):
+    """A deployment command could not do what was asked (the message says why)."""
+
+
+def deploy_dir(path: str | os.PathLike | None = None) -> Path:
+    if path is None:
+        path = os.environ.get("IRISREP_DIR") or "irisrep-mirror"
+    return Path(path).expanduser().resolve()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports(base: int | None, count: int) -> list[int]:
+    if base is not None:
+        ports = list(range(base, base + count))
+        busy = [p for p in ports if not _port_free(p)]
+        if busy:
+            raise DeployError(f"ports {busy} on 127.0.0.1 are in use; choose another --base-port")
+        return ports
+    for start in range(BASE_PORT_DEFAULT, 60000, count):
+        ports = list(range(start, start + count))
+        if all(_port_free(p) for p in ports):
+            return ports
+    raise DeployError("no free range of ports found on 127.0.0.1")
+
+
+def load(dirpath: Path) -> dict:
+    try:
+        return json.loads((dirpath / DEPLOY_FILE).read_text())
+    except FileNotFoundError:
+        raise DeployError(f"no mirror deployed in {dirpath} (run irisrep up)") from None
+
+
+def credentials(dirpath: Path) -> tuple[str, str]:
+    c = json.loads((dirpath / CREDENTIALS_FILE).read_text())
+    return c["user"], c["password"]
+
+
+def _control(dirpath: Path, member: str) -> str:
+    return str(dirpath / member / "agent.sock")
+
+
+# --- up ---------------------------------------------------------------------------------
+
+
+def up(
+    dirpath: Path,
+    *,
+    asyncs: int = 0,
+    base_port: int | None = None,
+    qos_timeout_ms: int = QOS_TIMEOUT_LOCAL_MS,
+    ack_level: str = "durable",
+    timeout_s: float = UP_TIMEOUT_S,
+    progress=None,
+) -> dict:
+    """Deploy and start a mirror: 2 failover members (A primary, B backup) and
+    `asyncs` DR asyncs; return the deployment once the backup is Active."""
+    say = progress or (lambda _msg: None)
+    if (dirpath / DEPLOY_FILE).exists():
+        st = [s for s in agents(dirpath) if s.get("agent_running")]
+        if st:
+            raise DeployError(f"a mirror is already running in {dirpath} (irisrep down first)")
+    if not 0 <= asyncs <= 14:
+        raise DeployError(f"--asyncs {asyncs}: a mirror has at most 14 async members")
+    dirpath.mkdir(parents=True, exist_ok=True)
+    names = ["A", "B"] + [f"C{i + 1}" for i in range(asyncs)]
+    ports = _pick_ports(base_port, 2 * len(names))
+    key_path = dirpath / KEY_FILE
+    if not key_path.exists():
+        _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
+    cred_path = dirpath / CREDENTIALS_FILE
+    if cred_path.exists():
+        user, password = credentials(dirpath)
+    else:
+        user, password = USER_NAME, generate_password()
+        _write_private(cred_path, json.dumps({"user": user, "password": password}).encode())
+    users = (User(name=user, password_hash=hash_password(password)),)
+    members = tuple(
+        MirrorMember(
+            name=n,
+            kind="failover" if i < 2 else "async-dr",
+            mirror_address=Address("127.0.0.1", ports[2 * i]),
+            client_address=Address("127.0.0.1", ports[2 * i + 1]),
+        )
+        for i, n in enumerate(names)
+    )
+    deployment = {"dir": str(dirpath), "mirror": "MIRROR", "members": []}
+    for i, m in enumerate(members):
+        mdir = dirpath / m.name
+        mdir.mkdir(exist_ok=True)
+        cfg = MemberConfig(
+            mirror_name="MIRROR",
+            member_name=m.name,
+            members=members,
+            data_dir=mdir / "data",
+            mirror_key=bytes.fromhex(key_path.read_text().strip()),
+            mirror_key_file=key_path,
+            qos_timeout_ms=qos_timeout_ms,
+            ack_level=ack_level,
+            pool_blocks=4096,
+            users=users,
+        )
+        (mdir / "member.toml").write_text(cfg.to_toml())
+        deployment["members"].append(
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "initial": "+" if i == 0 else "-" if i == 1 else "",
+                "mirror_address": str(m.mirror_address),
+                "client_address": str(m.client_address),
+                "data_dir": str(mdir / "data"),
+                "config": str(mdir / "member.toml"),
+            }
+        )
+    (dirpath / DEPLOY_FILE).write_text(json.dumps(deployment, indent=2) + "\n")
+    try:
+        for m in deployment["members"]:
+            _spawn_agent(dirpath, m["name"])
+            say(f"started {m['name']} ({m['kind']}) at {m['client_address']}")
+        say("waiting for the backup to become Active ...")
+        wait_active(dirpath, timeout_s)
+    except BaseException:
+        down(dirpath)
+        raise
+    return deployment
+
+
+def _spawn_agent(dirpath: Path, name: str) -> None:
+    mdir = dirpath / name
+    control = _control(dirpath, name)
+    log = open(mdir / "agent.log", "ab")  # noqa: SIM115 - the agent keeps it
+    try:
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "irisrep",
+                "agent",
+                "--config",
+                str(mdir / "member.toml"),
+                "--control",
+                control,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives `irisrep up`, not hit by its Ctrl-C
+        )
+    finally:
+        log.close()
+    (mdir / "agent.pid").write_text(f"{p.pid}\n")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if os.path.exists(control):
+            return
+        if p.poll() is not None:
+            raise DeployError(f"the agent of {name} exited ({p.returncode}): see {mdir}/agent.log")
+        time.sleep(0.05)
+    raise DeployError(f"the agent of {name} did not open {control}")
+
+
+def wait_active(dirpath: Path, timeout_s: float = UP_TIMEOUT_S) -> dict:
+    """Wait until some member is primary with an Active backup; its status."""
+    deadline = time.monotonic() + timeout_s
+    last = "no member answered"
+    while time.monotonic() < deadline:
+        for st in member_statuses(dirpath):
+            if st.get("role") == "primary":
+                if st.get("active_backup"):
+                    return st
+                last = f"{st['member']} is primary, its backup is not Active yet"
+        time.sleep(0.1)
+    raise DeployError(f"no Active backup within {timeout_s:.0f} s: {last}")
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def agents(dirpath: Path) -> list[dict]:
+    out = []
+    for m in load(dirpath)["members"]:
+        try:
+            st = agent_mod.call(_control(dirpath, m["name"]), "status", timeout_s=5)
+            st["agent_running"] = True
+        except (ConnectionError, OSError, ValueError):
+            st = {"member": m["name"], "agent_running": False, "running": False, "pid": None}
+        out.append(st)
+    return out
+
+
+def _member_status(dirpath: Path, m: dict, user: str, password: str) -> dict:
+    from .client import connect_member
+
+    try:
+        with connect_member(m["client_address"], user=user, password=password, timeout=2.0) as c:
+            return c.status()
+    except Exception as e:  # noqa: BLE001 - a member that does not answer is shown so
+        return {"member": m["name"], "error": f"{type(e).__name__}: {e}"}
+
+
+def member_statuses(dirpath: Path) -> list[dict]:
+    user, password = credentials(dirpath)
+    return [_member_status(dirpath, m, user, password) for m in load(dirpath)["members"]]
+
+
+def _lag(st: dict) -> str:
+    if "lag_bytes" not in st:
+        return "-" if st.get("role") != "primary" else "caught up"
+    if st["lag_bytes"] == 0:
+        return "caught up"
+    return f"{st['lag_bytes']} bytes"
+
+
+def ps(dirpath: Path) -> list[dict]:
+    """One row per member: what `irisrep ps` shows."""
+    dep = load(dirpath)
+    ag = {a["member"]: a for a in agents(dirpath)}
+    user, password = credentials(dirpath)
+    rows = []
+    for m in dep["members"]:
+        a = ag[m["name"]]
+        st = _member_status(dirpath, m, user, password) if a.get("running") else {}
+        if a.get("running"):
+            process = f"running (pid {a['pid']})"
+        elif a.get("exit_code") not in (None, 0):
+            process = f"crashed (exit {a['exit_code']})"
+        elif a.get("agent_running"):
+            process = "stopped"
+        else:
+            process = "down (no agent)"
+        peers = {p["member"]: p for p in st.get("peers", [])}
+        rows.append(
+            {
+                "member": m["name"],
+                "kind": m["kind"],
+                "address": m["client_address"],
+                "pid": a.get("pid") if a.get("running") else None,
+                "process": process,
+                "role": st.get("role", "-"),
+                "status": st.get("status", "Down" if not a.get("running") else "?"),
+                "journal_transfer": st.get(
+                    "journal_transfer", "Active" if st.get("role") == "primary" else "-"
+                ),
+                "dejournaling": st.get("dejournaling", "-"),
+                "lag": _lag(st),
+                "lag_bytes": st.get("lag_bytes"),
+                "epoch": st.get("epoch"),
+                "active_backup": st.get("active_backup"),
+                "peers": peers,
+                "error": st.get("error"),
+            }
+        )
+    return rows
+
+
+# --- stop / start / kill / down ------------------------------------------------------------
+
+
+def member_op(dirpath: Path, member: str, op: str) -> dict:
+    dep = load(dirpath)
+    if member not in {m["name"] for m in dep["members"]}:
+        raise DeployError(
+            f"no member {member!r} in {dirpath}; members: "
+            + ", ".join(m["name"] for m in dep["members"])
+        )
+    try:
+        return agent_mod.call(_control(dirpath, member), op)
+    except ConnectionError as e:
+        raise DeployError(f"the agent of {member} is not running ({e})") from None
+
+
+def down(dirpath: Path, *, purge: bool = False) -> list[str]:
+    """Stop every agent (and so every member) of the deployment; `purge` removes it."""
+    stopped = []
+    try:
+        dep = load(dirpath)
+    except DeployError:
+        dep = {"members": []}
+    for m in dep["members"]:
+        name = m["name"]
+        try:
+            agent_mod.call(_control(dirpath, name), "shutdown")
+            stopped.append(name)
+        except (ConnectionError, OSError, ValueError):
+            pass
+        pid_file = dirpath / name / "agent.pid"
+        if pid_file.exists():
+            try:
+                pid = int(pid_file.read_text())
+            except ValueError:
+                pid = 0
+            if pid and not agent_mod.wait_gone(pid, 20):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+                agent_mod.wait_gone(pid, 5)
+            pid_file.unlink(missing_ok=True)
+    if purge and dirpath.exists():
+        shutil.rmtree(dirpath)
+    return stopped
+
+
+# --- session ---------------------------------------------------------------------------------
+
+
+def session(dirpath: Path, member: str, commands: str, *, out=None, err=None) -> int:
+    """Run ObjectScript commands on one member (directly: a write on a backup gives
+    <PROTECT>, it is not routed to the primary). Exit status as terminal.run_commands."""
+    from .client import connect_member
+    from .terminal import run_commands
+
+    dep = load(dirpath)
+    m = next((x for x in dep["members"] if x["name"] == member), None)
+    if m is None:
+        raise DeployError(f"no member {member!r} in {dirpath}")
+    user, password = credentials(dirpath)
+    with connect_member(m["client_address"], user=user, password=password) as conn:
+        return run_commands(conn, commands, out=out or sys.stdout, err=err or sys.stderr)
+
+
+def member_config(dirpath: Path, member: str) -> MemberConfig:
+    return load_config(dirpath / member / "member.toml")

@@ -1,0 +1,1147 @@
+"""The terminal: an ObjectScript subset behind `irisrep session MEMBER -c "CMDS"`.
+
+Owns the tokenizer, the recursive-descent parser and the interpreter of one line
+of ObjectScript commands (`docs/terminal.md` lists what is supported), the local
+variables of a session, the locks it holds and the mapping of errors to IRIS
+error words. It runs against a *target*: anything with `globals[name]` (objects
+with `g[subs]`, `g[subs] = v`, `get`, `del`, `zkill`, `data`, `order`, `query`,
+`increment`, `items`, `lock`) and `tstart`, `tcommit`, `trollback`, `tlevel`: a
+local `Database` or a mirror client connection. Nothing else of the target is used.
+
+Promises:
+- a line is parsed whole before it runs: a syntax error runs nothing (`<SYNTAX>`);
+- an error stops the rest of the line (what ran before it stays done, as in IRIS)
+  and is raised as `TerminalError(word, message)`: the IRIS word (`PROTECT`,
+  `UNDEFINED`, `SUBSCRIPT`, `MAXSTRING`, `SYNTAX`, `COMMAND`, `DIVIDE`, ...) and
+  never a Python traceback; bugs are not caught;
+- values follow IRIS: every value is a string, canonical numbers print as numbers
+  (`.5`, `-1.5`, `10`), arithmetic is decimal with 19 significant digits and
+  operators bind strictly left to right;
+- `Session.close()` releases the session's locks and rolls back a transaction it
+  left open (as the end of an IRIS process does); `run_commands` always closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TextIO
+
+from . import errors
+from .constants import STRING_CHARS_MAX
+
+__all__ = ["Session", "TerminalError", "run_commands", "ERROR_WORDS"]
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class TerminalError(Exception):
+    """An ObjectScript error: `word` is the IRIS word without brackets ("PROTECT")."""
+
+    def __init__(self, word: str, message: str = "") -> None:
+        super().__init__(f"<{word}> {message}".rstrip())
+        self.word = word
+        self.message = message
+
+
+# irisrep error class -> IRIS word; the first class in an error's MRO found here wins.
+# Classes not listed use their own `iris_word` when it is not the generic "<ERROR>".
+ERROR_WORDS: dict[type, str] = {
+    errors.ProtectError: "PROTECT",
+    errors.NotPrimaryError: "PROTECT",
+    errors.UndefinedError: "UNDEFINED",
+    errors.SubscriptError: "SUBSCRIPT",
+    errors.MaxStringError: "MAXSTRING",
+    errors.IllegalValueError: "ILLEGAL VALUE",
+    errors.LockTableFullError: "LOCKTABLEFULL",
+    errors.TransactionError: "COMMAND",
+}
+
+_WORD_PREFIX = re.compile(r"<[A-Z][A-Z ]*>\s*")
+
+
+def _map_error(exc: BaseException) -> TerminalError:
+    word = None
+    for cls in type(exc).__mro__:
+        if cls in ERROR_WORDS:
+            word = ERROR_WORDS[cls]
+            break
+    if word is None:
+        own = getattr(exc, "iris_word", "<ERROR>")
+        word = own.strip("<>") if own != "<ERROR>" else "ERROR"
+    message = _WORD_PREFIX.sub("", str(exc), count=1) if str(exc).startswith("<") else str(exc)
+    return TerminalError(word, message)
+
+
+def _syntax(message: str, pos: int | None = None) -> TerminalError:
+    where = f" (column {pos + 1})" if pos is not None else ""
+    return TerminalError("SYNTAX", message + where)
+
+
+# --- numbers and strings --------------------------------------------------------------
+
+# IRIS numbers are decimal with about 19 significant digits; past 1E145 is <MAXNUMBER>.
+_CTX = decimal.Context(
+    prec=19,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emax=145,
+    Emin=-145,
+    traps=[decimal.Overflow, decimal.DivisionByZero, decimal.InvalidOperation],
+)
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+_CANONICAL = re.compile(r"0|-?[1-9][0-9]*|-?(?:[1-9][0-9]*)?\.[0-9]*[1-9]")
+_NUMERIC_PREFIX = re.compile(r"([+-]*)([0-9]*)(?:\.([0-9]*))?")
+_EXPONENT = re.compile(r"[Ee]([+-]?)([0-9]+)")
+
+Value = str | Decimal  # an ObjectScript value inside the interpreter
+
+
+def _fmt(d: Decimal) -> str:
+    """IRIS canonical form of a number: 10, -1.5, .5, -.05, 0."""
+    if d.is_zero():
+        return "0"
+    s = format(d, "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    if s.startswith("0."):
+        s = s[1:]
+    elif s.startswith("-0."):
+        s = "-" + s[2:]
+    return s
+
+
+def _str(v: Value) -> str:
+    return v if isinstance(v, str) else _fmt(v)
+
+
+def _num(v: Value) -> Decimal:
+    """IRIS numeric interpretation: "12abc" -> 12, "abc" -> 0, "1.5E2x" -> 150."""
+    if isinstance(v, Decimal):
+        return v
+    m = _NUMERIC_PREFIX.match(v)
+    signs, whole, frac = m.group(1), m.group(2), m.group(3) or ""
+    if not whole and not frac:
+        return _ZERO
+    text = ("-" if signs.count("-") % 2 else "") + (whole or "0") + "." + (frac or "0")
+    e = _EXPONENT.match(v, m.end())
+    if e:
+        digits = e.group(2).lstrip("0") or "0"
+        if len(digits) > 6:  # far past the range either way
+            if e.group(1) == "-" or not (whole + frac).strip("0"):
+                return _ZERO
+            raise TerminalError("MAXNUMBER", f"{v[:40]!r} is too large")
+        text += "E" + e.group(1) + digits
+    return _CTX.create_decimal(text)
+
+
+def _truth(v: Value) -> bool:
+    return not _num(v).is_zero()
+
+
+def _bool(b: bool) -> Decimal:
+    return _ONE if b else _ZERO
+
+
+def _int(v: Value) -> int:
+    """An integer argument (truncated), kept to a sane range."""
+    d = _num(v)
+    if d.is_zero():
+        return 0
+    if d.adjusted() > 15:
+        return (1 if d > 0 else -1) * 10**16
+    return int(d)
+
+
+def _check_len(s: str) -> str:
+    if len(s) > STRING_CHARS_MAX:
+        raise TerminalError("MAXSTRING", f"a string of {len(s)} characters")
+    return s
+
+
+def _from_db(v: Any) -> Value:
+    """A value as the target returns it (str, int, float, bytes) -> interpreter value."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return _bool(v)
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, float):
+        return Decimal(repr(v))
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).decode("latin-1")
+    return str(v)
+
+
+def _to_db(v: Value) -> str | int | float:
+    """An interpreter value -> what the target stores: numbers as int or float when exact."""
+    if isinstance(v, str):
+        return v
+    if v == v.to_integral_value():
+        return int(v)
+    f = float(v)
+    if Decimal(repr(f)) == v:
+        return f
+    return _fmt(v)
+
+
+def _quote(s: str) -> str:
+    """A string as ZWrite shows it: "a""b", control characters as $c(n)."""
+    if _CANONICAL.fullmatch(s):
+        return s
+    if not s:
+        return '""'
+    parts: list[str] = []
+    run: list[str] = []
+    ctl: list[str] = []
+    for ch in s:
+        if ord(ch) < 32 or ord(ch) == 127:
+            if run:
+                parts.append('"' + "".join(run).replace('"', '""') + '"')
+                run = []
+            ctl.append(str(ord(ch)))
+        else:
+            if ctl:
+                parts.append("$c(" + ",".join(ctl) + ")")
+                ctl = []
+            run.append(ch)
+    if run:
+        parts.append('"' + "".join(run).replace('"', '""') + '"')
+    if ctl:
+        parts.append("$c(" + ",".join(ctl) + ")")
+    return "_".join(parts)
+
+
+def _show(v: Value) -> str:
+    return _fmt(v) if isinstance(v, Decimal) else _quote(v)
+
+
+# A subscript inside the interpreter: (0, Decimal) for a number, (1, str) for a string;
+# tuples of these sort in IRIS collation (numbers first, a parent before its children).
+Sub = tuple[int, Any]
+
+
+def _sub(v: Value, *, empty_ok: bool = False) -> Sub:
+    if isinstance(v, Decimal):
+        return (0, v + 0 if v.is_zero() else v)
+    if _CANONICAL.fullmatch(v):
+        return (0, _CTX.create_decimal(v))
+    if not v and not empty_ok:
+        raise TerminalError("SUBSCRIPT", 'a subscript is "" (empty)')
+    return (1, v)
+
+
+def _sub_to_db(s: Sub) -> int | str:
+    if s[0] == 1:
+        return s[1]
+    d = s[1]
+    return int(d) if d == d.to_integral_value() else _fmt(d)
+
+
+def _sub_from_db(v: Any) -> Sub:
+    return _sub(_from_db(v), empty_ok=True)
+
+
+def _sub_value(s: Sub) -> Value:
+    return s[1]
+
+
+def _show_sub(s: Sub) -> str:
+    return _fmt(s[1]) if s[0] == 0 else '"' + s[1].replace('"', '""') + '"'
+
+
+def _ref_text(is_global: bool, name: str, subs: tuple[Sub, ...]) -> str:
+    text = ("^" if is_global else "") + name
+    if subs:
+        text += "(" + ",".join(_show_sub(s) for s in subs) + ")"
+    return text
+
+
+# --- tokenizer ------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+     (?P<SP>[ \t]+)
+    |(?P<STR>"(?:[^"]|"")*")
+    |(?P<NUM>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[Ee][+-]?[0-9]+)?)
+    |(?P<SVAR>\$\$?[%A-Za-z][A-Za-z0-9]*)
+    |(?P<NAME>[%A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)*)
+    |(?P<OP>\*\*|'=|'<|'>|'\[|'\]|<=|>=|\]\]|[-+*/\\\#_=<>&!'\[\]^(),:?@|.{}])
+    """,
+    re.X,
+)
+
+
+@dataclass(slots=True)
+class Token:
+    kind: str  # SP STR NUM SVAR NAME OP COMMENT END
+    text: str
+    pos: int
+
+
+def tokenize(line: str) -> list[Token]:
+    """The tokens of one line; spaces are tokens (they separate commands)."""
+    toks: list[Token] = []
+    pos = 0
+    n = len(line)
+    while pos < n:
+        ch = line[pos]
+        if (ch == ";" or line.startswith("//", pos)) and (not toks or toks[-1].kind == "SP"):
+            toks.append(Token("COMMENT", line[pos:], pos))
+            break
+        m = _TOKEN.match(line, pos)
+        if m is None:
+            if ch == '"':
+                raise _syntax("unterminated string", pos)
+            raise _syntax(f"unexpected character {ch!r}", pos)
+        kind = m.lastgroup or "OP"
+        toks.append(Token(kind, m.group(), pos))
+        pos = m.end()
+    toks.append(Token("END", "", n))
+    return toks
+
+
+# --- syntax tree ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Num:
+    value: Decimal
+
+
+@dataclass(slots=True)
+class Str:
+    value: str
+
+
+@dataclass(slots=True)
+class Ref:
+    is_global: bool
+    name: str
+    subs: list[Any]
+    pos: int
+
+
+@dataclass(slots=True)
+class Unary:
+    op: str
+    operand: Any
+
+
+@dataclass(slots=True)
+class Binary:
+    op: str
+    left: Any
+    right: Any
+
+
+@dataclass(slots=True)
+class Func:
+    name: str  # canonical: GET DATA ORDER ...
+    args: list[Any]
+    pos: int
+
+
+@dataclass(slots=True)
+class SpecialVar:
+    name: str  # TEST TLEVEL
+
+
+@dataclass(slots=True)
+class Command:
+    name: str  # canonical: SET WRITE ...
+    post: Any  # postconditional expression or None
+    args: list[Any] | None
+    pos: int
+
+
+@dataclass(slots=True)
+class LockArg:
+    mode: str  # "+", "-" or ""
+    ref: Ref
+    kind: Any  # lock type expression ("S" shared) or None
+    timeout: Any  # expression or None
+
+
+@dataclass(slots=True)
+class WriteArg:
+    formats: list[Any] = field(default_factory=list)  # "!", "#" or ("?", expr)
+    expr: Any = None
+
+
+_COMMANDS = {
+    "S": "SET",
+    "SET": "SET",
+    "W": "WRITE",
+    "WRITE": "WRITE",
+    "K": "KILL",
+    "KILL": "KILL",
+    "ZK": "ZKILL",
+    "ZKILL": "ZKILL",
+    "ZW": "ZWRITE",
+    "ZWRITE": "ZWRITE",
+    "TS": "TSTART",
+    "TSTART": "TSTART",
+    "TC": "TCOMMIT",
+    "TCOMMIT": "TCOMMIT",
+    "TRO": "TROLLBACK",
+    "TROLLBACK": "TROLLBACK",
+    "L": "LOCK",
+    "LOCK": "LOCK",
+    "H": "H",  # HALT without an argument, HANG with one
+    "HALT": "HALT",
+    "HANG": "HANG",
+}
+# Commands that take no argument here: one space is enough to end them.
+_NO_ARGS = {"TSTART", "TCOMMIT", "HALT"}
+_ARGS_REQUIRED = {"SET", "ZKILL", "HANG"}
+
+# $function name -> (canonical, min args, max args, first argument is a reference)
+_FUNCTIONS = {
+    "G": ("GET", 1, 2, True),
+    "GET": ("GET", 1, 2, True),
+    "D": ("DATA", 1, 1, True),
+    "DATA": ("DATA", 1, 1, True),
+    "O": ("ORDER", 1, 2, True),
+    "ORDER": ("ORDER", 1, 2, True),
+    "Q": ("QUERY", 1, 2, True),
+    "QUERY": ("QUERY", 1, 2, True),
+    "I": ("INCREMENT", 1, 2, True),
+    "INCREMENT": ("INCREMENT", 1, 2, True),
+    "L": ("LENGTH", 1, 2, False),
+    "LENGTH": ("LENGTH", 1, 2, False),
+    "E": ("EXTRACT", 1, 3, False),
+    "EXTRACT": ("EXTRACT", 1, 3, False),
+    "P": ("PIECE", 2, 4, False),
+    "PIECE": ("PIECE", 2, 4, False),
+    "C": ("CHAR", 1, 255, False),
+    "CHAR": ("CHAR", 1, 255, False),
+    "A": ("ASCII", 1, 2, False),
+    "ASCII": ("ASCII", 1, 2, False),
+}
+_SPECIAL = {"T": "TEST", "TEST": "TEST", "TL": "TLEVEL", "TLEVEL": "TLEVEL"}
+_BINARY = {
+    "_", "+", "-", "*", "/", "\\", "#", "**", "=", "'=", "<", ">", "'<", "'>",
+    "<=", ">=", "&", "!", "[", "]", "'[", "']", "]]",
+}  # fmt: skip
+_WAIT_MAX_S = 86_400.0  # Hang and Lock timeouts are capped at a day
+_DEPTH_MAX = 64  # nesting of parentheses, unary operators and function calls
+
+
+class Parser:
+    """Recursive descent over the tokens of one line -> a list of Command."""
+
+    def __init__(self, line: str) -> None:
+        self.toks = tokenize(line)
+        self.i = 0
+        self.depth = 0
+
+    # helpers
+    def peek(self, k: int = 0) -> Token:
+        return self.toks[min(self.i + k, len(self.toks) - 1)]
+
+    def take(self) -> Token:
+        t = self.toks[self.i]
+        if t.kind != "END":
+            self.i += 1
+        return t
+
+    def at(self, text: str) -> bool:
+        t = self.peek()
+        return t.kind == "OP" and t.text == text
+
+    def expect(self, text: str) -> Token:
+        t = self.peek()
+        if not (t.kind == "OP" and t.text == text):
+            raise _syntax(f"expected {text!r}, found {t.text or 'end of line'!r}", t.pos)
+        return self.take()
+
+    def error(self, what: str) -> TerminalError:
+        t = self.peek()
+        return _syntax(f"{what}, found {t.text or 'end of line'!r}", t.pos)
+
+    # line and commands
+    def parse_line(self) -> list[Command]:
+        cmds: list[Command] = []
+        if self.peek().kind == "SP":
+            self.take()
+        while self.peek().kind not in ("END", "COMMENT"):
+            cmds.append(self.command())
+            t = self.peek()
+            if t.kind in ("END", "COMMENT"):
+                break
+            if t.kind != "SP":
+                raise self.error("expected a space after the command's arguments")
+            self.take()
+        return cmds
+
+    def command(self) -> Command:
+        t = self.take()
+        if t.kind != "NAME":
+            raise _syntax(f"expected a command, found {t.text or 'end of line'!r}", t.pos)
+        name = _COMMANDS.get(t.text.upper())
+        if name is None:
+            raise TerminalError("COMMAND", f"unknown command {t.text!r} (column {t.pos + 1})")
+        post = None
+        if self.at(":"):
+            self.take()
+            post = self.expr()
+        nxt = self.peek()
+        args = None
+        if nxt.kind == "SP":
+            after = self.peek(1)
+            takes_args = name not in _NO_ARGS
+            if takes_args and nxt.text == " " and after.kind not in ("END", "COMMENT"):
+                self.take()
+                args = self.arguments(name)
+        elif nxt.kind not in ("END", "COMMENT"):
+            raise self.error(f"expected a space after {t.text}")
+        if name == "H":
+            name = "HANG" if args else "HALT"
+        if args is None and name in _ARGS_REQUIRED:
+            raise _syntax(f"{t.text} needs an argument", nxt.pos)
+        return Command(name, post, args, t.pos)
+
+    def arguments(self, name: str) -> list[Any]:
+        one = {
+            "SET": self.set_arg,
+            "WRITE": self.write_arg,
+            "KILL": self.ref,
+            "ZKILL": self.ref,
+            "ZWRITE": self.ref,
+            "TROLLBACK": self.expr,
+            "LOCK": self.lock_arg,
+            "HANG": self.expr,
+            "H": self.expr,
+        }[name]
+        args = [one()]
+        while self.at(","):
+            self.take()
+            args.append(one())
+        if name == "TROLLBACK" and len(args) > 1:
+            raise self.error("TROLLBACK takes one argument")
+        return args
+
+    def set_arg(self) -> tuple[list[Ref], Any]:
+        if self.at("("):
+            self.take()
+            targets = [self.ref()]
+            while self.at(","):
+                self.take()
+                targets.append(self.ref())
+            self.expect(")")
+        else:
+            targets = [self.ref()]
+        self.expect("=")
+        return targets, self.expr()
+
+    def write_arg(self) -> WriteArg:
+        arg = WriteArg()
+        while True:
+            t = self.peek()
+            if t.kind == "OP" and t.text in ("!", "#"):
+                self.take()
+                arg.formats.append(t.text)
+            elif t.kind == "OP" and t.text == "?":
+                self.take()
+                arg.formats.append(("?", self.primary_unary()))
+            else:
+                break
+        t = self.peek()
+        if not arg.formats or not (t.kind in ("SP", "END", "COMMENT") or self.at(",")):
+            arg.expr = self.expr()
+        return arg
+
+    def lock_arg(self) -> LockArg:
+        mode = ""
+        if self.at("+") or self.at("-"):
+            mode = self.take().text
+        if self.at("("):
+            raise self.error("a list of lock names in parentheses is not supported")
+        ref = self.ref()
+        if not ref.is_global:
+            raise _syntax("Lock takes global references here (^name)", ref.pos)
+        kind = timeout = None
+        if self.at("#"):
+            self.take()
+            kind = self.primary_unary()
+        if self.at(":"):
+            self.take()
+            timeout = self.expr()
+        return LockArg(mode, ref, kind, timeout)
+
+    def ref(self) -> Ref:
+        t = self.peek()
+        is_global = False
+        if self.at("^"):
+            self.take()
+            is_global = True
+            if self.at("(") or self.at("|") or self.at("["):
+                raise self.error("naked and extended references are not supported")
+        n = self.take()
+        if n.kind != "NAME":
+            raise _syntax(f"expected a variable name, found {n.text or 'end of line'!r}", n.pos)
+        if not is_global and "." in n.text:
+            raise _syntax(f"bad local variable name {n.text!r}", n.pos)
+        subs: list[Any] = []
+        if self.at("("):
+            self.take()
+            subs.append(self.expr())
+            while self.at(","):
+                self.take()
+                subs.append(self.expr())
+            self.expect(")")
+        return Ref(is_global, n.text, subs, t.pos)
+
+    # expressions: operands joined by binary operators, strictly left to right
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > _DEPTH_MAX:
+            raise self.error("expression nested too deeply")
+
+    def expr(self) -> Any:
+        self.enter()
+        node = self.primary_unary()
+        while True:
+            t = self.peek()
+            if t.kind != "OP" or t.text not in _BINARY:
+                break
+            # "'" followed by an operator is the negated operator ('& '! too)
+            self.take()
+            op = t.text
+            node = Binary(op, node, self.primary_unary())
+        self.depth -= 1
+        return node
+
+    def primary_unary(self) -> Any:
+        self.enter()
+        t = self.peek()
+        if t.kind == "OP" and t.text in ("-", "+", "'"):
+            self.take()
+            node: Any = Unary(t.text, self.primary_unary())
+        else:
+            node = self.primary()
+        self.depth -= 1
+        return node
+
+    def primary(self) -> Any:
+        t = self.peek()
+        if t.kind == "NUM":
+            self.take()
+            return Num(_CTX.create_decimal(t.text))
+        if t.kind == "STR":
+            self.take()
+            return Str(_check_len(t.text[1:-1].replace('""', '"')))
+        if t.kind == "OP" and t.text == "(":
+            self.take()
+            node = self.expr()
+            self.expect(")")
+            return node
+        if t.kind == "NAME" or (t.kind == "OP" and t.text == "^"):
+            return self.ref()
+        if t.kind == "SVAR":
+            return self.dollar()
+        if t.kind == "OP" and t.text == "@":
+            raise self.error("indirection (@) is not supported")
+        raise self.error("expected an expression")
+
+    def dollar(self) -> Any:
+        t = self.take()
+        if t.text.startswith("$$"):
+            raise _syntax("extrinsic functions ($$) are not supported", t.pos)
+        word = t.text[1:].upper()
+        if self.at("("):
+            spec = _FUNCTIONS.get(word)
+            if spec is None:
+                raise TerminalError("FUNCTION", f"unknown function {t.text} (column {t.pos + 1})")
+            name, lo, hi, by_ref = spec
+            self.take()
+            args = [self.ref() if by_ref else self.expr()]
+            while self.at(","):
+                self.take()
+                args.append(self.expr())
+            self.expect(")")
+            if not lo <= len(args) <= hi:
+                raise _syntax(f"{t.text} takes {lo} to {hi} arguments", t.pos)
+            return Func(name, args, t.pos)
+        special = _SPECIAL.get(word)
+        if special is None:
+            raise _syntax(f"unknown special variable {t.text}", t.pos)
+        return SpecialVar(special)
+
+
+def parse(line: str) -> list[Command]:
+    """The commands of one line; TerminalError (<SYNTAX>, <COMMAND>...) if it is malformed."""
+    return Parser(line).parse_line()
+
+
+# --- interpreter ----------------------------------------------------------------------
+
+_MISSING = object()
+
+
+class _Halt(Exception):
+    pass
+
+
+class Session:
+    """One terminal session on a target: its locals, $TEST, locks and output column."""
+
+    def __init__(self, target: Any, *, out: TextIO = sys.stdout, sleep=time.sleep) -> None:
+        self.target = target
+        self.out = out
+        self.halted = False
+        self.test = 1
+        self.column = 0
+        self.locals: dict[str, dict[tuple[Sub, ...], Value]] = {}
+        # (global name, db subscripts, shared) -> entered lock context managers
+        self._locks: dict[tuple[str, tuple, bool], list[Any]] = {}
+        self._sleep = sleep
+
+    # public
+    def execute(self, line: str) -> None:
+        """Run one line; raises TerminalError at the first error (the rest is not run)."""
+        if self.halted:
+            return
+        try:
+            with decimal.localcontext(_CTX):
+                for cmd in parse(line):
+                    self._command(cmd)
+        except _Halt:
+            self.halted = True
+            self.close()
+        except TerminalError:
+            raise
+        except errors.IrisrepError as exc:
+            raise _map_error(exc) from None
+        except decimal.DivisionByZero:
+            raise TerminalError("DIVIDE", "division by zero") from None
+        except decimal.Overflow:
+            raise TerminalError("MAXNUMBER", "number too large") from None
+        except decimal.InvalidOperation as exc:
+            raise TerminalError("ILLEGAL VALUE", f"invalid arithmetic ({exc})") from None
+        except OSError as exc:
+            raise TerminalError("ERROR", str(exc) or type(exc).__name__) from None
+
+    def close(self) -> None:
+        """Release the session's locks and roll back a transaction it left open."""
+        self._release_all()
+        with contextlib.suppress(errors.IrisrepError, OSError):
+            if self.target.tlevel:
+                self.target.trollback()
+
+    # output
+    def _write(self, s: str) -> None:
+        if not s:
+            return
+        self.out.write(s)
+        nl = s.rfind("\n")
+        self.column = len(s) - nl - 1 if nl >= 0 else self.column + len(s)
+
+    # commands
+    def _command(self, cmd: Command) -> None:
+        if cmd.post is not None and not _truth(self._eval(cmd.post)):
+            return
+        getattr(self, "_cmd_" + cmd.name.lower())(cmd.args)
+
+    def _cmd_set(self, args: list) -> None:
+        for targets, expr in args:
+            value = self._eval(expr)
+            for ref in targets:
+                self._store(ref, value)
+
+    def _cmd_write(self, args: list | None) -> None:
+        if args is None:
+            self._zwrite_locals(None)
+            return
+        for arg in args:
+            for f in arg.formats:
+                if f == "!":
+                    self._write("\n")
+                elif f == "#":
+                    self._write("\f")
+                else:
+                    col = _int(self._eval(f[1]))
+                    if col > self.column:
+                        self._write(" " * min(col - self.column, 10_000))
+            if arg.expr is not None:
+                self._write(_str(self._eval(arg.expr)))
+
+    def _cmd_kill(self, args: list | None) -> None:
+        if args is None:
+            self.locals.clear()
+            return
+        for ref in args:
+            is_global, name, subs = self._resolve(ref)
+            if is_global:
+                del self.target.globals[name][tuple(_sub_to_db(s) for s in subs)]
+            else:
+                self._local_kill(name, subs, tree=True)
+
+    def _cmd_zkill(self, args: list) -> None:
+        for ref in args:
+            is_global, name, subs = self._resolve(ref)
+            if is_global:
+                self.target.globals[name].zkill(tuple(_sub_to_db(s) for s in subs))
+            else:
+                self._local_kill(name, subs, tree=False)
+
+    def _cmd_zwrite(self, args: list | None) -> None:
+        if args is None:
+            self._zwrite_locals(None)
+            return
+        for ref in args:
+            is_global, name, subs = self._resolve(ref)
+            if not is_global:
+                self._zwrite_locals(name, subs)
+                continue
+            g = self.target.globals[name]
+            for dbsubs, value in g.items(prefix=tuple(_sub_to_db(s) for s in subs)):
+                ref_text = _ref_text(True, name, tuple(_sub_from_db(s) for s in dbsubs))
+                self._write(f"{ref_text}={_show(_from_db(value))}\n")
+
+    def _zwrite_locals(self, only: str | None, prefix: tuple[Sub, ...] = ()) -> None:
+        names = [only] if only is not None else sorted(self.locals)
+        for name in names:
+            nodes = self.locals.get(name, {})
+            for subs in sorted(nodes):
+                if subs[: len(prefix)] == prefix:
+                    self._write(f"{_ref_text(False, name, subs)}={_show(nodes[subs])}\n")
+
+    def _cmd_tstart(self, args: None) -> None:
+        self.target.tstart()
+
+    def _cmd_tcommit(self, args: None) -> None:
+        if not self.target.tlevel:
+            raise TerminalError("COMMAND", "TCOMMIT with no transaction open ($TLEVEL is 0)")
+        self.target.tcommit()
+
+    def _cmd_trollback(self, args: list | None) -> None:
+        level = self.target.tlevel
+        if args is None:
+            if level:
+                self.target.trollback()
+            return
+        n = self._eval(args[0])
+        count = _int(n)
+        if count < 1 or _num(n) != count:
+            raise TerminalError("COMMAND", f"TROLLBACK {_str(n)}: the level count must be >= 1")
+        if not level:
+            return
+        if count > level:
+            raise TerminalError("COMMAND", f"TROLLBACK {count}: $TLEVEL is {level}")
+        self.target.trollback(count)
+
+    def _cmd_lock(self, args: list | None) -> None:
+        if args is None:
+            self._release_all()
+            return
+        for arg in args:
+            _g, name, subs = self._resolve(arg.ref)
+            dbsubs = tuple(_sub_to_db(s) for s in subs)
+            shared = False
+            if arg.kind is not None:
+                kind = _str(self._eval(arg.kind)).upper()
+                if kind.strip("SEI"):
+                    raise TerminalError("SYNTAX", f'lock type "{kind}" (S, E, I allowed)')
+                shared = "S" in kind
+            timeout = None
+            if arg.timeout is not None:
+                timeout = min(max(0.0, float(_num(self._eval(arg.timeout)))), _WAIT_MAX_S)
+            key = (name, dbsubs, shared)
+            if arg.mode == "-":
+                held = self._locks.get(key)
+                if held:
+                    held.pop().__exit__(None, None, None)
+                    if not held:
+                        del self._locks[key]
+                continue
+            cm = self.target.globals[name].lock(dbsubs, timeout=timeout, shared=shared)
+            try:
+                cm.__enter__()
+            except errors.LockTimeoutError:
+                if timeout is not None:
+                    self.test = 0
+                    continue
+                raise
+            if arg.mode == "":
+                self._release_all()
+            self._locks.setdefault(key, []).append(cm)
+            if timeout is not None:
+                self.test = 1
+
+    def _release_all(self) -> None:
+        locks, self._locks = self._locks, {}
+        for held in locks.values():
+            for cm in reversed(held):
+                with contextlib.suppress(errors.IrisrepError, OSError):
+                    cm.__exit__(None, None, None)
+
+    def _cmd_halt(self, args: None) -> None:
+        raise _Halt
+
+    def _cmd_hang(self, args: list) -> None:
+        for expr in args:
+            seconds = min(float(_num(self._eval(expr))), _WAIT_MAX_S)
+            if seconds > 0:
+                self._sleep(seconds)
+
+    # references
+    def _resolve(self, ref: Ref, *, empty_last: bool = False) -> tuple[bool, str, tuple]:
+        values = [self._eval(e) for e in ref.subs]
+        subs = tuple(
+            _sub(v, empty_ok=empty_last and i == len(values) - 1) for i, v in enumerate(values)
+        )
+        return ref.is_global, ref.name, subs
+
+    def _fetch(self, ref: Ref, default: Any = _MISSING) -> Any:
+        is_global, name, subs = self._resolve(ref)
+        if is_global:
+            v = self.target.globals[name].get(tuple(_sub_to_db(s) for s in subs), _MISSING)
+            v = _MISSING if v is _MISSING else _from_db(v)
+        else:
+            v = self.locals.get(name, {}).get(subs, _MISSING)
+        if v is _MISSING:
+            if default is not _MISSING:
+                return default
+            raise TerminalError("UNDEFINED", "*" + _ref_text(is_global, name, subs))
+        return v
+
+    def _store(self, ref: Ref, value: Value) -> None:
+        is_global, name, subs = self._resolve(ref)
+        if is_global:
+            self.target.globals[name][tuple(_sub_to_db(s) for s in subs)] = _to_db(value)
+        else:
+            self.locals.setdefault(name, {})[subs] = value
+
+    def _local_kill(self, name: str, subs: tuple, *, tree: bool) -> None:
+        nodes = self.locals.get(name)
+        if not nodes:
+            return
+        if tree:
+            for k in [k for k in nodes if k[: len(subs)] == subs]:
+                del nodes[k]
+        else:
+            nodes.pop(subs, None)
+        if not nodes:
+            del self.locals[name]
+
+    # expressions
+    def _eval(self, node: Any) -> Value:
+        if isinstance(node, Num):
+            return node.value
+        if isinstance(node, Str):
+            return node.value
+        if isinstance(node, Ref):
+            return self._fetch(node)
+        if isinstance(node, Binary):
+            return self._binary(node.op, self._eval(node.left), self._eval(node.right))
+        if isinstance(node, Unary):
+            v = self._eval(node.operand)
+            if node.op == "-":
+                return -_num(v) + 0
+            if node.op == "+":
+                return +_num(v)
+            return _bool(not _truth(v))
+        if isinstance(node, Func):
+            return getattr(self, "_fn_" + node.name.lower())(node)
+        if isinstance(node, SpecialVar):
+            if node.name == "TEST":
+                return Decimal(self.test)
+            return Decimal(self.target.tlevel)
+        raise AssertionError(f"unknown node {node!r}")
+
+    def _binary(self, op: str, a: Value, b: Value) -> Value:
+        if op == "_":
+            return _check_len(_str(a) + _str(b))
+        if op in ("=", "'="):
+            return _bool((_str(a) == _str(b)) == (op == "="))
+        if op in ("[", "'["):
+            return _bool((_str(b) in _str(a)) == (op == "["))
+        if op in ("]", "']"):
+            return _bool((_str(a) > _str(b)) == (op == "]"))
+        if op == "]]":
+            return _bool(_sub(a, empty_ok=True) > _sub(b, empty_ok=True))
+        if op == "&":
+            return _bool(_truth(a) and _truth(b))
+        if op == "!":
+            return _bool(_truth(a) or _truth(b))
+        x, y = _num(a), _num(b)
+        if op == "+":
+            return x + y
+        if op == "-":
+            return x - y
+        if op == "*":
+            return x * y
+        if op == "**":
+            if x.is_zero() and y < 0:
+                raise TerminalError("DIVIDE", "0 to a negative power")
+            return x**y
+        if op in ("<", "'>"):
+            return _bool(x < y if op == "<" else not x > y)
+        if op in (">", "'<"):
+            return _bool(x > y if op == ">" else not x < y)
+        if op == "<=":
+            return _bool(x <= y)
+        if op == ">=":
+            return _bool(x >= y)
+        if y.is_zero():
+            raise TerminalError("DIVIDE", f"{_fmt(x)}{op}0")
+        if op == "/":
+            return x / y
+        if op == "\\":
+            return (x // y) + 0
+        # "#": modulo, the result takes the sign of the divisor (IRIS)
+        r = x % y
+        if not r.is_zero() and (r < 0) != (y < 0):
+            r += y
+        return r + 0
+
+    # functions
+    def _fn_get(self, f: Func) -> Value:
+        default = self._eval(f.args[1]) if len(f.args) > 1 else ""
+        return self._fetch(f.args[0], default)
+
+    def _fn_data(self, f: Func) -> Value:
+        is_global, name, subs = self._resolve(f.args[0])
+        if is_global:
+            return Decimal(self.target.globals[name].data(tuple(_sub_to_db(s) for s in subs)))
+        nodes = self.locals.get(name, {})
+        n = len(subs)
+        has_value = subs in nodes
+        has_desc = any(len(k) > n and k[:n] == subs for k in nodes)
+        return Decimal((1 if has_value else 0) + (10 if has_desc else 0))
+
+    def _direction(self, f: Func) -> bool:
+        """True for reverse ($ORDER/$QUERY direction -1)."""
+        if len(f.args) < 2:
+            return False
+        d = _num(self._eval(f.args[1]))
+        if d not in (1, -1):
+            raise TerminalError("FUNCTION", f"direction {_fmt(d)} (1 or -1 allowed)")
+        return d == -1
+
+    def _fn_order(self, f: Func) -> Value:
+        ref = f.args[0]
+        if not ref.subs:
+            raise TerminalError("FUNCTION", "$ORDER needs a subscripted reference")
+        is_global, name, subs = self._resolve(ref, empty_last=True)
+        reverse = self._direction(f)
+        if is_global:
+            dbsubs = tuple(_sub_to_db(s) for s in subs)
+            nxt = self.target.globals[name].order(dbsubs, reverse=reverse)
+            return "" if nxt is None else _sub_value(_sub_from_db(nxt))
+        parent, last = subs[:-1], subs[-1]
+        n = len(parent)
+        candidates = {k[n] for k in self.locals.get(name, {}) if len(k) > n and k[:n] == parent}
+        if last != (1, ""):
+            candidates = {c for c in candidates if (c < last if reverse else c > last)}
+        if not candidates:
+            return ""
+        return _sub_value(max(candidates) if reverse else min(candidates))
+
+    def _fn_query(self, f: Func) -> Value:
+        is_global, name, subs = self._resolve(f.args[0])
+        reverse = self._direction(f)
+        if is_global:
+            dbsubs = tuple(_sub_to_db(s) for s in subs)
+            g = self.target.globals[name]
+            found = g.query(dbsubs, reverse=True) if reverse else g.query(dbsubs)
+            if found is None:
+                return ""
+            return _ref_text(True, name, tuple(_sub_from_db(s) for s in found))
+        keys = sorted(self.locals.get(name, {}))
+        hits = [k for k in keys if (k < subs if reverse else k > subs)]
+        if not hits:
+            return ""
+        return _ref_text(False, name, hits[-1] if reverse else hits[0])
+
+    def _fn_increment(self, f: Func) -> Value:
+        by = _num(self._eval(f.args[1])) if len(f.args) > 1 else _ONE
+        is_global, name, subs = self._resolve(f.args[0])
+        if is_global:
+            step = _to_db(by)
+            new = self.target.globals[name].increment(tuple(_sub_to_db(s) for s in subs), step)
+            return _from_db(new)
+        nodes = self.locals.setdefault(name, {})
+        new = _num(nodes.get(subs, _ZERO)) + by
+        nodes[subs] = new
+        return new
+
+    def _fn_length(self, f: Func) -> Value:
+        s = _str(self._eval(f.args[0]))
+        if len(f.args) == 1:
+            return Decimal(len(s))
+        d = _str(self._eval(f.args[1]))
+        return Decimal(s.count(d) + 1 if d else 0)
+
+    def _fn_extract(self, f: Func) -> Value:
+        s = _str(self._eval(f.args[0]))
+        start = _int(self._eval(f.args[1])) if len(f.args) > 1 else 1
+        end = _int(self._eval(f.args[2])) if len(f.args) > 2 else start
+        start = max(start, 1)
+        if end < start:
+            return ""
+        return s[start - 1 : end]
+
+    def _fn_piece(self, f: Func) -> Value:
+        s = _str(self._eval(f.args[0]))
+        d = _str(self._eval(f.args[1]))
+        start = _int(self._eval(f.args[2])) if len(f.args) > 2 else 1
+        end = _int(self._eval(f.args[3])) if len(f.args) > 3 else start
+        if not d:
+            return ""
+        start = max(start, 1)
+        if end < start:
+            return ""
+        return d.join(s.split(d)[start - 1 : end])
+
+    def _fn_char(self, f: Func) -> Value:
+        out = []
+        for a in f.args:
+            n = _int(self._eval(a))
+            if 0 <= n <= 0x10FFFF and not 0xD800 <= n <= 0xDFFF:
+                out.append(chr(n))
+        return "".join(out)
+
+    def _fn_ascii(self, f: Func) -> Value:
+        s = _str(self._eval(f.args[0]))
+        i = _int(self._eval(f.args[1])) if len(f.args) > 1 else 1
+        return Decimal(ord(s[i - 1]) if 1 <= i <= len(s) else -1)
+
+
+def run_commands(
+    target: Any, text: str, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """Run each line of `text`; on an error print "<WORD> detail" to err and return 1.
+
+    Returns 0 when every line ran (or a Halt ended the session). The session is
+    closed either way: its locks are released and an open transaction rolled back.
+    """
+    session = Session(target, out=out)
+    status = 0
+    try:
+        for line in text.splitlines():
+            try:
+                session.execute(line)
+            except TerminalError as exc:
+                if session.column:
+                    out.write("\n")
+                    session.column = 0
+                err.write(f"{exc}\n")
+                status = 1
+                break
+            if session.halted:
+                break
+    finally:
+        if session.column:
+            out.write("\n")
+        session.close()
+    return status
