@@ -1,0 +1,154 @@
+"""The local deployment as a user drives it: `irisrep up`, `session`, `ps`,
+`inventory`, `kill`, `start`, `stop --restart`, `down`, all as real commands with
+real agent and member processes on 127.0.0.1, plus `irisrep.connect` against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import irisrep
+from irisrep.deploy import credentials, load
+
+
+def run(*args, check=True, timeout=120):
+    p = subprocess.run(
+        [sys.executable, "-m", "irisrep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"irisrep {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ps(d):
+    rows = json.loads(run("ps", "--dir", d, "--json").stdout)
+    return {r["member"]: r for r in rows}
+
+
+def wait_ps(d, pred, what, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    rows = None
+    while time.monotonic() < deadline:
+        rows = ps(d)
+        if pred(rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    d = str(tmp_path / "m")
+    run("up", "--dir", d, "--asyncs", "1", "--qos-ms", "300")
+    agent_pids = [int((tmp_path / "m" / n / "agent.pid").read_text()) for n in ("A", "B", "C1")]
+    yield d
+    run("down", "--dir", d, check=False)
+    for pid in agent_pids:
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"agent {pid} still running after down"
+
+
+def test_walkthrough_commands(mirror):
+    d = mirror
+    inv = {m["name"]: m for m in json.loads(run("inventory", "--dir", d, "--json").stdout)}
+    assert inv["A"]["initial"] == "+" and inv["B"]["initial"] == "-"
+    assert inv["C1"]["kind"] == "async-dr"
+    for m in inv.values():
+        assert m["client_address"].startswith("127.0.0.1:")
+
+    p = run(
+        "session",
+        "--dir",
+        d,
+        "A",
+        "-c",
+        'Set ^myfirstglobal="congratulations" Write ^myfirstglobal',
+    )
+    assert p.stdout.strip() == "congratulations"
+    for member in ("B", "C1"):
+        # Reads on a copy are allowed (possibly behind: wait for it).
+        deadline = time.monotonic() + 20
+        while True:
+            out = run("session", "--dir", d, member, "-c", 'Write $Get(^myfirstglobal,"none")')
+            if out.stdout.strip() == "congratulations" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert out.stdout.strip() == "congratulations"
+        bad = run("session", "--dir", d, member, "-c", 'Set ^myfirstglobal="x"', check=False)
+        assert bad.returncode == 1
+        assert "<PROTECT>" in bad.stderr
+    assert run("session", "--dir", d, "A", "-c", "Write ^myfirstglobal").stdout.strip() == (
+        "congratulations"
+    )
+
+    rows = ps(d)
+    assert rows["A"]["role"] == "primary" and rows["A"]["status"] == "Primary"
+    assert rows["A"]["active_backup"] == "B"
+    assert rows["B"]["role"] == "backup" and rows["B"]["status"] in ("Backup", "Synchronizing")
+    assert rows["C1"]["role"] == "async"
+    for r in rows.values():
+        assert r["lag"] and r["epoch"] == 1 and r["pid"]
+
+    # A crashed backup: the primary goes on alone, the backup comes back Active.
+    run("kill", "--dir", d, "B")
+    rows = wait_ps(d, lambda r: r["A"]["active_backup"] is None, "B not Active")
+    assert rows["B"]["process"].startswith("crashed") and rows["B"]["status"] == "Down"
+    run("session", "--dir", d, "A", "-c", "Set ^n=1")
+    run("start", "--dir", d, "B")
+    wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active again")
+
+    # The primary restarted cleanly comes back as primary; the backup follows again.
+    run("stop", "--dir", d, "--restart", "A")
+    wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active after A's restart")
+    assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
+
+
+def test_connect_routes_writes_to_the_primary(mirror):
+    from pathlib import Path
+
+    d = Path(mirror)
+    dep = load(d)
+    addrs = [m["client_address"] for m in dep["members"]]
+    user, password = credentials(d)
+    with irisrep.connect(list(reversed(addrs)), user=user, password=password) as conn:
+        assert conn.status()["role"] == "primary"
+        g = conn.globals["conn"]
+        g["a", 1] = "x"
+        with conn.transaction():
+            g["a", 2] = "y"
+        assert g["a", 1] == "x" and g.data(("a",)) == 10
+    from irisrep.client import connect_member
+
+    b = next(m for m in dep["members"] if m["name"] == "B")
+    with connect_member(b["client_address"], user=user, password=password) as conn:
+        with pytest.raises(irisrep.ProtectError):
+            conn.globals["conn"]["a", 3] = "z"
+    with pytest.raises(irisrep.IrisrepError):
+        irisrep.connect(addrs, user=user, password="wrong")
+
+
+def test_up_refuses_a_second_mirror_in_the_same_dir(mirror):
+    p = run("up", "--dir", mirror, check=False)
+    assert p.returncode == 1 and "already running" in p.stderr
