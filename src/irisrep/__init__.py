@@ -37,6 +37,10 @@ def __getattr__(name):
         from . import database
 
         return getattr(database, name)
+    if name == "Member":
+        from .member import Member
+
+        return Member
     if name == "check_integrity":
         from .integrity import check
 
@@ -44,4 +48,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'irisrep' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "open", "connect", "Database", "Global", "check_integrity", *_errors_all]  # noqa: F405
+__all__ = [  # noqa: F405 - lazy names come from __getattr__
+    "__version__",
+    "open",
+    "connect",
+    "Database",
+    "Global",
+    "Member",
+    "check_integrity",
+    *_errors_all,
+]

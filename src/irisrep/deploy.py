@@ -269,7 +269,7 @@ def _lag(st: dict) -> str:
         return "-" if st.get("role") != "primary" else "caught up"
     if st["lag_bytes"] == 0:
         return "caught up"
-    return f"{st['lag_bytes']} bytes"
+    return f"{st['lag_bytes']} bytes, {st.get('lag_s', 0.0):.1f} s"
 
 
 def ps(dirpath: Path) -> list[dict]:

@@ -582,6 +582,7 @@ class CopyLink:
         self.connected_at = 0.0
         self.last_error = ""
         self.caught_up_at: float | None = None
+        self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._apply_q: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -798,6 +799,11 @@ class CopyLink:
     def status(self) -> dict:
         durable = self.journal.durable_position
         behind = max(0, self.primary_end - durable)
+        now = time.monotonic()
+        if behind == 0:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = now
         if self.primary is None:
             transfer = "Disconnected"
         elif behind == 0:
@@ -813,6 +819,7 @@ class CopyLink:
             "applied": applied,
             "primary_end": self.primary_end,
             "lag_bytes": behind,
+            "lag_s": 0.0 if self._behind_since is None else round(now - self._behind_since, 3),
             "dejournaling": "Caught up"
             if applied >= durable
             else f"{durable - applied} bytes behind",
