@@ -23,6 +23,8 @@ CASES = {
     "bench_journal.py": ["--quick", "--seconds", "0.2", "--latency-n", "20", "--threads", "1,4"],
     "bench_engine_commit.py": ["--commits", "20", "--seconds", "0.2"],
     "bench_wij.py": ["--sizes", "64", "--repeat", "1"],
+    "bench_commit.py": ["--seconds=0.2", "--clients=1,2", "--floor-n=20", "--qos-ms=2000"]
+    + ["--configs=alone,durable+async"],
 }
 
 
