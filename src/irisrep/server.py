@@ -349,13 +349,19 @@ class ClientListener:
             self._end_session(session, db)
 
     def _end_session(self, session: _Session, db) -> None:
-        with self._lock:
-            self._sessions.pop(session, None)
+        """Close, roll back, release; the session leaves the table only then (so
+        `connections` going down means its cleanup is done)."""
         session.closed = True
         with contextlib.suppress(OSError):
             session.sock.close()
-        if db is None:
-            return
+        try:
+            if db is not None:
+                self._cleanup(session, db)
+        finally:
+            with self._lock:
+                self._sessions.pop(session, None)
+
+    def _cleanup(self, session: _Session, db) -> None:
         try:
             level = db.tlevel
             if level:
@@ -640,6 +646,8 @@ class ClientListener:
             and not math.isnan(timeout)
             and not math.isinf(timeout)
         )
+        if finite is False and isinstance(timeout, float) and timeout == math.inf:
+            timeout = None  # as the lock table reads it: wait as long as it takes
         if timeout is not None and (not finite or timeout <= slice_s):
             # Short (or invalid: the table says why) waits as the local API does.
             locks.lock(owner, name, shared=shared, timeout=timeout)
