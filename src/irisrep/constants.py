@@ -138,13 +138,15 @@ HOSTNAME_LABEL_CHARS_MAX = 63
 # --- mirror members at run time (mirror.py, member.py) ------------------------------
 MIRROR_RING_BYTES_MAX = 64 * 1024 * 1024  # recent journal bytes kept in memory for senders
 MIRROR_BATCH_BYTES_MAX = 4 * 1024 * 1024  # journal bytes in one JOURNAL wire frame
-MIRROR_APPLY_QUEUE_BYTES_MAX = 64 * 1024 * 1024  # received, not yet applied (backpressure)
 MIRROR_ACTIVE_LAG_BYTES_MAX = 1024 * 1024  # a backup this close to the end can become Active
 MIRROR_HEARTBEAT_MS = 100  # idle links send a HEARTBEAT this often
 MIRROR_RECONNECT_MS = 100  # a backup/async retries its primary this often
 MIRROR_PEER_SILENCE_MS_MIN = 2000  # a link silent this long (and > 2 QoS) is dead
 MIRROR_STATE_FILE_NAME = "mirror.json"  # this member's epoch and last role
 MIRROR_EPOCH_FIRST = 1
+# A member process's GIL switch interval (CPython's default is 5 ms): the threads that
+# receive acks and frames wait on the GIL behind busy ones for up to this long.
+MEMBER_SWITCH_INTERVAL_S = 0.0005
 
 # --- client protocol (clientproto.py, server.py, client.py) ------------------------
 CLIENT_FRAME_BYTES_MAX = 16 * 1024 * 1024  # one request or response (a max string in UTF-8 fits)

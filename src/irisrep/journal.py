@@ -640,8 +640,9 @@ class Journal:
         self._pending_bytes = 0
         self.fsyncs = 0  # fdatasyncs of frames (for tests and benchmarks)
         # Called by the group leader with (position, bytes) of every write of frames,
-        # after the write and BEFORE its fdatasync, so that a mirror ships the frames
-        # while the local disk syncs them (the commit still waits for both).
+        # just BEFORE the write and its fdatasync, so that a mirror ships the frames
+        # while the local disk writes and syncs them (the commit waits for both).
+        # It must not raise: a mirror's failure is the mirror's, not the journal's.
         self.on_written = None
 
         self._spare_lock = threading.Lock()
@@ -1034,12 +1035,16 @@ class Journal:
                 self._rollover(frames[i])
                 continue
             data = frames[i].data if j == i + 1 else b"".join(f.data for f in frames[i:j])
+            hook = self.on_written
+            if hook is not None:
+                # Shipped before the local write: the mirror's round trip overlaps this
+                # member's write and fdatasync (the commit waits for both). A copy may
+                # so hold a frame this member then fails to write: that frame's commit
+                # never returned, and the copy's extra tail is refused on reconnect.
+                hook(frames[i].position, data)
             self._write_at(off, data)
             self._written += nbytes
             self._last_checksum = frames[j - 1].checksum
-            hook = self.on_written
-            if hook is not None:
-                hook(frames[i].position, data)
             i = j
         crashpoints.hit("journal_after_write")
         # The one fdatasync of the group: after it every frame before _written is

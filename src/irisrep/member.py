@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 
 from . import wire
 from .config import MemberConfig
-from .constants import MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
+from .constants import MEMBER_SWITCH_INTERVAL_S, MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
 from .database import DEFAULT_DATABASE, Database
 from .errors import ConfigError
 from .mirror import CopyLink, Replicator
@@ -78,7 +79,13 @@ class Member:
     `role` is "primary", "backup" or "async"; `database` is the default database
     (read-only unless primary); `status()` is what `irisrep ps` shows."""
 
-    def __init__(self, config: MemberConfig, *, client_listener: bool = True) -> None:
+    def __init__(
+        self,
+        config: MemberConfig,
+        *,
+        client_listener: bool = True,
+        switch_interval_s: float | None = MEMBER_SWITCH_INTERVAL_S,
+    ) -> None:
         self.config = config
         self.name = config.member_name
         self.kind = config.kind
@@ -101,6 +108,7 @@ class Member:
         self.mirror_listener: wire.WireListener | None = None
         self.client_listener = None
         self._want_client_listener = client_listener
+        self._switch_interval_s = switch_interval_s
         self.closed = False
 
     def _initial_role(self) -> str:
@@ -113,6 +121,14 @@ class Member:
 
     def start(self) -> Member:
         c = self.config
+        if (
+            self._switch_interval_s is not None
+            and sys.getswitchinterval() > self._switch_interval_s
+        ):
+            # The ack reader and the copy's receiver must not wait 5 ms for the GIL
+            # behind committing or applying threads (process-wide: a service that
+            # hosts a member can pass switch_interval_s=None to keep its own).
+            sys.setswitchinterval(self._switch_interval_s)
         primary = self.role == "primary"
         self.database = Database(
             str(c.data_dir),

@@ -23,10 +23,13 @@ Promises:
   epoch than its own, and a primary that hears of a newer epoch stops writing.
 - A copy applies only frames that are durable in its own journal, so its database
   never runs ahead of its journal (rule 2); its checkpoint is the applied position.
+  A slow apply slows the link's reading, so the primary's QoS decides whether it
+  waits for such a backup (memory stays bounded: nothing queues unapplied).
 
-Threads: on the primary, per connected member one sender (ring/files -> socket) and
-one reader (acks, heartbeats); on a copy, one link thread (connect, receive, append,
-fdatasync, ack) and one applier. Decisions about roles and failover are not made
+Threads: on the primary, per connected member one sender (ring/files -> socket; the
+group leader sends directly when the link is live and idle) and one reader (acks,
+heartbeats); on a copy, one link thread (connect, receive, append, fdatasync, ack,
+apply): one thread, so no hand-off and no fight for the GIL on the ack's path. Decisions about roles and failover are not made
 here (the mirror core, a later issue); this module only moves and acknowledges data.
 """
 
@@ -47,7 +50,6 @@ from .constants import (
     JOURNAL_FRAME_ALIGN,
     JOURNAL_FRAME_HEADER_BYTES,
     MIRROR_ACTIVE_LAG_BYTES_MAX,
-    MIRROR_APPLY_QUEUE_BYTES_MAX,
     MIRROR_BATCH_BYTES_MAX,
     MIRROR_HEARTBEAT_MS,
     MIRROR_PEER_SILENCE_MS_MIN,
@@ -114,7 +116,7 @@ class Ring:
     def start(self) -> int:
         return self._start
 
-    def publish(self, position: int, data: bytes) -> None:
+    def publish(self, position: int, data: bytes, *, notify: bool = True) -> None:
         with self._cv:
             if position != self._end:
                 # A gap would ship a broken stream: refuse loudly (a bug, not bad input).
@@ -127,7 +129,8 @@ class Ring:
                 self._bytes -= len(d)
                 self._start = p + len(d)
             self.times.append((self._end, time.monotonic()))
-            self._cv.notify_all()
+            if notify:
+                self._cv.notify_all()
 
     def take(self, from_position: int, max_bytes: int) -> bytes | None:
         """Bytes from `from_position` (a frame boundary) to the ring's end, at most
@@ -282,29 +285,37 @@ class _PeerLink:
             self._started.wait()
             last_send = time.monotonic()
             while not st.closed and not rep.closed:
-                data = rep.ring.take(st.sent, MIRROR_BATCH_BYTES_MAX)
-                if data is None:
-                    # Behind the ring: catch up from the journal files.
-                    st.live = False
-                    data = rep.journal.read_raw(st.sent, rep.ring.start, MIRROR_BATCH_BYTES_MAX)
-                    if not data:
-                        raise JournalCorruptError(
-                            f"no journal frames at position {st.sent} to catch up from"
-                        )
-                elif not data:
+                # Take and send under the send lock: the group leader may send the same
+                # bytes directly (Replicator._publish) when it finds the lock free and
+                # `sent` at its position; the lock keeps the stream in order.
+                with self._send_lock:
+                    data = rep.ring.take(st.sent, MIRROR_BATCH_BYTES_MAX)
+                    if data is None:
+                        # Behind the ring: catch up from the journal files.
+                        if st.live:
+                            st.live = False
+                            rep._set_live(self, False)
+                        data = rep.journal.read_raw(st.sent, rep.ring.start, MIRROR_BATCH_BYTES_MAX)
+                        if not data:
+                            raise JournalCorruptError(
+                                f"no journal frames at position {st.sent} to catch up from"
+                            )
+                    if data:
+                        payload = struct.pack("<I", count_frames(data)) + data
+                        # Count it sent before the send: the ack may come back before
+                        # sendall returns here (a failed send closes the link anyway).
+                        st.sent += len(data)
+                        wire.send_frame(self.sock, wire.JOURNAL, rep.epoch, payload)
+                        last_send = time.monotonic()
+                        continue
+                if not st.live:
                     st.live = True
-                    rep._maybe_activate(self)
-                    if not rep.ring.wait_past(st.sent, beat_s):
-                        if time.monotonic() - last_send >= beat_s:
-                            self._send(wire.HEARTBEAT, wire.encode_u64(rep.ring.end))
-                            last_send = time.monotonic()
-                    continue
-                payload = struct.pack("<I", count_frames(data)) + data
-                # Count it sent before the send: the ack may come back before
-                # sendall returns here (a failed send closes the link anyway).
-                st.sent += len(data)
-                self._send(wire.JOURNAL, payload)
-                last_send = time.monotonic()
+                    rep._set_live(self, True)
+                rep._maybe_activate(self)
+                if not rep.ring.wait_past(st.sent, beat_s):
+                    if time.monotonic() - last_send >= beat_s:
+                        self._send(wire.HEARTBEAT, wire.encode_u64(rep.ring.end))
+                        last_send = time.monotonic()
         except (WireError, OSError) as e:
             self.close(f"send failed: {e}")
         except (IrisrepError, ValueError) as e:
@@ -345,7 +356,8 @@ class Replicator:
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=1000)
         self._on_event = on_event
         self.stats = {"waits": 0, "acked": 0, "alone": 0, "qos_timeouts": 0}
-        journal.on_written = self.ring.publish
+        self._live: tuple[_PeerLink, ...] = ()  # links streaming live, for direct sends
+        journal.on_written = self._publish
 
     # --- events and links ---------------------------------------------------------------
 
@@ -354,6 +366,46 @@ class Replicator:
         log.warning("mirror: %s", text)
         if self._on_event is not None:
             self._on_event(kind, text)
+
+    def _publish(self, position: int, data: bytes) -> None:
+        """The journal's hook (group leader, before its write): into the ring, and
+        straight onto the socket of every link that is live and idle, so the common
+        case costs no hand-off to a sender thread. A busy link's sender takes it from
+        the ring. Never raises into the journal: a failed send closes that link."""
+        # No wake-up yet: a sender woken now would only contend for the GIL and the
+        # send lock with this thread; it is woken below if a link still needs it.
+        self.ring.publish(position, data, notify=False)
+        payload = None
+        served = 0
+        for link in self._live:
+            st = link.state
+            if st.closed or st.sent != position:
+                continue
+            if not link._send_lock.acquire(blocking=False):
+                continue
+            failed = None
+            try:
+                if st.sent == position and not st.closed:
+                    if payload is None:
+                        payload = struct.pack("<I", count_frames(data)) + data
+                    st.sent = position + len(data)
+                    wire.send_frame(link.sock, wire.JOURNAL, self.epoch, payload)
+                    served += 1
+            except (WireError, OSError) as e:
+                failed = e
+            finally:
+                link._send_lock.release()
+            if failed is not None:
+                link.close(f"send failed: {failed}")
+        if served < len(self._links):
+            self.ring.wake()
+
+    def _set_live(self, link: _PeerLink, live: bool) -> None:
+        with self._cv:
+            links = [x for x in self._live if x is not link and not x.state.closed]
+            if live and not link.state.closed:
+                links.append(link)
+            self._live = tuple(links)
 
     def on_peer(self, sock: socket.socket, peer: wire.Peer) -> None:
         """WireListener's callback: a member proved the key and its name."""
@@ -371,6 +423,7 @@ class Replicator:
         link.start()
 
     def _link_closed(self, link: _PeerLink, reason: str) -> None:
+        self._set_live(link, False)
         # The declaration's time is taken before any waiter can see it: a commit that
         # returns alone afterwards returns after this instant.
         at = time.time()
@@ -393,7 +446,7 @@ class Replicator:
             self._event("disconnected", f"{link.peer.member} disconnected: {reason}")
 
     def _check_start(self, position: int) -> str:
-        end = self.journal.written_position
+        end = self.ring.end
         if position > end:
             return (
                 f"the member's journal ends at {position}, past this primary's end {end}: "
@@ -414,7 +467,7 @@ class Replicator:
         with self._cv:
             if self.active is not None or st.closed:
                 return
-            if self.journal.written_position - self._acked(st) > MIRROR_ACTIVE_LAG_BYTES_MAX:
+            if self.ring.end - self._acked(st) > MIRROR_ACTIVE_LAG_BYTES_MAX:
                 return
             self.active = link
             st.active = True
@@ -484,7 +537,7 @@ class Replicator:
     # --- status ------------------------------------------------------------------------------
 
     def peers(self) -> list[dict]:
-        end = self.journal.written_position
+        end = self.ring.end
         out = []
         with self._cv:
             links = list(self._links.values())
@@ -585,29 +638,18 @@ class CopyLink:
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
-        self._apply_q: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._apply_bytes = 0
-        self._apply_cv = threading.Condition()
-        self.apply_error: BaseException | None = None
         self.stats = {"connects": 0, "batches": 0, "flushes": 0, "applied_records": 0}
         self._thread = threading.Thread(
             target=self._run, name=f"irisrep-copy {member}", daemon=True
         )
-        self._applier = threading.Thread(
-            target=self._apply_loop, name=f"irisrep-apply {member}", daemon=True
-        )
 
     def start(self) -> None:
-        self._applier.start()
         self._thread.start()
 
     def close(self) -> None:
         self.closed = True
         self._drop()
-        with self._apply_cv:
-            self._apply_cv.notify_all()
-        self._thread.join(timeout=10)
-        self._applier.join(timeout=30)
+        self._thread.join(timeout=30)
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
@@ -677,7 +719,7 @@ class CopyLink:
             # and apply them, or they would be skipped by dejournaling.
             if unflushed and self.journal.failure is None:
                 self.journal.flush()
-                self._queue_apply(unflushed)
+                self._apply(unflushed)
 
     def _stream(self, sock, name: str, unflushed: list) -> None:
         reader = wire.FrameReader(sock)
@@ -709,9 +751,13 @@ class CopyLink:
                     continue  # more is waiting: one fdatasync for all of it
                 self.journal.flush(end)
                 self.stats["flushes"] += 1
-                self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
-                self._queue_apply(unflushed)
+                if self.ack_code != wire.ACK_APPLIED:
+                    self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
+                chunks = list(unflushed)
                 unflushed.clear()
+                self._apply(chunks)
+                if self.ack_code == wire.ACK_APPLIED:
+                    self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
                 unflushed_bytes = 0
                 self.primary_end = max(self.primary_end, end)
             elif f.type == wire.HEARTBEAT:
@@ -738,54 +784,21 @@ class CopyLink:
 
     # --- applying (dejournaling) ----------------------------------------------------------
 
-    def _queue_apply(self, chunks) -> None:
-        with self._apply_cv:
-            while self._apply_bytes > MIRROR_APPLY_QUEUE_BYTES_MAX and not self.closed:
-                # Back-pressure: stop reading until the applier catches up (the
-                # primary's QoS decides whether it waits for us meanwhile).
-                self._apply_cv.wait(0.1)
-                if self.apply_error is not None:
-                    raise self.apply_error
-            for c in chunks:
-                self._apply_q.append(c)
-                self._apply_bytes += len(c[1])
-            self._apply_cv.notify_all()
-
-    def _apply_loop(self) -> None:
+    def _apply(self, chunks) -> None:
+        """Apply durable chunks to the database, in order, on the link's own thread,
+        right after their ACK went out: the primary is busy with the ack meanwhile,
+        and a separate applier thread would only fight this one for the GIL when
+        the next frame arrives. At ack level `applied` the ACK follows the apply."""
         codec = self.codec
-        while True:
-            with self._apply_cv:
-                while not self._apply_q and not self.closed:
-                    self._apply_cv.wait(0.5)
-                if not self._apply_q:
-                    return
-                batch = list(self._apply_q)
-                self._apply_q.clear()
-            try:
-                frames = []
-                for start, data in batch:
-                    off = 0
-                    while off < len(data):
-                        header, raw, nxt = codec.parse_frame(data, off, start + off)
-                        frames.append((start + off, codec.decode_records(raw, header.count)))
-                        off = nxt
-                end = batch[-1][0] + len(batch[-1][1])
-                self.stats["applied_records"] += self.db.apply_frames(frames, end)
-            except BaseException as e:
-                self.apply_error = e
-                log.error("mirror: dejournaling stopped: %s", e)
-                self._drop()
-                return
-            with self._apply_cv:
-                self._apply_bytes -= sum(len(d) for _s, d in batch)
-                self._apply_cv.notify_all()
-            if self.ack_code == wire.ACK_APPLIED:
-                sock = self._sock
-                if sock is not None:
-                    try:
-                        self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
-                    except (WireError, OSError):
-                        pass  # the link thread sees the broken connection too
+        frames = []
+        for start, data in chunks:
+            off = 0
+            while off < len(data):
+                header, raw, nxt = codec.parse_frame(data, off, start + off)
+                frames.append((start + off, codec.decode_records(raw, header.count)))
+                off = nxt
+        end = chunks[-1][0] + len(chunks[-1][1])
+        self.stats["applied_records"] += self.db.apply_frames(frames, end)
 
     def wait_applied(self, position: int, timeout_s: float) -> bool:
         """Tests and tools: wait until the database has applied up to `position`."""
