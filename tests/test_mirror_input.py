@@ -94,7 +94,10 @@ def test_bad_frames_close_only_that_connection(pair, caplog, case):
         what="the primary to close the bad connection",
     )
     sock.close()
-    assert any("C1 disconnected" in r.getMessage() for r in caplog.records)
+    wait_for(
+        lambda: any("C1 disconnected" in r.getMessage() for r in caplog.records),
+        what="the logged reason",
+    )
     assert a.database.journal.end_position == end_before  # nothing changed
     _still_serving(a, b)
 

@@ -36,6 +36,8 @@ here (the mirror core, a later issue); this module only moves and acknowledges d
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import json
 import logging
 import select
@@ -351,6 +353,9 @@ class Replicator:
         self.closed = False
         self.fenced_by: int | None = None
         self._cv = threading.Condition()
+        # Commits waiting for the Active backup: a heap of (position, seq, lock).
+        self._waiters: list[tuple[int, int, threading.Lock]] = []
+        self._seq = itertools.count()
         self._links: dict[str, _PeerLink] = {}
         self.active: _PeerLink | None = None
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=1000)
@@ -434,7 +439,7 @@ class Replicator:
             if was_active:
                 self.active = None
                 link.state.active = False
-            self._cv.notify_all()
+                self._release_waiters_locked()
         if was_active:
             self._event(
                 "backup-inactive",
@@ -492,9 +497,20 @@ class Replicator:
             else:
                 st.applied = max(st.applied, position)
             if self.active is link:
-                self._cv.notify_all()
+                # Wake exactly the commits this ack covers (no herd: the others
+                # keep sleeping until their own position is acknowledged).
+                acked = self._acked(st)
+                heap = self._waiters
+                while heap and heap[0][0] <= acked:
+                    heapq.heappop(heap)[2].release()
         if self.active is None and st.live:
             self._maybe_activate(link)
+
+    def _release_waiters_locked(self) -> None:
+        """With _cv held, after `active` changed: every waiting commit returns."""
+        for _pos, _seq, w in self._waiters:
+            w.release()
+        self._waiters.clear()
 
     # --- the commit's wait ----------------------------------------------------------------
 
@@ -514,20 +530,25 @@ class Replicator:
         if self._acked(st) >= position:
             self.stats["acked"] += 1
             return
-        deadline = time.monotonic() + self.qos_timeout_ms / 1000.0
+        w = threading.Lock()
+        w.acquire()
         with self._cv:
+            if self.active is not link:
+                self.stats["alone"] += 1
+                return  # declared not Active (and logged) before we return
+            if self._acked(st) >= position:
+                self.stats["acked"] += 1
+                return
             self.stats["waits"] += 1
-            while True:
-                if self.active is not link:
-                    self.stats["alone"] += 1
-                    return  # declared not Active (and logged) before we return
-                if self._acked(st) >= position:
-                    self.stats["acked"] += 1
-                    return
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
+            heapq.heappush(self._waiters, (position, next(self._seq), w))
+        if w.acquire(timeout=self.qos_timeout_ms / 1000.0):
+            # Released by the ack that covers us, or by the backup's declaration as
+            # not Active (which happens, and is logged, before the release).
+            if self._acked(st) >= position:
+                self.stats["acked"] += 1
+            else:
+                self.stats["alone"] += 1
+            return
         self.stats["qos_timeouts"] += 1
         link.close(
             f"no acknowledgement of position {position} within the QoS timeout "
