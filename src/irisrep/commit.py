@@ -24,6 +24,8 @@ and removes only a prefix of `_pending`; `_lock` guards the failure record.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 
 from . import crashpoints
@@ -35,7 +37,8 @@ class Committer:
     def __init__(self, journal) -> None:
         self.journal = journal
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)  # waiters for a group's sync
+        self._waiters: list = []  # (ticket, seq, lock) of committers waiting for a group
+        self._seq = itertools.count()
         self._leading = False  # a committer is writing and syncing a group
         self._io = threading.Lock()
         self._pending: list = []
@@ -112,32 +115,44 @@ class Committer:
         ticket (it may be a little further: waiting longer is safe, shorter never).
         The write daemon passes mirror=False: blocks need local durability only.
         """
-        self._sync_local(ticket)
-        rep = self.replicator
-        if mirror and rep is not None and ticket:
+        rep = self.replicator if mirror else None
+        acked = self._sync_local(ticket, rep)
+        crashpoints.hit("commit_after_sync_before_return")
+        if acked:
+            return  # the group's leader waited for the mirror on our behalf
+        if rep is not None and ticket:
             rep.wait(self._durable_position)
 
-    def _sync_local(self, ticket: int) -> None:
-        """Return when the records up to `ticket` are durable (group commit).
+    def _sync_local(self, ticket: int, rep) -> bool:
+        """Return when the records up to `ticket` are durable (group commit); True
+        when the mirror's acknowledgement was also waited for (by the leader).
 
         One committer at a time leads: it writes every pending record (its own and
-        those logged by the others meanwhile) and runs one fdatasync; then it wakes
-        all waiters at once, those now durable return, and one of the rest leads the
-        next group. Waking them together (not one lock hand-off after another) is
-        what lets 16 committers share a sync.
+        those logged by the others meanwhile) and runs one fdatasync. It then hands
+        the leadership to the lowest waiter not covered (so the next group writes and
+        syncs while this one waits for the mirror), waits for the mirror once for the
+        whole group, and wakes exactly the waiters it covered. Each waiter sleeps on
+        its own lock in a heap by ticket: one wake-up per commit, never a herd (16
+        re-sleeping threads per group cost more CPU than the commits themselves).
         """
         if self._durable >= ticket:
-            return
-        with self._cond:
-            while True:
+            return False
+        while True:
+            with self._lock:
                 if self._failure is not None:
                     raise self._error()
                 if self._durable >= ticket:
-                    return
+                    return False
                 if not self._leading:
                     self._leading = True
                     break
-                self._cond.wait()
+                entry = [ticket, next(self._seq), threading.Lock(), False]
+                entry[2].acquire()
+                heapq.heappush(self._waiters, entry)
+            entry[2].acquire()  # released: covered (and maybe acked), to lead, or failure
+            if entry[3]:
+                return True
+        group: list = []
         try:
             with self._io:
                 crashpoints.hit("commit_before_write")
@@ -154,10 +169,33 @@ class Committer:
                 self._durable_position = position
                 self._durable = upto
         finally:
-            with self._cond:
+            with self._lock:
                 self._leading = False
-                self._cond.notify_all()
-        crashpoints.hit("commit_after_sync_before_return")
+                heap = self._waiters
+                if self._failure is not None:
+                    while heap:
+                        heapq.heappop(heap)[2].release()
+                else:
+                    while heap and heap[0][0] <= self._durable:
+                        group.append(heapq.heappop(heap))
+                    if rep is None:
+                        for e in group:
+                            e[2].release()
+                        group = []
+                    if heap:
+                        heapq.heappop(heap)[2].release()  # the next group's leader
+        if rep is None:
+            return False
+        acked = False
+        try:
+            rep.wait(position)
+            acked = True
+        finally:
+            # Waiters of a failed wait (a fenced primary) wait themselves, and fail.
+            for e in group:
+                e[3] = acked
+                e[2].release()
+        return True
 
     def sync_all(self, *, mirror: bool = True) -> None:
         self.sync(self._logged, mirror=mirror)
