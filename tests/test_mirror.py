@@ -240,3 +240,95 @@ def test_epoch_is_persisted_by_copies(trio):
         wait_for(lambda m=m: m.epoch == 1, what=f"{m.name} to learn the epoch")
         st = json.loads((m.config.data_dir / "mirror.json").read_text())
         assert st["epoch"] == 1 and m.epoch == 1
+
+
+def _openssl_certs(d):
+    """A CA and one member certificate signed by it (openssl CLI), or skip."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=irisrep-test-ca",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "member.key",
+        "-out",
+        "member.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "member.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "member.pem",
+        "-days",
+        "2",
+    )
+    return d / "member.pem", d / "member.key", d / "ca.pem"
+
+
+def test_mirror_over_tls(tmp_path):
+    from irisrep.config import TLSFiles
+
+    cert, key, ca = _openssl_certs(tmp_path / "tls")
+    tls = TLSFiles(cert_file=cert, key_file=key, ca_file=ca)
+    cfgs = mirror_configs(tmp_path, tls=tls)
+    a, b = _start(cfgs[0]), _start(cfgs[1])
+    try:
+        wait_for(lambda: a.replicator.active is not None, what="an Active backup over TLS")
+        import ssl
+
+        assert isinstance(a.replicator.active.sock, ssl.SSLSocket)
+        g = a.database.globals["tls"]
+        for i in range(100):
+            g[i] = i
+        _quiesce_and_compare(a, [b])
+        # A member without the certificates cannot connect, and changes nothing.
+        from mirrorkit import KEY
+
+        from irisrep import wire
+
+        with pytest.raises((OSError, wire.WireError)):
+            wire.connect(
+                tuple(cfgs[0].me.mirror_address),
+                mirror="MIRROR1",
+                member="B",
+                key=KEY,
+                timeout_ms=2000,
+            )
+        assert a.replicator.active is not None
+    finally:
+        b.close()
+        a.close()
