@@ -46,20 +46,14 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from _machine import mount_of
 
-# Run against this checkout (src/, built in place by `make compile`), not an older
-# installed copy of the package.
-_SRC = Path(__file__).resolve().parent.parent / "src"
-if (_SRC / "irisrep").is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
-
-import numpy as np  # noqa: E402
-
-from irisrep.config import Address, MemberConfig, MirrorMember  # noqa: E402
-from irisrep.constants import QOS_TIMEOUT_DEFAULT_MS  # noqa: E402
-from irisrep.fileio import RealFS  # noqa: E402
-from irisrep.member import Member  # noqa: E402
+# The installed irisrep (`pip install .`, or `pip install -e .` for a checkout).
+from irisrep.config import Address, MemberConfig, MirrorMember
+from irisrep.constants import QOS_TIMEOUT_DEFAULT_MS
+from irisrep.fileio import RealFS
+from irisrep.member import Member
 
 CONFIGS = {
     # name: (backup running, ack level, asyncs)
@@ -129,9 +123,6 @@ class Children:
 
     def start(self, name: str, cmd: list[str], log_path: Path | None, **kw) -> subprocess.Popen:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(_SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
         env["PYTHONUNBUFFERED"] = "1"
         if log_path is not None:
             out = open(log_path, "ab")  # noqa: SIM115 (closed below, the child keeps its copy)

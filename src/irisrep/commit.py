@@ -117,7 +117,6 @@ class Committer:
         """
         rep = self.replicator if mirror else None
         acked = self._sync_local(ticket, rep)
-        crashpoints.hit("commit_after_sync_before_return")
         if acked:
             return  # the group's leader waited for the mirror on our behalf
         if rep is not None and ticket:
@@ -184,6 +183,7 @@ class Committer:
                         group = []
                     if heap:
                         heapq.heappop(heap)[2].release()  # the next group's leader
+        crashpoints.hit("commit_after_sync_before_return")
         if rep is None:
             return False
         acked = False

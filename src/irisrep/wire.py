@@ -964,6 +964,12 @@ class WireListener:
                 log.warning("connection from %s refused: %d in handshakes", addr, self._pending_max)
                 continue
             conn.setblocking(True)
+            # Frames and acks are small and latency-bound: never hold one back for
+            # the peer's ACK of the previous (Nagle), on either end.
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (a test's socketpair): nothing to turn off
             pending[conn] = time.monotonic() + self._timeout
             self._sel.register(conn, selectors.EVENT_READ, None)
 
