@@ -476,3 +476,30 @@ _member_command("start", "Start MEMBER (its agent runs `irisrep serve`).")
 _member_command("kill", "Crash MEMBER: SIGKILL, no clean stop.")
 stop = _member_command("stop", "Stop MEMBER cleanly (SIGTERM); --restart starts it again.")
 stop = click.option("--restart", is_flag=True, help="Start it again after the stop.")(stop)
+
+
+@main.command()
+@click.option("--listen", required=True, help="HOST:PORT to listen on, e.g. 127.0.0.1:7000.")
+def arbiter(listen: str) -> None:
+    """Run the arbiter: tells each failover member whether it still sees the other."""
+    import logging
+    import signal
+    import threading
+
+    from .arbiter import Arbiter
+    from .config import parse_address
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        addr = parse_address(listen)
+    except ValueError as exc:  # ConfigError is a ValueError too
+        raise click.BadParameter(f"{listen!r} {exc}", param_hint="'--listen'") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Arbiter(tuple(addr)) as arb:
+        console.print(f"irisrep arbiter listening on {arb.address[0]}:{arb.address[1]}")
+        while not stop.wait(0.5):
+            pass

@@ -148,6 +148,12 @@ MIRROR_EPOCH_FIRST = 1
 # receive acks and frames wait on the GIL behind busy ones for up to this long.
 MEMBER_SWITCH_INTERVAL_S = 0.0005
 
+# --- the arbiter (arbiter.py) -----------------------------------------------------
+ARBITER_HEARTBEAT_MS = 100  # a failover member beats this often
+ARBITER_SILENCE_MS = 1000  # a member not heard this long is no longer "seen"
+ARBITER_CONNECTIONS_MAX = 256  # open member connections; more are refused
+ARBITER_HELLO_TIMEOUT_MS = 2000  # accept to hello
+
 # --- client protocol (clientproto.py, server.py, client.py) ------------------------
 CLIENT_FRAME_BYTES_MAX = 16 * 1024 * 1024  # one request or response (a max string in UTF-8 fits)
 CLIENT_CONNECTIONS_MAX = 256  # open client connections per member; more are refused
