@@ -603,6 +603,93 @@ class Database:
             self._after_write()
         return n
 
+    def apply_rest_of_journal(self) -> int:
+        """On a mirror copy whose link is closed: apply every durable frame not yet
+        applied (a promotion must start from the whole received stream)."""
+        with self._lock:
+            self._check_open()
+            if not self.mirror_copy:
+                return 0
+            start = self.applied_position
+            end = self.journal.durable_position
+            if start >= end:
+                return 0
+            frames = [(pos, records) for pos, _h, records in self.journal.read(from_position=start)]
+        return self.apply_frames(frames, end)
+
+    def quiesce(self, timeout_s: float) -> None:
+        """Wait until no transaction is open and everything logged is durable (a
+        planned handover's clean point); TransactionError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                self._check_open()
+                if not self._open_txns:
+                    break
+            if time.monotonic() > deadline:
+                raise TransactionError(
+                    f"{len(self._open_txns)} transactions still open after {timeout_s} s"
+                )
+            time.sleep(0.005)
+        self.committer.sync_all(mirror=False)
+
+    def become_copy(self) -> None:
+        """Turn this primary's database into a read-only mirror copy that follows
+        a new primary from the end of its own journal (planned handover: quiesced,
+        so nothing is open and everything is durable and shipped)."""
+        with self._lock:
+            self._check_open()
+            if self.mirror_copy:
+                return
+            if self._open_txns:
+                raise TransactionError("become_copy: transactions are still open")
+            self.tree.protected = True
+            self.mirror_copy = True
+            self.applied_position = self.committer.write_out()
+            self._stream_txns = {}
+
+    def become_primary(self, epoch: int) -> list[int]:
+        """Turn this mirror copy into the primary's database, in epoch `epoch`.
+
+        The transactions the old primary left open in the stream can no longer
+        commit: they are rolled back from their before-images, journaled (UNDO
+        records, then TROLLBACK) in the new epoch and made durable, exactly as crash
+        recovery does. Then the database is writable. Returns the rolled-back
+        transaction ids. The caller has persisted the new epoch first."""
+        with self._lock:
+            self._check_open()
+            if not self.mirror_copy:
+                raise TransactionError("become_primary: this database is already writable")
+            self.journal.epoch = epoch
+            open_txns = dict(self._stream_txns)
+            undo_records = []
+            if open_txns:
+                start = min(open_txns.values())
+                order = []
+                for _pos, _header, records in self.journal.read(from_position=start):
+                    for rec in records:
+                        if rec[3] in open_txns and rec[0] in replay.DATA_TYPES:
+                            order.append(rec)
+                for rec in reversed(order):
+                    undo_records.extend(replay.undo(self.tree, rec, Record))
+                undo_records.extend(
+                    Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in sorted(open_txns)
+                )
+                self.tree.mod_count += 1
+                self.committer.log(undo_records)
+            self._stream_txns = {}
+            self.mirror_copy = False
+            self.tree.protected = False
+        if undo_records:
+            self.committer.sync_all(mirror=False)
+            log.warning(
+                "%s: promoted in epoch %d; rolled back %d transactions the old primary left open",
+                self.path,
+                epoch,
+                len(open_txns),
+            )
+        return sorted(open_txns)
+
     def _check_writable(self, what: str) -> None:
         if self.tree.protected:
             raise ProtectError(

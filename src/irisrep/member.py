@@ -31,7 +31,7 @@ from . import wire
 from .config import MemberConfig
 from .constants import MEMBER_SWITCH_INTERVAL_S, MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
 from .database import DEFAULT_DATABASE, Database
-from .errors import ConfigError
+from .errors import ConfigError, TransactionError
 from .mirror import CopyLink, Replicator
 
 log = logging.getLogger("irisrep.member")
@@ -91,6 +91,8 @@ class Member:
         self.kind = config.kind
         self._lock = threading.Lock()
         self._role_callbacks: list = []
+        self._role_lock = threading.RLock()
+        self.history: list[dict] = []  # role changes, newest last (irisrep history)
         self.started_at = time.time()
         os.makedirs(config.data_dir, exist_ok=True)
         self.state_path = os.path.join(config.data_dir, MIRROR_STATE_FILE_NAME)
@@ -142,47 +144,19 @@ class Member:
         )
         try:
             if primary:
-                others = {m.name: m.kind for m in c.members if m.name != self.name}
-                self.replicator = Replicator(
-                    self.database.journal,
-                    epoch=self.epoch,
-                    ack_level=c.ack_level,
-                    qos_timeout_ms=c.qos_timeout_ms,
-                    members=others,
-                )
-                self.database.committer.replicator = self.replicator
-                on_peer = self.replicator.on_peer
-            else:
-                on_peer = self._refuse_peer
+                self._start_replicator()
             self.mirror_listener = wire.WireListener(
                 tuple(c.me.mirror_address),
                 mirror=c.mirror_name,
                 member=self.name,
                 key=c.mirror_key,
                 known_members=[m.name for m in c.members if m.name != self.name],
-                on_peer=on_peer,
+                on_peer=self._on_peer,
                 ssl_context=self._ssl_context(server=True),
                 epoch=lambda: self.epoch,
             )
             if not primary:
-                candidates = [
-                    (m.name, tuple(m.mirror_address))
-                    for m in c.failover_members
-                    if m.name != self.name
-                ]
-                self.copy = CopyLink(
-                    self.database,
-                    mirror=c.mirror_name,
-                    member=self.name,
-                    key=c.mirror_key,
-                    candidates=candidates,
-                    epoch=self.epoch,
-                    ack_level=c.ack_level,
-                    qos_timeout_ms=c.qos_timeout_ms,
-                    on_epoch=self._adopt_epoch,
-                    ssl_context=self._ssl_context(server=False),
-                )
-                self.copy.start()
+                self._start_copy()
             if self._want_client_listener:
                 from .server import ClientListener
 
@@ -201,6 +175,150 @@ class Member:
             self.epoch,
         )
         return self
+
+    def _start_replicator(self) -> None:
+        c = self.config
+        others = {m.name: m.kind for m in c.members if m.name != self.name}
+        self.replicator = Replicator(
+            self.database.journal,
+            epoch=self.epoch,
+            ack_level=c.ack_level,
+            qos_timeout_ms=c.qos_timeout_ms,
+            members=others,
+        )
+        self.database.committer.replicator = self.replicator
+
+    def _start_copy(self) -> None:
+        c = self.config
+        candidates = [
+            (m.name, tuple(m.mirror_address)) for m in c.failover_members if m.name != self.name
+        ]
+        self.copy = CopyLink(
+            self.database,
+            mirror=c.mirror_name,
+            member=self.name,
+            key=c.mirror_key,
+            candidates=candidates,
+            epoch=self.epoch,
+            ack_level=c.ack_level,
+            qos_timeout_ms=c.qos_timeout_ms,
+            on_epoch=self._adopt_epoch,
+            on_handover=self._on_handover if self.kind == "failover" else None,
+            ssl_context=self._ssl_context(server=False),
+        )
+        self.copy.start()
+
+    def _on_peer(self, sock, peer) -> None:
+        """The mirror listener's callback: the primary streams to the member; any
+        other role answers with its status and closes (the caller tries the next)."""
+        rep = self.replicator
+        if self.role == "primary" and rep is not None and not rep.closed:
+            rep.on_peer(sock, peer)
+        else:
+            self._refuse_peer(sock, peer)
+
+    # --- role changes -----------------------------------------------------------------------
+
+    def _set_role(self, role: str, epoch: int, why: str) -> None:
+        """Persist the role and epoch (before anything is written in the new epoch),
+        then publish them."""
+        _write_state(self.state_path, {"epoch": epoch, "role": role})
+        old, self.role, self.epoch = self.role, role, epoch
+        self.history.append(
+            {"time": time.time(), "epoch": epoch, "from": old, "to": role, "reason": why}
+        )
+        log.warning("member %s: %s -> %s in epoch %d (%s)", self.name, old, role, epoch, why)
+        for cb in list(self._role_callbacks):
+            cb(self, old, role)
+
+    def promote(self, *, reason: str = "promoted") -> int:
+        """Make this backup (or DR async, manually) the primary; returns the new epoch.
+
+        Its link to the old primary is closed first, so nothing more arrives; every
+        durable frame is applied; the epoch is bumped and persisted; the transactions
+        the old primary left open are rolled back and journaled in the new epoch;
+        then commits are accepted and shipped to whoever connects."""
+        with self._role_lock:
+            if self.role == "primary":
+                raise TransactionError(f"member {self.name} is already primary")
+            copy, self.copy = self.copy, None
+            seen = self.epoch
+            if copy is not None:
+                copy.close()
+                seen = max(seen, copy.epoch)
+            db = self.database
+            db.apply_rest_of_journal()
+            epoch = seen + 1
+            self._set_role("primary", epoch, reason)
+            rolled_back = db.become_primary(epoch)
+            self._start_replicator()
+            if rolled_back:
+                self.history[-1]["rolled_back"] = rolled_back
+            return epoch
+
+    def _on_handover(self, end_position: int, epoch: int) -> bool:
+        """The primary hands over (planned): it has stopped committing and this
+        backup holds its whole journal (`end_position`). Called on the copy's link
+        thread; the promotion runs on its own thread (it closes that link)."""
+        if self.database.journal.durable_position != end_position:
+            log.warning(
+                "member %s: handover refused: our journal ends at %d, the primary's at %d",
+                self.name,
+                self.database.journal.durable_position,
+                end_position,
+            )
+            return False
+        threading.Thread(
+            target=self.promote, kwargs={"reason": "planned handover"}, daemon=True
+        ).start()
+        return True
+
+    def demote(self, *, reason: str = "handed over") -> None:
+        """Stop being primary (planned): no new commit is accepted, in-flight ones
+        finish, the database becomes a read-only copy that follows the new primary."""
+        with self._role_lock:
+            if self.role != "primary":
+                raise TransactionError(f"member {self.name} is not primary")
+            db = self.database
+            db.set_protect(True)
+            rep, self.replicator = self.replicator, None
+            db.committer.replicator = None
+            if rep is not None:
+                rep.close()
+            db.become_copy()
+            self._set_role("backup" if self.kind == "failover" else "async", self.epoch, reason)
+            self._start_copy()
+
+    def switchover(self, *, timeout_s: float = 30.0) -> str:
+        """Planned failover to the Active backup without losing a commit: stop
+        committing, wait until the backup has acknowledged the whole journal, tell
+        it to take over, follow it. Returns the new primary's name."""
+        with self._role_lock:
+            rep = self.replicator
+            if self.role != "primary" or rep is None:
+                raise TransactionError(f"member {self.name} is not primary")
+            link = rep.active
+            if link is None:
+                raise TransactionError("no Active backup to hand over to")
+            db = self.database
+            db.set_protect(True)  # new writes: <PROTECT>; commits in flight finish
+            try:
+                db.quiesce(timeout_s)
+                end = db.journal.end_position
+                deadline = time.monotonic() + timeout_s
+                while max(link.state.durable, link.state.applied) < end:
+                    if link.state.closed or time.monotonic() > deadline:
+                        raise TransactionError(
+                            f"backup {link.state.name} did not acknowledge position {end}"
+                        )
+                    time.sleep(0.001)
+                rep.hand_over(link, end)
+            except BaseException:
+                db.set_protect(False)
+                raise
+            target = link.state.name
+        self.demote(reason=f"switchover to {target}")
+        return target
 
     def _ssl_context(self, *, server: bool):
         tls = self.config.tls

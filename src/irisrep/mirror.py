@@ -598,6 +598,14 @@ class Replicator:
             )
         return out
 
+    def hand_over(self, link: _PeerLink, end: int) -> None:
+        """Planned handover: tell the backup (which has acknowledged `end`, the whole
+        journal) to take over. The caller has stopped committing."""
+        body = json.dumps({"handover": True, "end": end, "epoch": self.epoch}).encode()
+        with link._send_lock:
+            wire.send_frame(link.sock, wire.STATUS, self.epoch, body)
+        self._event("handover", f"handing over to {link.state.name} at position {end}")
+
     def close(self) -> None:
         self.closed = True
         self.journal.on_written = None
@@ -635,9 +643,11 @@ class CopyLink:
         ack_level: str,
         qos_timeout_ms: int,
         on_epoch=None,
+        on_handover=None,
         ssl_context=None,
     ) -> None:
         self.db = db
+        self._on_handover = on_handover
         self.journal = db.journal
         self.codec = db.journal.codec
         self.mirror = mirror
@@ -792,6 +802,20 @@ class CopyLink:
                     )
                 self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
             elif f.type == wire.STATUS:
+                try:
+                    st = json.loads(f.payload)
+                except ValueError:
+                    st = {}
+                if isinstance(st, dict) and st.get("handover") and self._on_handover:
+                    # Planned: the primary stopped committing at `end`; ours must be
+                    # the whole of it (all durable: no unflushed bytes remain here).
+                    if unflushed:
+                        self.journal.flush()
+                        chunks = list(unflushed)
+                        unflushed.clear()
+                        self._apply(chunks)
+                    if self._on_handover(int(st.get("end", -1)), f.epoch):
+                        continue
                 raise _Stale(f"not streaming: {f.payload[:200].decode('utf-8', 'replace')}")
             else:
                 raise _Stale(f"unexpected {wire.TYPE_NAMES.get(f.type)} frame")

@@ -1,0 +1,126 @@
+"""Role changes of mirror members in one process: planned switchover, promotion of a
+backup whose primary is gone, and the old primary following the new one."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from mirrorkit import dump, mirror_configs, wait_applied, wait_for
+
+import irisrep
+from irisrep.member import Member
+
+
+def _start(cfg):
+    return Member(cfg, client_listener=False).start()
+
+
+def _active(a, name=None):
+    rep = a.replicator
+    return (
+        rep is not None
+        and rep.active is not None
+        and (name is None or rep.active.state.name == name)
+    )
+
+
+def test_switchover_loses_nothing_and_roles_swap(tmp_path):
+    cfgs = mirror_configs(tmp_path, asyncs=1)
+    a, b, c = (_start(x) for x in cfgs)
+    roles = []
+    b.on_role(lambda m, old, new: roles.append((m.name, old, new)))
+    try:
+        wait_for(lambda: _active(a), what="B Active")
+        g = a.database.globals["s"]
+        for i in range(200):
+            g[i] = i
+        with a.database.transaction():
+            g["t"] = "committed before the switchover"
+        assert a.switchover() == "B"
+        wait_for(lambda: b.role == "primary", what="B primary")
+        assert a.role == "backup" and b.epoch == 2
+        assert roles == [("B", "backup", "primary")]
+        with pytest.raises(irisrep.ProtectError):
+            a.database.globals["s"][0] = "no"
+        # B takes writes, A and the async follow it in epoch 2.
+        wait_for(lambda: _active(b, "A"), what="A Active behind B")
+        gb = b.database.globals["s"]
+        for i in range(200, 300):
+            gb[i] = i
+        wait_applied([a, c], b.database.journal.end_position)
+        want = dump(b.database)
+        assert dump(a.database) == want and dump(c.database) == want
+        assert b.database.globals["s"]["t"] == "committed before the switchover"
+        assert a.epoch == 2 and c.epoch == 2
+        for m in (a, b):
+            st = json.loads((m.config.data_dir / "mirror.json").read_text())
+            assert st == {"epoch": 2, "role": m.role}
+        # And back again.
+        assert b.switchover() == "A"
+        wait_for(lambda: a.role == "primary" and _active(a, "B"), what="A primary again")
+        a.database.globals["s"]["back"] = 1
+        wait_applied([b, c], a.database.journal.end_position)
+        assert dump(b.database) == dump(a.database) == dump(c.database)
+        assert a.epoch == 3
+    finally:
+        for m in (c, b, a):
+            m.close()
+
+
+def test_promoted_backup_rolls_back_what_the_old_primary_left_open(tmp_path):
+    cfgs = mirror_configs(tmp_path)
+    a, b = _start(cfgs[0]), _start(cfgs[1])
+    try:
+        wait_for(lambda: _active(a), what="B Active")
+        g = a.database.globals["p"]
+        g["kept"] = 1
+        ready, done = threading.Event(), threading.Event()
+
+        def open_txn():
+            a.database.tstart()
+            g["uncommitted"] = 2
+            g["kept"] = 99
+            a.database.committer.sync_all()  # shipped, never committed
+            ready.set()
+            done.wait()
+
+        t = threading.Thread(target=open_txn)
+        t.start()
+        ready.wait()
+        wait_applied([b], a.database.journal.durable_position)
+        assert b.database.globals["p"]["kept"] == 99  # the copy holds the open work
+        a.close()  # the primary is gone, its transaction never ended
+        done.set()
+        t.join()
+        epoch = b.promote(reason="test: primary lost")
+        assert epoch == 2 and b.role == "primary"
+        gb = b.database.globals["p"]
+        assert gb["kept"] == 1 and ("uncommitted",) not in gb
+        assert b.history[-1]["rolled_back"]
+        gb["new"] = 3
+    finally:
+        b.close()
+        a.close()
+    # After a restart the promoted member is still primary, in epoch 2, and sound.
+    b2 = _start(cfgs[1])
+    try:
+        assert b2.role == "primary" and b2.epoch == 2
+        assert b2.database.globals["p"]["new"] == 3
+        assert ("uncommitted",) not in b2.database.globals["p"]
+    finally:
+        b2.close()
+    assert all(r.ok for r in irisrep.check_integrity(str(cfgs[1].data_dir)))
+
+
+def test_switchover_needs_an_active_backup(tmp_path):
+    cfgs = mirror_configs(tmp_path)
+    a = _start(cfgs[0])
+    try:
+        with pytest.raises(irisrep.TransactionError, match="no Active backup"):
+            a.switchover()
+        a.database.globals["x"][1] = 1  # still writable: nothing changed
+        assert a.role == "primary"
+    finally:
+        a.close()
