@@ -124,6 +124,27 @@ def test_walkthrough_commands(mirror):
     wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active after A's restart")
     assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
 
+    # A planned switchover: the report first, then the roles swap with nothing lost.
+    rep = json.loads(run("switchover", "--dir", d, "--dry-run", "--json").stdout)
+    assert rep["ok"] and rep["primary"] == "A"
+    assert [c["member"] for c in rep["candidates"] if c["eligible"]] == ["B"]
+    run("switchover", "--dir", d)
+    rows = wait_ps(d, lambda r: r["B"]["active_backup"] == "A", "A Active behind B")
+    assert rows["B"]["role"] == "primary" and rows["A"]["role"] == "backup"
+    assert rows["B"]["epoch"] == 2
+    run("session", "--dir", d, "B", "-c", 'Set ^myfirstglobal="what next?"')
+    bad = run(
+        "session", "--dir", d, "A", "-c", 'Set ^myfirstglobal="another irisrep demo!"', check=False
+    )
+    assert bad.returncode == 1 and "<PROTECT>" in bad.stderr
+    deadline = time.monotonic() + 20
+    while True:
+        out = run("session", "--dir", d, "A", "-c", "Write ^myfirstglobal").stdout.strip()
+        if out == "what next?" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert out == "what next?"
+
 
 def test_connect_routes_writes_to_the_primary(mirror):
     from pathlib import Path

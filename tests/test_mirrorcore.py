@@ -254,6 +254,7 @@ class SimMirror:
         self.host_up = {"A": True, "B": True}
         self.arb_up = True
         self.arbiter = mc.ArbiterState(silence_ms=SILENCE_MS)
+        self.arbiter_disk: tuple[int, str | None] = (0, None)  # persisted at each grant
         self.cut: set[frozenset] = set()
         self.heard: dict[tuple[str, str], int] = {}
         self.link_up: dict[tuple[str, str], bool] = {}
@@ -509,6 +510,8 @@ class SimMirror:
             self.send(ARB, src, ("report", rep))
         elif msg[0] == "ask":
             ans = self.arbiter.on_ask(src, msg[1], partner, self.now)
+            if ans.granted:
+                self.arbiter_disk = (self.arbiter.epoch, self.arbiter.primary)
             self.log(f"arbiter answers {src}: ", ans)
             self.send(ARB, src, ("answer", ans))
 
@@ -560,7 +563,7 @@ class SimMirror:
         elif r < 0.85:
             # the arbiter restarts and forgets what it recorded
             self.log("fault: arbiter restarts")
-            self.arbiter = mc.ArbiterState(silence_ms=SILENCE_MS)
+            self.arbiter = mc.ArbiterState(SILENCE_MS, *self.arbiter_disk)
         # else: a quiet period
 
     # --- the run --------------------------------------------------------------------------

@@ -503,3 +503,43 @@ def arbiter(listen: str) -> None:
         console.print(f"irisrep arbiter listening on {arb.address[0]}:{arb.address[1]}")
         while not stop.wait(0.5):
             pass
+
+
+@main.command()
+@_dir_option
+@click.option("--to", "to", default=None, help="The backup to hand over to (the Active one).")
+@click.option("--dry-run", is_flag=True, help="Only print the eligibility report.")
+@click.option("--json", "as_json", is_flag=True)
+def switchover(dir_, to, dry_run, as_json) -> None:
+    """Planned failover: the primary stops committing, its Active backup takes over."""
+    from .deploy import deploy_dir, eligibility
+    from .deploy import switchover as deploy_switchover
+
+    d = deploy_dir(dir_)
+    rep = _deploy_call(eligibility, d)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        console.print(
+            f"primary {rep['primary']} (epoch {rep.get('epoch')}): "
+            f"switchover {'possible' if rep['ok'] else 'NOT possible'}: {rep['why']}"
+        )
+        for c in rep["candidates"]:
+            mark = "eligible" if c["eligible"] else "not eligible"
+            console.print(f"  {c['member']}: {mark} ({c['why']}; epoch {c['epoch']})")
+    if dry_run:
+        sys.exit(0 if rep["ok"] else 1)
+    new = _deploy_call(deploy_switchover, d, to)
+    console.print(f"switched over: {new} is primary")
+
+
+@main.command()
+@_dir_option
+@click.argument("member")
+def promote(dir_, member) -> None:
+    """Make MEMBER (a backup whose primary is gone, or a DR async) the primary."""
+    from .deploy import deploy_dir
+    from .deploy import promote as deploy_promote
+
+    epoch = _deploy_call(deploy_promote, deploy_dir(dir_), member)
+    console.print(f"{member} is primary in epoch {epoch}")

@@ -365,6 +365,15 @@ class Connection:
         """The member's status (as `irisrep ps --json` shows it)."""
         return json.loads(self._request(("status",)))
 
+    def switchover(self) -> str:
+        """Ask the primary for a planned failover to its Active backup; the new
+        primary's name. This connection then talks to a backup."""
+        return self._request(("switchover",), lock_timeout=None)
+
+    def promote(self) -> int:
+        """Make the connected backup or DR async the primary; the new epoch."""
+        return self._request(("promote",), lock_timeout=None)
+
     def global_(self, name: str) -> RemoteGlobal:
         return RemoteGlobal(self, name)
 

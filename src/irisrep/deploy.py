@@ -362,6 +362,76 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
     return stopped
 
 
+# --- switchover / promote ----------------------------------------------------------------
+
+
+def eligibility(dirpath: Path) -> dict:
+    """Who could take over now, and why (or why not): the switchover report."""
+    statuses = {s.get("member"): s for s in member_statuses(dirpath)}
+    primary = next((s for s in statuses.values() if s.get("role") == "primary"), None)
+    if primary is None:
+        return {"primary": None, "candidates": [], "ok": False, "why": "no member is primary"}
+    cands = []
+    for p in primary.get("peers", []):
+        if p["kind"] != "failover":
+            continue
+        reasons = []
+        if not p["active"]:
+            reasons.append("not Active")
+        if p["lag_bytes"]:
+            reasons.append(f"{p['lag_bytes']} bytes behind")
+        cands.append(
+            {
+                "member": p["member"],
+                "active": p["active"],
+                "caught_up": not p["lag_bytes"],
+                "epoch": statuses.get(p["member"], {}).get("epoch"),
+                "arbiter_link": "none configured",
+                "eligible": not reasons,
+                "why": ", ".join(reasons) or "Active and caught up",
+            }
+        )
+    ok = any(c["eligible"] for c in cands)
+    why = "an Active backup is caught up" if ok else "no Active backup"
+    return {
+        "primary": primary["member"],
+        "epoch": primary.get("epoch"),
+        "candidates": cands,
+        "ok": ok,
+        "why": why,
+    }
+
+
+def _connect_to(dirpath: Path, member: str):
+    from .client import connect_member
+
+    m = next((x for x in load(dirpath)["members"] if x["name"] == member), None)
+    if m is None:
+        raise DeployError(f"no member {member!r} in {dirpath}")
+    user, password = credentials(dirpath)
+    return connect_member(m["client_address"], user=user, password=password)
+
+
+def switchover(dirpath: Path, to: str | None = None) -> str:
+    """Planned failover from the primary to its Active backup; the new primary."""
+    rep = eligibility(dirpath)
+    if not rep["ok"]:
+        raise DeployError(f"switchover not possible: {rep['why']}")
+    if to is not None and not any(c["member"] == to and c["eligible"] for c in rep["candidates"]):
+        raise DeployError(f"{to} is not an eligible backup: {rep['candidates']}")
+    with _connect_to(dirpath, rep["primary"]) as conn:
+        return conn.switchover()
+
+
+def promote(dirpath: Path, member: str) -> int:
+    """Manual promotion (a DR async or a backup whose primary is gone)."""
+    with _connect_to(dirpath, member) as conn:
+        st = conn.status()
+        if st.get("role") == "primary":
+            raise DeployError(f"{member} is already primary")
+        return conn.promote()
+
+
 # --- session ---------------------------------------------------------------------------------
 
 

@@ -883,12 +883,18 @@ class ArbiterState:
     grants a takeover at epoch e+1 to the backup only if it recorded the other member
     as primary in epoch e in arbiter-controlled mode and has lost it too (no status
     within `silence_ms`). A grant is recorded before it is answered, so it is given
-    once, and a later status from the old primary learns of the newer epoch."""
+    once, and a later status from the old primary learns of the newer epoch.
 
-    def __init__(self, silence_ms: int) -> None:
+    The arbiter must persist `(epoch, primary)` after a grant and before answering it,
+    and a restarted arbiter starts from them (`ArbiterState(silence_ms, epoch,
+    primary)`): an arbiter that forgot a grant could confirm agent mode to the old
+    primary, which would then commit alone beside the new one. The mode need not
+    persist: a restarted arbiter records agent mode, which grants nothing."""
+
+    def __init__(self, silence_ms: int, epoch: int = 0, primary: str | None = None) -> None:
         self.silence_ms = silence_ms
-        self.epoch = 0
-        self.primary: str | None = None
+        self.epoch = epoch
+        self.primary = primary
         self.mode = AGENT
         self.mode_seq = 0
         self.last_heard: dict[str, int] = {}

@@ -511,6 +511,22 @@ class ClientListener:
         _arity(req, 0)
         return json.dumps(self.host.status(), sort_keys=True, default=str)
 
+    def _op_switchover(self, session, req):
+        """Planned failover to the Active backup (admin). Returns its name."""
+        _arity(req, 0)
+        fn = getattr(self.host, "switchover", None)
+        if fn is None:
+            raise IrisrepError("this member cannot switch over (not a mirror member)")
+        return fn()
+
+    def _op_promote(self, session, req):
+        """Make this backup or DR async the primary (admin, manual). Returns the epoch."""
+        _arity(req, 0)
+        fn = getattr(self.host, "promote", None)
+        if fn is None:
+            raise IrisrepError("this member cannot be promoted (not a mirror member)")
+        return fn(reason="promoted by an operator")
+
     def _op_globals(self, session, req):
         _arity(req, 0)
         return self.host.database.global_names()
