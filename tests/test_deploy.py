@@ -119,19 +119,13 @@ def test_walkthrough_commands(mirror):
     run("start", "--dir", d, "B")
     wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active again")
 
-    # The primary restarted cleanly comes back as primary; the backup follows again.
+    # The walkthrough: the primary stopped cleanly hands over to its Active backup and,
+    # restarted, rejoins as backup; the new primary takes writes, the old refuses them.
     run("stop", "--dir", d, "--restart", "A")
-    wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active after A's restart")
-    assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
-
-    # A planned switchover: the report first, then the roles swap with nothing lost.
-    rep = json.loads(run("switchover", "--dir", d, "--dry-run", "--json").stdout)
-    assert rep["ok"] and rep["primary"] == "A"
-    assert [c["member"] for c in rep["candidates"] if c["eligible"]] == ["B"]
-    run("switchover", "--dir", d)
     rows = wait_ps(d, lambda r: r["B"]["active_backup"] == "A", "A Active behind B")
     assert rows["B"]["role"] == "primary" and rows["A"]["role"] == "backup"
-    assert rows["B"]["epoch"] == 2
+    assert rows["B"]["epoch"] == 2 and rows["A"]["epoch"] == 2
+    assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
     run("session", "--dir", d, "B", "-c", 'Set ^myfirstglobal="what next?"')
     bad = run(
         "session", "--dir", d, "A", "-c", 'Set ^myfirstglobal="another irisrep demo!"', check=False
@@ -144,6 +138,24 @@ def test_walkthrough_commands(mirror):
             break
         time.sleep(0.1)
     assert out == "what next?"
+
+    # A planned switchover back: the report first, then the roles swap, nothing lost.
+    rep = json.loads(run("switchover", "--dir", d, "--dry-run", "--json").stdout)
+    assert rep["ok"] and rep["primary"] == "B"
+    assert [c["member"] for c in rep["candidates"] if c["eligible"]] == ["A"]
+    run("switchover", "--dir", d)
+    rows = wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active behind A")
+    assert rows["A"]["role"] == "primary" and rows["B"]["role"] == "backup"
+    assert rows["A"]["epoch"] == 3
+    assert run("session", "--dir", d, "A", "-c", "Write ^myfirstglobal").stdout.strip() == (
+        "what next?"
+    )
+    # --nofailover: the primary just stops; nobody takes over.
+    run("stop", "--dir", d, "--nofailover", "A")
+    rows = wait_ps(d, lambda r: r["A"]["status"] == "Down", "A down")
+    assert rows["B"]["role"] == "backup"
+    run("start", "--dir", d, "A")
+    wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active behind A again")
 
 
 def test_connect_routes_writes_to_the_primary(mirror):

@@ -7,7 +7,9 @@ UNIX socket (one JSON object per line, one reply per line):
     {"op": "status"}    -> {"ok": true, "member": ..., "running": bool, "pid": ...,
                             "exit_code": int|null, "agent_pid": ..., "starts": n}
     {"op": "start"}     -> starts the member if it is not running
-    {"op": "stop"}      -> SIGTERM (a clean stop), SIGKILL after `stop_timeout_s`
+    {"op": "stop"}      -> SIGTERM (a clean stop; a primary first hands over to an
+                           Active backup), SIGKILL after `stop_timeout_s`
+    {"op": "stop-nofailover"} -> SIGUSR1: a clean stop without the handover
     {"op": "kill"}      -> SIGKILL at once (a crash, for tests and `irisrep kill`)
     {"op": "shutdown"}  -> stop the member, then the agent exits
 
@@ -85,9 +87,11 @@ class Agent:
         log.warning("agent: started member %s (pid %d)", self.member, self.child.pid)
         return self.status()
 
-    def stop(self, timeout_s: float = AGENT_STOP_TIMEOUT_S) -> dict:
+    def stop(self, timeout_s: float = AGENT_STOP_TIMEOUT_S, *, nofailover: bool = False) -> dict:
+        """A clean stop: SIGTERM (a primary hands over to an Active backup first), or
+        SIGUSR1 with `nofailover` (it just stops); SIGKILL after `timeout_s`."""
         if self.running():
-            self.child.send_signal(signal.SIGTERM)
+            self.child.send_signal(signal.SIGUSR1 if nofailover else signal.SIGTERM)
             try:
                 self.child.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -132,11 +136,14 @@ class Agent:
             return self.start()
         if op == "stop":
             return self.stop()
+        if op == "stop-nofailover":
+            return self.stop(nofailover=True)
         if op == "kill":
             return self.kill()
         if op == "shutdown":
+            # `irisrep down`: everything stops; no handover between dying members.
             self.stopping = True
-            return self.stop()
+            return self.stop(nofailover=True)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def serve(self) -> int:
@@ -171,7 +178,7 @@ class Agent:
                         except (OSError, ValueError) as e:
                             log.warning("agent: control request failed: %s", e)
         finally:
-            self.stop()
+            self.stop(nofailover=True)
             sel.close()
             srv.close()
             try:

@@ -463,7 +463,7 @@ def _member_command(op: str, doc: str):
         from .deploy import deploy_dir, member_op
 
         d = deploy_dir(dir_)
-        st = _deploy_call(member_op, d, member, op)
+        st = _deploy_call(member_op, d, member, "stop-nofailover" if kw.get("nofailover") else op)
         if kw.get("restart"):
             st = _deploy_call(member_op, d, member, "start")
         state = f"running (pid {st['pid']})" if st.get("running") else "stopped"
@@ -476,6 +476,9 @@ _member_command("start", "Start MEMBER (its agent runs `irisrep serve`).")
 _member_command("kill", "Crash MEMBER: SIGKILL, no clean stop.")
 stop = _member_command("stop", "Stop MEMBER cleanly (SIGTERM); --restart starts it again.")
 stop = click.option("--restart", is_flag=True, help="Start it again after the stop.")(stop)
+stop = click.option(
+    "--nofailover", is_flag=True, help="A primary stops without handing over to its backup."
+)(stop)
 
 
 @main.command()

@@ -31,7 +31,7 @@ from . import wire
 from .config import MemberConfig
 from .constants import MEMBER_SWITCH_INTERVAL_S, MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
 from .database import DEFAULT_DATABASE, Database
-from .errors import ConfigError, TransactionError
+from .errors import ConfigError, IrisrepError, TransactionError
 from .mirror import CopyLink, Replicator
 
 log = logging.getLogger("irisrep.member")
@@ -434,7 +434,12 @@ class Member:
 
 
 def serve(config_path: str) -> int:
-    """`irisrep serve --config FILE`: run one member until SIGTERM or SIGINT."""
+    """`irisrep serve --config FILE`: run one member until a signal stops it.
+
+    SIGTERM is a planned stop: a primary with an Active backup hands over to it
+    first (IRIS: a primary stopped normally fails over to its backup), then stops
+    as a backup. SIGUSR1 stops without handing over (`irisrep stop --nofailover`);
+    SIGINT too."""
     import signal
 
     from .config import load_config
@@ -442,12 +447,15 @@ def serve(config_path: str) -> int:
     config = load_config(config_path)
     member = Member(config).start()
     stop = threading.Event()
+    handover = [False]
 
-    def _stop(_signo, _frame) -> None:
+    def _stop(signo, _frame) -> None:
+        handover[0] = signo == signal.SIGTERM
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGUSR1, _stop)
     print(
         f"irisrep: member {member.name} of mirror {config.mirror_name} serving as "
         f"{member.role}: mirror {config.me.mirror_address}, clients {config.me.client_address}",
@@ -456,6 +464,12 @@ def serve(config_path: str) -> int:
     try:
         while not stop.wait(0.5):
             pass
+        if handover[0] and member.role == "primary":
+            try:
+                new = member.switchover(timeout_s=10.0)
+                print(f"irisrep: handed over to {new} before stopping", flush=True)
+            except IrisrepError as e:
+                print(f"irisrep: stopping without a handover: {e}", flush=True)
     finally:
         member.close()
     return 0
