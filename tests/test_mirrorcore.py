@@ -561,7 +561,7 @@ class SimMirror:
                 self.feed(m, mc.StopRequested(nofailover=nofailover))
                 self.at(heal, "start", m)
         elif r < 0.85:
-            # the arbiter restarts and forgets what it recorded
+            # the arbiter restarts: it keeps only what it persisted at its last grant
             self.log("fault: arbiter restarts")
             self.arbiter = mc.ArbiterState(SILENCE_MS, *self.arbiter_disk)
         # else: a quiet period

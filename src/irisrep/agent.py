@@ -16,9 +16,18 @@ UNIX socket (one JSON object per line, one reply per line):
 Promises: it never restarts a member on its own (a crashed member stays down until
 asked: deciding what happens after a crash is the mirror's job); the socket is
 created inside the deployment directory (mode 0600), so only its owner can talk to
-it; a bad request gets {"ok": false, "error": ...} and changes nothing. Serving the
-journal tail of a member that is down, and saying whether a member is down to its
-partner, are the failover issue's additions.
+it; a bad request gets {"ok": false, "error": ...} and changes nothing.
+
+When the member's config gives it an `agent_address`, the agent also listens there
+for the mirror's other members (the mirror's framed transport and key handshake,
+docs/wire-format.md), so that a backup whose primary went silent can ask the
+primary's host (DESIGN.md section 3, "a crashed primary process on a live host"):
+
+    STATUS {"op": "member-status"}      -> STATUS {"member", "down", "pid", "exit_code"}
+    STATUS {"op": "force-down"}         -> SIGKILL a hung member, then as member-status
+    STATUS {"op": "journal-tail", "from": P}
+        -> JOURNAL frames with the member's journal from P, byte for byte, then
+           STATUS {"end": E}; refused while the member runs (ask the member then).
 """
 
 from __future__ import annotations
@@ -29,9 +38,13 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+
+from .constants import JOURNAL_DIR_NAME
 
 log = logging.getLogger("irisrep.agent")
 
@@ -52,7 +65,9 @@ class Agent:
         self.log_path = log_path or os.path.join(os.path.dirname(self.config_path), "member.log")
         from .config import load_config
 
-        self.member = load_config(self.config_path).member_name
+        self.config = load_config(self.config_path)
+        self.member = self.config.member_name
+        self.listener = None
         self.child: subprocess.Popen | None = None
         self.starts = 0
         self.exit_code: int | None = None
@@ -161,6 +176,7 @@ class Agent:
         sel.register(srv, selectors.EVENT_READ)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
+        self._start_listener()
         self.start()
         try:
             while not self.stopping:
@@ -178,6 +194,8 @@ class Agent:
                         except (OSError, ValueError) as e:
                             log.warning("agent: control request failed: %s", e)
         finally:
+            if self.listener is not None:
+                self.listener.close()
             self.stop(nofailover=True)
             sel.close()
             srv.close()
@@ -186,6 +204,128 @@ class Agent:
             except FileNotFoundError:
                 pass
         return 0
+
+    # --- the mirror-facing listener ------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        from . import wire
+
+        c = self.config
+        addr = c.me.agent_address
+        if addr is None:
+            return
+        self.listener = wire.WireListener(
+            tuple(addr),
+            mirror=c.mirror_name,
+            member=self.member,
+            key=c.mirror_key,
+            known_members=[m.name for m in c.members if m.name != self.member],
+            on_peer=lambda sock, peer: threading.Thread(
+                target=self._serve_peer, args=(sock, peer), daemon=True
+            ).start(),
+        )
+
+    def _journal_dir(self) -> str:
+        c = self.config
+        return str(c.journal_dir if c.journal_dir is not None else c.data_dir / JOURNAL_DIR_NAME)
+
+    def _serve_peer(self, sock, peer) -> None:
+        from . import wire
+        from .errors import WireError
+        from .fileio import RealFS
+        from .journal import read_raw_stream
+        from .mirror import count_frames
+
+        try:
+            reader = wire.FrameReader(sock)
+            f = reader.read_frame(idle_timeout_ms=5000)
+            if f.type != wire.STATUS:
+                raise WireError("payload", f"expected a STATUS request, got type {f.type}")
+            req = json.loads(f.payload)
+            op = req.get("op") if isinstance(req, dict) else None
+            log.warning("agent: %s asks %s", peer.member, op)
+            if op == "force-down":
+                self.kill()
+                op = "member-status"
+            if op == "member-status":
+                st = self.status()
+                reply = {
+                    "member": self.member,
+                    "down": not st["running"],
+                    "pid": st["pid"],
+                    "exit_code": st["exit_code"],
+                }
+                wire.send_frame(sock, wire.STATUS, 0, json.dumps(reply).encode())
+            elif op == "journal-tail":
+                pos = req.get("from")
+                if not isinstance(pos, int) or pos < 0:
+                    raise WireError("payload", f"bad journal-tail position {pos!r}")
+                if self.running():
+                    raise WireError("payload", "the member is running: ask it, not its agent")
+                fs = RealFS()
+                while True:
+                    data = read_raw_stream(fs, self._journal_dir(), pos, None, 4 << 20)
+                    if not data:
+                        break
+                    payload = struct.pack("<I", count_frames(data)) + data
+                    wire.send_frame(sock, wire.JOURNAL, 0, payload)
+                    pos += len(data)
+                wire.send_frame(sock, wire.STATUS, 0, json.dumps({"end": pos}).encode())
+            else:
+                raise WireError("payload", f"unknown agent request {op!r}")
+        except (OSError, ValueError, WireError) as e:
+            log.warning("agent: request from %s failed: %s", peer.member, e)
+        finally:
+            sock.close()
+
+
+def ask(address, *, mirror: str, member: str, key, op: str, **args) -> dict:
+    """Ask a host agent one question (member-status, force-down); its JSON answer.
+    OSError or WireError when the agent cannot be reached: the host may be gone."""
+    from . import wire
+
+    sock, _peer = wire.connect(
+        tuple(address), mirror=mirror, member=member, key=key, timeout_ms=2000
+    )
+    try:
+        wire.send_frame(sock, wire.STATUS, 0, json.dumps({"op": op, **args}).encode())
+        f = wire.FrameReader(sock).read_frame(idle_timeout_ms=5000)
+        if f.type != wire.STATUS:
+            raise wire.WireError("payload", f"unexpected frame type {f.type}")
+        return json.loads(f.payload)
+    finally:
+        sock.close()
+
+
+def fetch_tail(address, *, mirror: str, member: str, key, from_position: int) -> bytes:
+    """The journal of a member that is down, from `from_position`, through its host
+    agent, exactly as written (the caller verifies it by appending it)."""
+    from . import wire
+
+    sock, _peer = wire.connect(
+        tuple(address), mirror=mirror, member=member, key=key, timeout_ms=2000
+    )
+    try:
+        wire.send_frame(
+            sock, wire.STATUS, 0, json.dumps({"op": "journal-tail", "from": from_position}).encode()
+        )
+        reader = wire.FrameReader(sock)
+        out = []
+        while True:
+            f = reader.read_frame(idle_timeout_ms=10000)
+            if f.type == wire.JOURNAL:
+                wire.decode_journal_batch(f.payload)
+                out.append(bytes(memoryview(f.payload)[4:]))
+            elif f.type == wire.STATUS:
+                end = json.loads(f.payload).get("end")
+                data = b"".join(out)
+                if end != from_position + len(data):
+                    raise wire.WireError("payload", f"journal tail ends at {end}, got {len(data)}")
+                return data
+            else:
+                raise wire.WireError("payload", f"unexpected frame type {f.type}")
+    finally:
+        sock.close()
 
 
 def _read_line(conn) -> bytes:

@@ -80,6 +80,7 @@ __all__ = [
     "dump_lines",
     "verify_dir",
     "read_stream",
+    "read_raw_stream",
 ]
 
 # The commit path's crash points in the order a group commit passes them.
@@ -554,6 +555,53 @@ def read_stream(
             later = scan.later_valid_frame()
             if later is not None:
                 raise _corrupt_after(info, stop, later)
+
+
+def read_raw_stream(
+    fs,
+    dirpath: str,
+    from_position: int,
+    to_position: int | None,
+    max_bytes: int,
+    *,
+    codec=None,
+) -> bytes:
+    """Read-only: the journal's bytes from `from_position` (a frame start), whole
+    verified frames, up to `to_position` (None: the end of the stream) and at most
+    `max_bytes` (but at least one frame), exactly as written. b"" at the end. Used to
+    ship frames to a member that is catching up, and by a host agent serving the
+    journal tail of a member that is down (it never opens the journal for writing)."""
+    codec = _resolve_codec(codec)
+    files = list_journal_files(fs, dirpath)
+    if not files or from_position < files[0].start_position:
+        first = files[0].start_position if files else 0
+        raise ValueError(
+            f"position {from_position} is no longer in the journal (the first file "
+            f"starts at {first}; older files were purged)"
+        )
+    idx = max(i for i, inf in enumerate(files) if inf.start_position <= from_position)
+    out: list[bytes] = []
+    size = 0
+    pos = from_position
+    for k in range(idx, len(files)):
+        info = files[k]
+        if k > idx:
+            pos = info.start_position
+        buf = _read_path(fs, info.path)
+        scan = _FileScan(codec, buf, info, JOURNAL_HEADER_BYTES + pos - info.start_position)
+        for off, fpos, _header, _raw, nxt in scan:
+            if (to_position is not None and fpos >= to_position) or (
+                out and size + nxt - off > max_bytes
+            ):
+                return b"".join(out)
+            out.append(buf[off:nxt])
+            size += nxt - off
+        if k + 1 < len(files) and scan.end_position != files[k + 1].start_position:
+            raise JournalCorruptError(
+                f"{info.name} ends at position {scan.end_position} but "
+                f"{files[k + 1].name} starts at {files[k + 1].start_position}"
+            )
+    return b"".join(out)
 
 
 # --- the journal ----------------------------------------------------------------------
@@ -1195,36 +1243,9 @@ class Journal:
         exactly as written: what a mirror primary sends a member that is catching up.
         Every frame is verified on the way. b"" when there is nothing yet."""
         self._check()
-        files = list_journal_files(self.fs, self.dirpath)
-        if not files or from_position < files[0].start_position:
-            first = files[0].start_position if files else 0
-            raise ValueError(
-                f"position {from_position} is no longer in the journal (the first file "
-                f"starts at {first}; older files were purged)"
-            )
-        idx = max(i for i, inf in enumerate(files) if inf.start_position <= from_position)
-        out: list[bytes] = []
-        size = 0
-        pos = from_position
-        for k in range(idx, len(files)):
-            info = files[k]
-            if k > idx:
-                pos = info.start_position
-            buf = _read_path(self.fs, info.path)
-            scan = _FileScan(
-                self.codec, buf, info, JOURNAL_HEADER_BYTES + pos - info.start_position
-            )
-            for off, fpos, _header, _raw, nxt in scan:
-                if fpos >= to_position or (out and size + nxt - off > max_bytes):
-                    return b"".join(out)
-                out.append(buf[off:nxt])
-                size += nxt - off
-            if k + 1 < len(files) and scan.end_position != files[k + 1].start_position:
-                raise JournalCorruptError(
-                    f"{info.name} ends at position {scan.end_position} but "
-                    f"{files[k + 1].name} starts at {files[k + 1].start_position}"
-                )
-        return b"".join(out)
+        return read_raw_stream(
+            self.fs, self.dirpath, from_position, to_position, max_bytes, codec=self.codec
+        )
 
     def purge(self, keep_from_position: int, older_than_days: float, now: int | None = None):
         """Remove whole files that end at or before `keep_from_position` and were
