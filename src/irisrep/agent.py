@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 
-from .constants import JOURNAL_DIR_NAME
+from .constants import JOURNAL_DIR_NAME, MIRROR_STATE_FILE_NAME, TAIL_SERVED_FILE_NAME
 
 log = logging.getLogger("irisrep.agent")
 
@@ -72,6 +72,7 @@ class Agent:
         self.starts = 0
         self.exit_code: int | None = None
         self.stopping = False
+        self.nofailover_stop = False  # the member was last stopped with --nofailover
 
     # --- the member process -------------------------------------------------------------
 
@@ -99,6 +100,7 @@ class Agent:
             out.close()
         self.starts += 1
         self.exit_code = None
+        self.nofailover_stop = False
         log.warning("agent: started member %s (pid %d)", self.member, self.child.pid)
         return self.status()
 
@@ -106,6 +108,7 @@ class Agent:
         """A clean stop: SIGTERM (a primary hands over to an Active backup first), or
         SIGUSR1 with `nofailover` (it just stops); SIGKILL after `timeout_s`."""
         if self.running():
+            self.nofailover_stop = nofailover
             self.child.send_signal(signal.SIGUSR1 if nofailover else signal.SIGTERM)
             try:
                 self.child.wait(timeout_s)
@@ -225,6 +228,27 @@ class Agent:
             ).start(),
         )
 
+    def _member_epoch(self) -> int:
+        try:
+            with open(self.config.data_dir / MIRROR_STATE_FILE_NAME, "rb") as f:
+                return int(json.loads(f.read(65536)).get("epoch", 0))
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    def _record_tail_served(self) -> None:
+        path = self.config.data_dir / TAIL_SERVED_FILE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, f"{time.time()}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dfd = os.open(self.config.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def _journal_dir(self) -> str:
         c = self.config
         return str(c.journal_dir if c.journal_dir is not None else c.data_dir / JOURNAL_DIR_NAME)
@@ -233,7 +257,7 @@ class Agent:
         from . import wire
         from .errors import WireError
         from .fileio import RealFS
-        from .journal import read_raw_stream
+        from .journal import read_raw_stream, stream_end
         from .mirror import count_frames
 
         try:
@@ -254,7 +278,12 @@ class Agent:
                     "down": not st["running"],
                     "pid": st["pid"],
                     "exit_code": st["exit_code"],
+                    "nofailover": self.nofailover_stop,
                 }
+                if reply["down"]:
+                    # What a takeover needs: where its journal ends, the epoch it had.
+                    reply["journal_end"] = stream_end(RealFS(), self._journal_dir())
+                    reply["epoch"] = self._member_epoch()
                 wire.send_frame(sock, wire.STATUS, 0, json.dumps(reply).encode())
             elif op == "journal-tail":
                 pos = req.get("from")
@@ -262,6 +291,10 @@ class Agent:
                     raise WireError("payload", f"bad journal-tail position {pos!r}")
                 if self.running():
                     raise WireError("payload", "the member is running: ask it, not its agent")
+                # Recorded (durably) before a byte is served: the partner may now take
+                # over with it, so the member must never come back as primary on its
+                # own word (member.py reads this file on start).
+                self._record_tail_served()
                 fs = RealFS()
                 while True:
                     data = read_raw_stream(fs, self._journal_dir(), pos, None, 4 << 20)

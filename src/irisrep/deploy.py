@@ -125,7 +125,7 @@ def up(
         raise DeployError(f"--asyncs {asyncs}: a mirror has at most 14 async members")
     dirpath.mkdir(parents=True, exist_ok=True)
     names = ["A", "B"] + [f"C{i + 1}" for i in range(asyncs)]
-    ports = _pick_ports(base_port, 2 * len(names))
+    ports = _pick_ports(base_port, 3 * len(names))
     key_path = dirpath / KEY_FILE
     if not key_path.exists():
         _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
@@ -140,8 +140,9 @@ def up(
         MirrorMember(
             name=n,
             kind="failover" if i < 2 else "async-dr",
-            mirror_address=Address("127.0.0.1", ports[2 * i]),
-            client_address=Address("127.0.0.1", ports[2 * i + 1]),
+            mirror_address=Address("127.0.0.1", ports[3 * i]),
+            client_address=Address("127.0.0.1", ports[3 * i + 1]),
+            agent_address=Address("127.0.0.1", ports[3 * i + 2]),
         )
         for i, n in enumerate(names)
     )
@@ -169,6 +170,7 @@ def up(
                 "initial": "+" if i == 0 else "-" if i == 1 else "",
                 "mirror_address": str(m.mirror_address),
                 "client_address": str(m.client_address),
+                "agent_address": str(m.agent_address),
                 "data_dir": str(mdir / "data"),
                 "config": str(mdir / "member.toml"),
             }

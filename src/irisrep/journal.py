@@ -81,6 +81,7 @@ __all__ = [
     "verify_dir",
     "read_stream",
     "read_raw_stream",
+    "stream_end",
 ]
 
 # The commit path's crash points in the order a group commit passes them.
@@ -555,6 +556,16 @@ def read_stream(
             later = scan.later_valid_frame()
             if later is not None:
                 raise _corrupt_after(info, stop, later)
+
+
+def stream_end(fs, dirpath: str, *, codec=None) -> int:
+    """Read-only: the stream position after the last valid frame (0 with no files)."""
+    codec = _resolve_codec(codec)
+    files = list_journal_files(fs, dirpath)
+    if not files:
+        return 0
+    info = files[-1]
+    return _FileScan(codec, _read_path(fs, info.path), info).run().end_position
 
 
 def read_raw_stream(

@@ -29,7 +29,12 @@ import time
 
 from . import wire
 from .config import MemberConfig
-from .constants import MEMBER_SWITCH_INTERVAL_S, MIRROR_EPOCH_FIRST, MIRROR_STATE_FILE_NAME
+from .constants import (
+    MEMBER_SWITCH_INTERVAL_S,
+    MIRROR_EPOCH_FIRST,
+    MIRROR_STATE_FILE_NAME,
+    TAIL_SERVED_FILE_NAME,
+)
 from .database import DEFAULT_DATABASE, Database
 from .errors import ConfigError, IrisrepError, TransactionError
 from .mirror import CopyLink, Replicator
@@ -104,8 +109,23 @@ class Member:
             _write_state(self.state_path, st)
         self.epoch = st["epoch"]
         self.role = st["role"]
+        served = os.path.join(config.data_dir, TAIL_SERVED_FILE_NAME)
+        if os.path.exists(served):
+            # While this member was down its agent served its journal tail to the
+            # partner, which may have taken over with it: never come back as primary
+            # on our own word (DESIGN.md section 3); follow whoever is primary now.
+            if self.role == "primary":
+                log.warning(
+                    "member %s: its journal tail was served while it was down: "
+                    "restarting as backup, not primary",
+                    self.name,
+                )
+                _write_state(self.state_path, {"epoch": self.epoch, "role": "backup"})
+                self.role = "backup"
+            os.remove(served)
         self.replicator: Replicator | None = None
         self.copy: CopyLink | None = None
+        self.driver = None  # failover.BackupDriver on a failover backup
         self.database: Database | None = None
         self.mirror_listener: wire.WireListener | None = None
         self.client_listener = None
@@ -207,6 +227,10 @@ class Member:
             ssl_context=self._ssl_context(server=False),
         )
         self.copy.start()
+        if self.kind == "failover" and self.role == "backup":
+            from .failover import BackupDriver
+
+            self.driver = BackupDriver(self).start()
 
     def _on_peer(self, sock, peer) -> None:
         """The mirror listener's callback: the primary streams to the member; any
@@ -231,7 +255,7 @@ class Member:
         for cb in list(self._role_callbacks):
             cb(self, old, role)
 
-    def promote(self, *, reason: str = "promoted") -> int:
+    def promote(self, *, reason: str = "promoted", epoch: int | None = None) -> int:
         """Make this backup (or DR async, manually) the primary; returns the new epoch.
 
         Its link to the old primary is closed first, so nothing more arrives; every
@@ -246,9 +270,12 @@ class Member:
             if copy is not None:
                 copy.close()
                 seen = max(seen, copy.epoch)
+            if self.driver is not None:
+                self.driver.close()
+                self.driver = None
             db = self.database
             db.apply_rest_of_journal()
-            epoch = seen + 1
+            epoch = max(seen + 1, epoch or 0)
             self._set_role("primary", epoch, reason)
             rolled_back = db.become_primary(epoch)
             self._start_replicator()
@@ -372,6 +399,8 @@ class Member:
             self.client_listener.close()
         if self.mirror_listener is not None:
             self.mirror_listener.close()
+        if self.driver is not None:
+            self.driver.close()
         if self.copy is not None:
             self.copy.close()
         if self.replicator is not None:
@@ -445,7 +474,6 @@ def serve(config_path: str) -> int:
     from .config import load_config
 
     config = load_config(config_path)
-    member = Member(config).start()
     stop = threading.Event()
     handover = [False]
 
@@ -453,9 +481,12 @@ def serve(config_path: str) -> int:
         handover[0] = signo == signal.SIGTERM
         stop.set()
 
+    # Before the member starts: a stop that arrives while it starts (it may already
+    # be streaming) must be a clean stop, never the default death by signal.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGUSR1, _stop)
+    member = Member(config).start()
     print(
         f"irisrep: member {member.name} of mirror {config.mirror_name} serving as "
         f"{member.role}: mirror {config.me.mirror_address}, clients {config.me.client_address}",

@@ -477,6 +477,14 @@ class Replicator:
             self.active = link
             st.active = True
         self._event("backup-active", f"backup {st.name} is caught up and Active")
+        # Tell it: a backup that knows it was Active may take over on the arbiter's word.
+        try:
+            with link._send_lock:
+                wire.send_frame(
+                    link.sock, wire.STATUS, self.epoch, json.dumps({"active": True}).encode()
+                )
+        except (WireError, OSError) as e:
+            link.close(f"send failed: {e}")
 
     def _acked(self, st: PeerState) -> int:
         if self.ack_code == wire.ACK_RECEIVED:
@@ -666,6 +674,8 @@ class CopyLink:
         self.connected_at = 0.0
         self.last_error = ""
         self.caught_up_at: float | None = None
+        self.active = False  # the primary declared this link its Active backup
+        self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -681,6 +691,15 @@ class CopyLink:
         self.closed = True
         self._drop()
         self._thread.join(timeout=30)
+
+    def pause(self) -> None:
+        """Stop following: drop the connection and do not reconnect (a takeover
+        fetches the rest of the journal from the old primary's agent)."""
+        self.paused = True
+        self._drop()
+        deadline = time.monotonic() + 10
+        while self.primary is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
@@ -698,6 +717,8 @@ class CopyLink:
             for name, address in self.candidates:
                 if self.closed:
                     return
+                if self.paused:
+                    break
                 try:
                     sock, peer = wire.connect(
                         address,
@@ -724,6 +745,7 @@ class CopyLink:
                     log.error("mirror: link to %s ended: %s", name, self.last_error)
                 finally:
                     self.primary = None
+                    self.active = False
                     self.caught_up_at = None
                     self._drop()
                 if self.journal.failure is not None:
@@ -752,10 +774,25 @@ class CopyLink:
                 self.journal.flush()
                 self._apply(unflushed)
 
+    def _sync_and_ack(self, sock, unflushed: list) -> None:
+        """Make the appended batches durable (one fdatasync), acknowledge, apply."""
+        if not unflushed:
+            return
+        end = unflushed[-1][0] + len(unflushed[-1][1])
+        self.journal.flush(end)
+        self.stats["flushes"] += 1
+        if self.ack_code != wire.ACK_APPLIED:
+            self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
+        chunks = list(unflushed)
+        unflushed.clear()
+        self._apply(chunks)
+        if self.ack_code == wire.ACK_APPLIED:
+            self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
+        self.primary_end = max(self.primary_end, end)
+
     def _stream(self, sock, name: str, unflushed: list) -> None:
         reader = wire.FrameReader(sock)
         idle_ms = silence_ms(self.qos_timeout_ms)
-        unflushed_bytes = 0
         while not self.closed:
             f = reader.read_frame(idle_timeout_ms=idle_ms)
             if f.epoch < self.epoch:
@@ -775,23 +812,16 @@ class CopyLink:
                     log.warning("mirror: streaming from %s at position %d", name, start)
                 self.stats["batches"] += 1
                 unflushed.append((start, data))
-                unflushed_bytes += len(data)
                 if self.ack_code == wire.ACK_RECEIVED:
                     self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_RECEIVED))
-                if unflushed_bytes < MIRROR_BATCH_BYTES_MAX and _readable(sock):
-                    continue  # more is waiting: one fdatasync for all of it
-                self.journal.flush(end)
-                self.stats["flushes"] += 1
-                if self.ack_code != wire.ACK_APPLIED:
-                    self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_DURABLE))
-                chunks = list(unflushed)
-                unflushed.clear()
-                self._apply(chunks)
-                if self.ack_code == wire.ACK_APPLIED:
-                    self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
-                unflushed_bytes = 0
-                self.primary_end = max(self.primary_end, end)
-            elif f.type == wire.HEARTBEAT:
+                if sum(len(d) for _s, d in unflushed) < MIRROR_BATCH_BYTES_MAX and _readable(sock):
+                    # More is waiting: one fdatasync for all of it. Whatever frame comes
+                    # next, the batches are synced before it is handled (never left).
+                    continue
+                self._sync_and_ack(sock, unflushed)
+                continue
+            self._sync_and_ack(sock, unflushed)
+            if f.type == wire.HEARTBEAT:
                 self.primary_end = wire.decode_u64(f.payload)
                 if self.primary is None:
                     self.primary = name
@@ -806,14 +836,12 @@ class CopyLink:
                     st = json.loads(f.payload)
                 except ValueError:
                     st = {}
+                if isinstance(st, dict) and set(st) == {"active"}:
+                    self.active = bool(st["active"])
+                    continue
                 if isinstance(st, dict) and st.get("handover") and self._on_handover:
                     # Planned: the primary stopped committing at `end`; ours must be
-                    # the whole of it (all durable: no unflushed bytes remain here).
-                    if unflushed:
-                        self.journal.flush()
-                        chunks = list(unflushed)
-                        unflushed.clear()
-                        self._apply(chunks)
+                    # the whole of it (all durable: synced just above).
                     if self._on_handover(int(st.get("end", -1)), f.epoch):
                         continue
                 raise _Stale(f"not streaming: {f.payload[:200].decode('utf-8', 'replace')}")

@@ -1,0 +1,123 @@
+"""Automatic failover with real processes: the primary's process is killed (SIGKILL)
+while 8 clients write unique values through `irisrep.connect`; the backup asks the
+dead primary's host agent, fetches its journal tail, and takes over in a new epoch;
+every acknowledged write is on the new primary; the old primary, restarted, rejoins
+as backup with the new values and refuses writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import irisrep
+from irisrep.deploy import credentials, load
+
+
+def run(*args, check=True, timeout=120):
+    p = subprocess.run(
+        [sys.executable, "-m", "irisrep", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"irisrep {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ps(d):
+    return {r["member"]: r for r in json.loads(run("ps", "--dir", d, "--json").stdout)}
+
+
+def wait_ps(d, pred, what, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    rows = None
+    while time.monotonic() < deadline:
+        rows = ps(d)
+        if pred(rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
+
+
+class Writer(threading.Thread):
+    """Writes ^w(id, i)=i through irisrep.connect; records what was acknowledged.
+    A write whose outcome is unknown (the connection broke) is not counted, and the
+    next one goes to whichever member is primary by then."""
+
+    def __init__(self, wid, addrs, user, password, stop):
+        super().__init__(daemon=True)
+        self.wid, self.addrs, self.user, self.password, self.stop = wid, addrs, user, password, stop
+        self.acked: list[int] = []
+        self.failures = 0
+
+    def run(self):
+        conn = None
+        i = 0
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = irisrep.connect(self.addrs, user=self.user, password=self.password)
+                conn.globals["w"][self.wid, i] = i
+                self.acked.append(i)
+            except (OSError, irisrep.IrisrepError):
+                self.failures += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            i += 1
+        if conn is not None:
+            conn.close()
+
+
+def test_primary_killed_under_load_backup_takes_over(tmp_path):
+    d = str(tmp_path / "m")
+    run("up", "--dir", d, "--qos-ms", "500")
+    try:
+        dep = load(Path(d))
+        user, password = credentials(Path(d))
+        addrs = [m["client_address"] for m in dep["members"]]
+        stop = threading.Event()
+        writers = [Writer(w, addrs, user, password, stop) for w in range(8)]
+        for w in writers:
+            w.start()
+        time.sleep(1.0)
+        run("kill", "--dir", d, "A")
+        t_kill = time.monotonic()
+        rows = wait_ps(d, lambda r: r["B"]["role"] == "primary", "B to take over")
+        took_s = time.monotonic() - t_kill
+        assert rows["B"]["epoch"] == 2
+        time.sleep(1.0)  # writes go on against B
+        stop.set()
+        for w in writers:
+            w.join(30)
+        acked = {(w.wid, i) for w in writers for i in w.acked}
+        assert len(acked) > 100, len(acked)
+        with irisrep.connect(addrs, user=user, password=password) as conn:
+            assert conn.status()["member"] == "B"
+            g = conn.globals["w"]
+            on_b = {subs for subs, _v in g.items()}
+        missing = acked - on_b
+        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+        print(f"takeover seen by ps {took_s:.2f} s after the kill; {len(acked)} acked writes")
+
+        # The old primary comes back as backup (its tail was served while it was down),
+        # holds the new values and refuses writes.
+        run("start", "--dir", d, "A")
+        wait_ps(d, lambda r: r["B"]["active_backup"] == "A", "A Active behind B")
+        run("session", "--dir", d, "B", "-c", 'Set ^after="failover"')
+        deadline = time.monotonic() + 20
+        while True:
+            out = run("session", "--dir", d, "A", "-c", "Write $Get(^after)").stdout.strip()
+            if out == "failover" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert out == "failover"
+        bad = run("session", "--dir", d, "A", "-c", "Set ^x=1", check=False)
+        assert bad.returncode == 1 and "<PROTECT>" in bad.stderr
+        rows = ps(d)
+        assert rows["A"]["role"] == "backup" and rows["A"]["epoch"] == 2
+    finally:
+        run("down", "--dir", d, check=False)
