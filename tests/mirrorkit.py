@@ -94,7 +94,7 @@ def wait_applied(members, position: int, timeout_s: float = 30.0) -> None:
     )
 
 
-def spawn_member(cfg, log_path: Path | None = None):
+def spawn_member(cfg, log_path: Path | None = None, env: dict | None = None):
     """Start `irisrep serve --config` for cfg as a real process; returns the Popen."""
     import subprocess
     import sys
@@ -107,6 +107,7 @@ def spawn_member(cfg, log_path: Path | None = None):
         [sys.executable, "-m", "irisrep", "serve", "--config", str(conf)],
         stdout=out,
         stderr=subprocess.STDOUT,
+        env=env,
     )
 
 

@@ -221,3 +221,56 @@ def test_async_killed_never_holds_commits_back(tmp_path, sig):
         stop_proc(pb)
         stop_proc(pc)
         a.close()
+
+
+def test_primary_dies_after_shipping_before_writing_backup_drops_that_tail(tmp_path):
+    """The primary ships a frame, then dies before writing it (crash point): the
+    backup holds a frame the primary never had. No agent is configured, so nobody
+    takes over; the primary restarts with the shorter journal, and the backup, shown
+    to have diverged, undoes and cuts its tail, catches up, and the two are equal."""
+    cfgs = mirror_configs(tmp_path, qos_timeout_ms=QOS_MS)
+    b = Member(cfgs[1], client_listener=False).start()
+    env = dict(os.environ, IRISREP_CRASH_AT="mirror_after_ship_before_write:30")
+    pa = spawn_member(cfgs[0], env=env)
+    try:
+        wait_for(lambda: b.copy.primary == "A", what="B following A")
+        import irisrep.client  # noqa: F401 - the member serves clients
+        from irisrep.client import connect_member
+
+        conn = connect_member(str(cfgs[0].me.client_address))
+        acked = []
+        with pytest.raises(OSError):
+            for i in range(100):
+                conn.globals["d"][i] = i
+                acked.append(i)
+        conn.close()
+        pa.wait(10)
+        assert pa.returncode == -signal.SIGKILL
+        # B received (and made durable) at least one frame A never wrote.
+        wait_for(lambda: b.copy.primary is None, what="B to lose A")
+        b_end = b.database.journal.durable_position
+        pa = spawn_member(cfgs[0])  # A restarts as primary (its tail was never served)
+        wait_for(lambda: b.copy.truncated, what="B to drop its diverged tail")
+        cut = b.copy.truncated[0]
+        assert cut["to"] == b_end and cut["from"] < b_end and cut["records"] >= 1
+        wait_for(lambda: b.copy.primary == "A", what="B following A again")
+        conn = connect_member(str(cfgs[0].me.client_address))
+        g = conn.globals["d"]
+        for i in acked:
+            assert g[i] == i  # every acknowledged write survived
+        g["after"] = 1
+        end = conn.status()["journal_end"]
+        conn.close()
+        wait_for(lambda: b.database.applied_position >= end, what="B to catch up")
+        prim = read_raw_all(cfgs[0].data_dir)
+        assert b.database.journal.read_raw(0, end, 1 << 30) == prim[:end]
+    finally:
+        b.close()
+        stop_proc(pa)
+
+
+def read_raw_all(data_dir):
+    from irisrep.fileio import RealFS
+    from irisrep.journal import read_raw_stream
+
+    return read_raw_stream(RealFS(), str(data_dir / "journal"), 0, None, 1 << 30)

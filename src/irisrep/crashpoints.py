@@ -69,6 +69,8 @@ POINTS: tuple[str, ...] = (
     "journal_after_write",  # frames written to the journal file, not yet fdatasynced
     "journal_after_fsync",  # frames durable, committers not yet woken
     "journal_rollover_after_create",  # next journal file durable and visible, no frame in it
+    # --- mirror shipping (journal.py on_written, mirror.py) ---
+    "mirror_after_ship_before_write",  # frames sent to the members, not written locally
 )
 
 _POINT_SET = frozenset(POINTS)

@@ -607,15 +607,59 @@ class Database:
         """On a mirror copy whose link is closed: apply every durable frame not yet
         applied (a promotion must start from the whole received stream)."""
         with self._lock:
+            return self.apply_rest_of_journal_locked()
+
+    def apply_rest_of_journal_locked(self) -> int:
+        self._check_open()
+        if not self.mirror_copy:
+            return 0
+        start = self.applied_position
+        end = self.journal.durable_position
+        if start >= end:
+            return 0
+        frames = [(pos, records) for pos, _h, records in self.journal.read(from_position=start)]
+        return self.apply_frames(frames, end)
+
+    def truncate_stream(self, position: int) -> list:
+        """On a mirror copy: drop the stream after `position` (a tail the primary
+        never had: it lost frames it had shipped, or it is a new primary that never
+        received them). Those records are undone from their before-images, a
+        checkpoint makes the database reflect exactly `position`, and only then is the
+        journal cut (a crash in between rolls the tail forward again: no harm, the
+        cut is retried). Returns the undone data records, for the report."""
+        with self._lock:
             self._check_open()
             if not self.mirror_copy:
-                return 0
-            start = self.applied_position
-            end = self.journal.durable_position
-            if start >= end:
-                return 0
-            frames = [(pos, records) for pos, _h, records in self.journal.read(from_position=start)]
-        return self.apply_frames(frames, end)
+                raise TransactionError("truncate_stream: only a mirror copy drops a tail")
+            self.apply_rest_of_journal_locked()
+            tail = []
+            for _pos, _h, records in self.journal.read(from_position=position):
+                tail.extend(r for r in records if r[0] in replay.DATA_TYPES)
+            for rec in reversed(tail):
+                replay.undo(self.tree, rec, Record)
+            self.tree.mod_count += 1
+            # Transactions open at `position`: recomputed from the transaction floor.
+            txns: dict[int, int] = {}
+            floor = min(self.store.txn_floor, position)
+            for pos, _h, records in self.journal.read(from_position=floor):
+                if pos >= position:
+                    break
+                for rec in records:
+                    if rec[0] == replay.TSTART:
+                        txns[rec[3]] = pos
+                    elif rec[0] in (replay.TCOMMIT, replay.TROLLBACK):
+                        txns.pop(rec[3], None)
+            self._stream_txns = txns
+            self.applied_position = position
+            self._flush_locked()  # checkpoint = position, before the journal is cut
+            self.journal.truncate(position)
+        log.warning(
+            "%s: dropped the stream after position %d (%d records undone)",
+            self.path,
+            position,
+            len(tail),
+        )
+        return tail
 
     def quiesce(self, timeout_s: float) -> None:
         """Wait until no transaction is open and everything logged is durable (a

@@ -367,6 +367,7 @@ class _FileScan:
         self.end_offset = self.start_offset
         self.end_position = self.pos_of(self.start_offset)
         self.last_checksum: int | None = None
+        self.last_start: int | None = None  # stream position of the last frame
         self.frames = 0
 
     def pos_of(self, off: int) -> int:
@@ -391,6 +392,7 @@ class _FileScan:
                 )
                 break
             self.last_checksum = struct.unpack_from("<Q", buf, off + _FRAME_CK_OFF)[0]
+            self.last_start = pos
             self.frames += 1
             self.end_offset = nxt
             self.end_position = self.pos_of(nxt)
@@ -556,6 +558,18 @@ def read_stream(
             later = scan.later_valid_frame()
             if later is not None:
                 raise _corrupt_after(info, stop, later)
+
+
+def frame_checksum_at(fs, dirpath: str, position: int, *, codec=None) -> tuple[int, int] | None:
+    """Read-only: (end position, checksum) of the frame starting at `position`, or None
+    when no valid frame starts there (not a boundary, purged, or past the end)."""
+    try:
+        data = read_raw_stream(fs, dirpath, position, position + 1, 1, codec=codec)
+    except (ValueError, JournalCorruptError):
+        return None
+    if not data:
+        return None
+    return position + len(data), struct.unpack_from("<Q", data, _FRAME_CK_OFF)[0]
 
 
 def stream_end(fs, dirpath: str, *, codec=None) -> int:
@@ -743,6 +757,7 @@ class Journal:
             f = fs.open(files[-1].path, create=False, direct=self.direct_mode)
         info = files[-1]
         try:
+            pscan = None
             if len(files) > 1:
                 # Only the last file may end torn (rollover seals the old file before the
                 # next exists); the one before it must end cleanly where the last starts.
@@ -767,6 +782,13 @@ class Journal:
         self._last_checksum = scan.last_checksum
         if scan.last_checksum is None:
             self._last_checksum = info.prev_end_checksum
+        # (start position, checksum) of the last frame of the stream, or None: what a
+        # mirror copy shows its primary so that a diverged tail is caught.
+        self.last_frame = None
+        if scan.last_start is not None:
+            self.last_frame = (scan.last_start, scan.last_checksum)
+        elif pscan is not None and pscan.last_start is not None:
+            self.last_frame = (pscan.last_start, pscan.last_checksum)
         end_off = scan.end_offset
         self._end = self._written = scan.end_position
         blk = end_off // IO_ALIGN * IO_ALIGN
@@ -1101,9 +1123,11 @@ class Journal:
                 # so hold a frame this member then fails to write: that frame's commit
                 # never returned, and the copy's extra tail is refused on reconnect.
                 hook(frames[i].position, data)
+                crashpoints.hit("mirror_after_ship_before_write")
             self._write_at(off, data)
             self._written += nbytes
             self._last_checksum = frames[j - 1].checksum
+            self.last_frame = (frames[j - 1].position, frames[j - 1].checksum)
             i = j
         crashpoints.hit("journal_after_write")
         # The one fdatasync of the group: after it every frame before _written is
@@ -1283,6 +1307,61 @@ class Journal:
         """verify_dir() of this journal (frames durable so far)."""
         self._check()
         return verify_dir(self.dirpath, fs=self.fs, codec=self.codec)
+
+    def truncate(self, position: int) -> int:
+        """Cut the stream back to `position` (a frame boundary at or before the durable
+        end): a mirror copy dropping a tail the primary never had (never on a primary:
+        its stream is what it acknowledged). Later files are removed (newest first, the
+        directory fsynced), the containing file is zeroed from `position` and
+        fdatasynced, then the stream is found again as on open. Returns the new end.
+
+        Crash-safe in every step: a crash leaves a shorter stream ending in zeros, or
+        the old one; the caller has already made its database reflect `position`."""
+        with self._cv:
+            self._check()
+            if self._leading or self._queue or self._pending:
+                raise ValueError("truncate: the journal is busy")
+            if not 0 <= position <= self._durable:
+                raise ValueError(f"truncate to {position}: only 0..{self._durable} is durable here")
+            if position == self._end:
+                return position
+            files = list_journal_files(self.fs, self.dirpath)
+            keep = [f for f in files if f.start_position <= position]
+            if not keep:
+                raise ValueError(f"truncate to {position}: before the first journal file")
+            info = keep[-1]
+            buf = _read_path(self.fs, info.path)
+            # `position` must be where a frame starts (or the end of the stream).
+            scan = _FileScan(self.codec, buf, info)
+            starts = {fpos for _o, fpos, _h, _r, _n in scan} | {scan.end_position}
+            if position not in starts:
+                raise ValueError(f"truncate to {position}: not a frame boundary in {info.name}")
+            t = self._spare_thread
+            if t is not None:
+                t.join()  # the spare (a .new file) is removed by the re-open below
+            with self._spare_lock:
+                self._spare_thread = self._spare_path = None
+            self._file.close()
+            self._file = None
+            for f in reversed(files):
+                if f.start_position > position:
+                    self.fs.remove(f.path)
+            self.fs.fsync_dir(self.dirpath)
+            off = JOURNAL_HEADER_BYTES + position - info.start_position
+            end = len(buf.rstrip(b"\0"))
+            if end > off:
+                blk = off // IO_ALIGN * IO_ALIGN
+                stop = _round_up(end, IO_ALIGN)
+                data = buf[blk:off] + bytes(stop - off)
+                f = self.fs.open(info.path, create=False, direct=self.direct_mode)
+                try:
+                    f.pwrite(blk, data)
+                    f.fdatasync()
+                finally:
+                    f.close()
+            log.warning("%s: journal truncated to position %d", self.dirpath, position)
+            self._open_stream()
+            return self._end
 
     def close(self) -> None:
         """Make pending frames durable (unless failed), stop the threads, close."""

@@ -59,6 +59,7 @@ from .constants import (
     MIRROR_RING_BYTES_MAX,
 )
 from .errors import DurabilityError, IrisrepError, JournalCorruptError, WireError
+from .journal import frame_checksum_at
 
 log = logging.getLogger("irisrep.mirror")
 
@@ -208,6 +209,7 @@ class _PeerLink:
         self.state = PeerState(peer.member, kind, time.monotonic(), last_heard=time.monotonic())
         self._send_lock = threading.Lock()
         self._started = threading.Event()  # the CATCHUP_REQUEST arrived
+        self._claim: tuple[int, int] | None = None  # the member's last frame, if shown
         self._reader = threading.Thread(
             target=self._read_loop, name=f"irisrep-mirror-read {peer.member}", daemon=True
         )
@@ -261,13 +263,30 @@ class _PeerLink:
                 elif f.type == wire.HEARTBEAT:
                     # A copy's heartbeat carries the position its database has applied.
                     self.state.applied_seen = wire.decode_u64(f.payload)
+                elif f.type == wire.STATUS and not self._started.is_set():
+                    # Before its CATCHUP_REQUEST a member may show its last frame
+                    # (start position, checksum), so that a tail we never had is caught.
+                    try:
+                        claim = json.loads(f.payload)["last_frame"]
+                        if claim is not None:
+                            claim = (int(claim[0]), int(claim[1]))
+                    except (ValueError, KeyError, TypeError, IndexError):
+                        raise WireError("payload", "bad STATUS before CATCHUP_REQUEST") from None
+                    self._claim = claim
                 elif f.type == wire.CATCHUP_REQUEST:
                     if self._started.is_set():
                         raise WireError("payload", "a second CATCHUP_REQUEST")
                     pos = wire.decode_u64(f.payload)
-                    problem = self.rep._check_start(pos)
+                    problem = self.rep._check_start(pos, self._claim)
                     if problem:
-                        self._send(wire.STATUS, _status_json({"refused": problem}))
+                        reply = {"refused": problem}
+                        base = self.rep.base_position
+                        if pos > base:
+                            # Everything before `base` is the same on every member that
+                            # has it (frames are shipped as they are written); beyond it
+                            # the member holds frames this primary never wrote.
+                            reply["truncate_to"] = base
+                        self._send(wire.STATUS, _status_json(reply))
                         raise WireError("payload", problem)
                     self.state.requested = self.state.sent = pos
                     self.state.received = self.state.durable = self.state.applied = pos
@@ -350,6 +369,9 @@ class Replicator:
         self.qos_timeout_ms = qos_timeout_ms
         self.members = dict(members)  # name -> kind ("failover", "async-dr", ...)
         self.ring = Ring(journal.written_position)
+        # Where this primary's life began (start or promotion): every member's stream
+        # up to here is a prefix of ours; a tail beyond it may be one we never wrote.
+        self.base_position = journal.written_position
         self.closed = False
         self.fenced_by: int | None = None
         self._cv = threading.Condition()
@@ -450,13 +472,25 @@ class Replicator:
         elif not self.closed:
             self._event("disconnected", f"{link.peer.member} disconnected: {reason}")
 
-    def _check_start(self, position: int) -> str:
+    def _check_start(self, position: int, claim: tuple[int, int] | None = None) -> str:
+        """Why a member asking to start at `position` cannot (its stream is not a
+        prefix of ours), or "" when it can."""
         end = self.ring.end
         if position > end:
             return (
                 f"the member's journal ends at {position}, past this primary's end {end}: "
-                f"its tail was never acknowledged here (diverged)"
+                f"its tail was never written here (diverged)"
             )
+        if claim is not None and position > 0:
+            start, checksum = claim
+            if position <= self.base_position:
+                return ""  # written before this primary's life began: the same bytes
+            found = frame_checksum_at(self.journal.fs, self.journal.dirpath, start)
+            if found != (position, checksum):
+                return (
+                    f"the member's last frame (at {start}, checksum {checksum:#x}) is not "
+                    f"this primary's frame there: its tail diverged"
+                )
         return ""
 
     def _newer_epoch(self, epoch: int, member: str) -> None:
@@ -631,6 +665,14 @@ class _Stale(Exception):
     """This connection must end (logged reason); the link tries again later."""
 
 
+class _Diverged(Exception):
+    """The primary says our tail after `position` is not in its stream."""
+
+    def __init__(self, position: int, why: str) -> None:
+        super().__init__(f"diverged after {position}: {why}")
+        self.position = position
+
+
 class CopyLink:
     """A backup's or async's link to the primary: receive, journal, ack, apply.
 
@@ -675,6 +717,7 @@ class CopyLink:
         self.last_error = ""
         self.caught_up_at: float | None = None
         self.active = False  # the primary declared this link its Active backup
+        self.truncated: list[dict] = []  # tails dropped on a primary's word (report)
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
@@ -733,6 +776,9 @@ class CopyLink:
                 self._sock = sock
                 try:
                     self._session(sock, name, peer)
+                except _Diverged as e:
+                    self._drop()
+                    self._drop_tail(name, e)
                 except (_Stale, WireError, OSError) as e:
                     if not self.closed:
                         self.last_error = f"{name}: {e}"
@@ -762,6 +808,10 @@ class CopyLink:
             raise _Stale(f"its epoch {peer.epoch} is older than ours ({self.epoch})")
         if peer.epoch > self.epoch:
             self._adopt_epoch(peer.epoch)
+        last = self.journal.last_frame
+        self._send(
+            sock, wire.STATUS, json.dumps({"last_frame": list(last) if last else None}).encode()
+        )
         self._send(sock, wire.CATCHUP_REQUEST, wire.encode_u64(self.journal.end_position))
         unflushed: list[tuple[int, bytes]] = []  # appended, not yet fdatasynced
         try:
@@ -839,6 +889,8 @@ class CopyLink:
                 if isinstance(st, dict) and set(st) == {"active"}:
                     self.active = bool(st["active"])
                     continue
+                if isinstance(st, dict) and isinstance(st.get("truncate_to"), int):
+                    raise _Diverged(st["truncate_to"], str(st.get("refused", "")))
                 if isinstance(st, dict) and st.get("handover") and self._on_handover:
                     # Planned: the primary stopped committing at `end`; ours must be
                     # the whole of it (all durable: synced just above).
@@ -849,6 +901,26 @@ class CopyLink:
                 raise _Stale(f"unexpected {wire.TYPE_NAMES.get(f.type)} frame")
             if self.caught_up_at is None and self.journal.durable_position >= self.primary_end:
                 self.caught_up_at = time.monotonic()
+
+    def _drop_tail(self, name: str, e: _Diverged) -> None:
+        """Undo and cut our tail after the primary's point; the next connection then
+        catches up from there. Reported in the log and in `truncated`."""
+        end = self.journal.end_position
+        if e.position >= end:
+            self.last_error = f"{name}: {e} (nothing of ours to drop: rebuild this member)"
+            log.error("mirror: %s", self.last_error)
+            return
+        undone = self.db.truncate_stream(e.position)
+        self.truncated.append(
+            {"time": time.time(), "from": e.position, "to": end, "records": len(undone)}
+        )
+        log.warning(
+            "mirror: %s: dropped our journal tail %d..%d (%d records undone), catching up",
+            name,
+            e.position,
+            end,
+            len(undone),
+        )
 
     def _adopt_epoch(self, epoch: int) -> None:
         if self._on_epoch is not None:
