@@ -122,8 +122,12 @@ def test_walkthrough_commands(mirror):
     # The walkthrough: the primary stopped cleanly hands over to its Active backup and,
     # restarted, rejoins as backup; the new primary takes writes, the old refuses them.
     run("stop", "--dir", d, "--restart", "A")
-    rows = wait_ps(d, lambda r: r["B"]["active_backup"] == "A", "A Active behind B")
-    assert rows["B"]["role"] == "primary" and rows["A"]["role"] == "backup"
+    rows = wait_ps(
+        d,
+        lambda r: r["B"]["active_backup"] == "A" and r["A"]["role"] == "backup",
+        "A Active behind B",
+    )
+    assert rows["B"]["role"] == "primary"
     assert rows["B"]["epoch"] == 2 and rows["A"]["epoch"] == 2
     assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
     run("session", "--dir", d, "B", "-c", 'Set ^myfirstglobal="what next?"')
@@ -144,8 +148,12 @@ def test_walkthrough_commands(mirror):
     assert rep["ok"] and rep["primary"] == "B"
     assert [c["member"] for c in rep["candidates"] if c["eligible"]] == ["A"]
     run("switchover", "--dir", d)
-    rows = wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active behind A")
-    assert rows["A"]["role"] == "primary" and rows["B"]["role"] == "backup"
+    rows = wait_ps(
+        d,
+        lambda r: r["A"]["active_backup"] == "B" and r["B"]["role"] == "backup",
+        "B Active behind A",
+    )
+    assert rows["A"]["role"] == "primary"
     assert rows["A"]["epoch"] == 3
     assert run("session", "--dir", d, "A", "-c", "Write ^myfirstglobal").stdout.strip() == (
         "what next?"

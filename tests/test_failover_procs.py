@@ -106,7 +106,11 @@ def test_primary_killed_under_load_backup_takes_over(tmp_path):
         # The old primary comes back as backup (its tail was served while it was down),
         # holds the new values and refuses writes.
         run("start", "--dir", d, "A")
-        wait_ps(d, lambda r: r["B"]["active_backup"] == "A", "A Active behind B")
+        wait_ps(
+            d,
+            lambda r: r["B"]["active_backup"] == "A" and r["A"]["role"] == "backup",
+            "A Active behind B",
+        )
         run("session", "--dir", d, "B", "-c", 'Set ^after="failover"')
         deadline = time.monotonic() + 20
         while True:
