@@ -255,7 +255,7 @@ def _member_status(dirpath: Path, m: dict, user: str, password: str) -> dict:
     from .client import connect_member
 
     try:
-        with connect_member(m["client_address"], user=user, password=password, timeout=2.0) as c:
+        with connect_member(m["client_address"], user=user, password=password, timeout=5.0) as c:
             return c.status()
     except Exception as e:  # noqa: BLE001 - a member that does not answer is shown so
         return {"member": m["name"], "error": f"{type(e).__name__}: {e}"}
