@@ -124,3 +124,26 @@ def test_switchover_needs_an_active_backup(tmp_path):
         assert a.role == "primary"
     finally:
         a.close()
+
+
+def test_connect_follows_the_primary_across_a_switchover(tmp_path):
+    cfgs = mirror_configs(tmp_path)
+    a = Member(cfgs[0]).start()
+    b = Member(cfgs[1]).start()
+    try:
+        wait_for(lambda: _active(a), what="B Active")
+        addrs = [str(c.me.client_address) for c in cfgs]
+        with irisrep.connect(addrs) as conn:
+            g = conn.globals["c"]
+            g[1] = "before"
+            assert conn.status()["member"] == "A"
+            a.switchover()
+            wait_for(lambda: b.role == "primary")
+            g[2] = "after"  # refused by A (now a backup), sent again to B: no error
+            assert conn.status()["member"] == "B"
+            assert g[1] == "before" and g[2] == "after"
+        wait_applied([a], b.database.journal.end_position)
+        assert a.database.globals["c"][2] == "after"
+    finally:
+        b.close()
+        a.close()

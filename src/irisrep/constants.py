@@ -160,6 +160,7 @@ CLIENT_FRAME_BYTES_MAX = 16 * 1024 * 1024  # one request or response (a max stri
 CLIENT_CONNECTIONS_MAX = 256  # open client connections per member; more are refused
 CLIENT_LOGIN_TIMEOUT_MS = 5_000  # accept to a successful LOGIN
 CLIENT_CONNECT_TIMEOUT_MS = 5_000  # irisrep.connect: one TCP connect
+CLIENT_FAILOVER_WAIT_S = 10.0  # irisrep.connect waits this long for a new primary
 CLIENT_ITEMS_PAGE_MAX = 1_000  # nodes in one ITEMS reply; the client pages on
 CLIENT_VALUE_DEPTH_MAX = 64  # nesting of a tagged value (subscript tuples are depth 2)
 CLIENT_USERS_MAX = 1_000
