@@ -125,3 +125,44 @@ def test_primary_killed_under_load_backup_takes_over(tmp_path):
         assert rows["A"]["role"] == "backup" and rows["A"]["epoch"] == 2
     finally:
         run("down", "--dir", d, check=False)
+
+
+def test_primary_paused_past_the_timeout_acknowledges_nothing_after(tmp_path):
+    """SIGSTOP on the primary: the backup's link goes silent, the primary's host agent
+    finds the member stopped, forces it down (SIGKILL) and serves its tail; the backup
+    takes over. When the old primary is resumed (SIGCONT) it is already dead: it
+    acknowledges no write in the new epoch."""
+    import os
+    import signal
+
+    d = str(tmp_path / "m")
+    run("up", "--dir", d, "--qos-ms", "300")
+    try:
+        dep = load(Path(d))
+        user, password = credentials(Path(d))
+        addrs = [m["client_address"] for m in dep["members"]]
+        pid_a = ps(d)["A"]["pid"]
+        stop = threading.Event()
+        writers = [Writer(w, addrs, user, password, stop) for w in range(4)]
+        for w in writers:
+            w.start()
+        time.sleep(0.5)
+        os.kill(pid_a, signal.SIGSTOP)
+        rows = wait_ps(d, lambda r: r["B"]["role"] == "primary", "B to take over", 60)
+        assert rows["B"]["epoch"] == 2
+        try:
+            os.kill(pid_a, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.5)
+        stop.set()
+        for w in writers:
+            w.join(30)
+        assert rows["A"]["process"].startswith("crashed")  # forced down by its agent
+        acked = {(w.wid, i) for w in writers for i in w.acked}
+        with irisrep.connect(addrs, user=user, password=password) as conn:
+            assert conn.status()["member"] == "B"
+            on_b = {subs for subs, _v in conn.globals["w"].items()}
+        assert acked and not (acked - on_b)
+    finally:
+        run("down", "--dir", d, check=False)

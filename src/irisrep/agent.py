@@ -228,6 +228,18 @@ class Agent:
             ).start(),
         )
 
+    def _hung(self) -> bool:
+        """Whether the member process exists but cannot run: stopped (SIGSTOP, a
+        debugger) or a zombie, as the kernel reports it in /proc/PID/stat."""
+        if not self.running():
+            return False
+        try:
+            with open(f"/proc/{self.child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in ("T", "t", "Z")
+
     def _member_epoch(self) -> int:
         try:
             with open(self.config.data_dir / MIRROR_STATE_FILE_NAME, "rb") as f:
@@ -268,7 +280,10 @@ class Agent:
             req = json.loads(f.payload)
             op = req.get("op") if isinstance(req, dict) else None
             log.warning("agent: %s asks %s", peer.member, op)
-            if op == "force-down":
+            if op == "force-down" or (op == "member-status" and self._hung()):
+                # A member that cannot run (stopped, a zombie) is hung: it is forced down
+                # before the agent answers, so "down" means it can never commit again.
+                log.warning("agent: forcing member %s down (SIGKILL)", self.member)
                 self.kill()
                 op = "member-status"
             if op == "member-status":
