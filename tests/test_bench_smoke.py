@@ -25,6 +25,7 @@ CASES = {
     "bench_wij.py": ["--sizes", "64", "--repeat", "1"],
     "bench_commit.py": ["--seconds=0.2", "--clients=1,2", "--floor-n=20", "--qos-ms=2000"]
     + ["--configs=alone,durable+async"],
+    "bench_failover.py": ["--runs=1", "--floor-n=20", "--warmup-s=0.1", "--after-s=0.05"],
 }
 
 

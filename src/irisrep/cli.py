@@ -348,7 +348,12 @@ def agent(config_path: str, control_path: str) -> None:
 @click.option(
     "--ack", "ack_level", type=click.Choice(["received", "durable", "applied"]), default="durable"
 )
-def up(dir_, asyncs, base_port, qos_ms, ack_level) -> None:
+@click.option(
+    "--addresses",
+    default=None,
+    help="One host address per member, comma-separated (e.g. 127.0.0.2,127.0.0.3).",
+)
+def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses) -> None:
     """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup."""
     from .deploy import deploy_dir
     from .deploy import up as deploy_up
@@ -362,6 +367,7 @@ def up(dir_, asyncs, base_port, qos_ms, ack_level) -> None:
         qos_timeout_ms=qos_ms,
         ack_level=ack_level,
         progress=lambda msg: err_console.print(msg),
+        addresses=[a.strip() for a in addresses.split(",")] if addresses else None,
     )
     console.print(
         f"mirror {dep['mirror']} is up in {d}: "

@@ -62,27 +62,28 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+def _port_free(port: int, hosts=("127.0.0.1",)) -> bool:
+    for host in set(hosts):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
     return True
 
 
-def _pick_ports(base: int | None, count: int) -> list[int]:
+def _pick_ports(base: int | None, count: int, hosts=("127.0.0.1",)) -> list[int]:
     if base is not None:
         ports = list(range(base, base + count))
-        busy = [p for p in ports if not _port_free(p)]
+        busy = [p for p in ports if not _port_free(p, hosts)]
         if busy:
-            raise DeployError(f"ports {busy} on 127.0.0.1 are in use; choose another --base-port")
+            raise DeployError(f"ports {busy} are in use; choose another --base-port")
         return ports
     for start in range(BASE_PORT_DEFAULT, 60000, count):
         ports = list(range(start, start + count))
-        if all(_port_free(p) for p in ports):
+        if all(_port_free(p, hosts) for p in ports):
             return ports
-    raise DeployError("no free range of ports found on 127.0.0.1")
+    raise DeployError("no free range of ports found")
 
 
 def load(dirpath: Path) -> dict:
@@ -113,6 +114,7 @@ def up(
     ack_level: str = "durable",
     timeout_s: float = UP_TIMEOUT_S,
     progress=None,
+    addresses: list[str] | None = None,
 ) -> dict:
     """Deploy and start a mirror: 2 failover members (A primary, B backup) and
     `asyncs` DR asyncs; return the deployment once the backup is Active."""
@@ -125,7 +127,14 @@ def up(
         raise DeployError(f"--asyncs {asyncs}: a mirror has at most 14 async members")
     dirpath.mkdir(parents=True, exist_ok=True)
     names = ["A", "B"] + [f"C{i + 1}" for i in range(asyncs)]
-    ports = _pick_ports(base_port, 3 * len(names))
+    # One host address per member (each on its own address, e.g. 127.0.0.2-.6 in a
+    # network namespace, so that a partition can cut one member off); else 127.0.0.1.
+    hosts = list(addresses) if addresses else ["127.0.0.1"] * len(names)
+    if len(hosts) != len(names):
+        raise DeployError(
+            f"--addresses: {len(hosts)} addresses for {len(names)} members ({', '.join(names)})"
+        )
+    ports = _pick_ports(base_port, 3 * len(names), hosts)
     key_path = dirpath / KEY_FILE
     if not key_path.exists():
         _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
@@ -140,9 +149,9 @@ def up(
         MirrorMember(
             name=n,
             kind="failover" if i < 2 else "async-dr",
-            mirror_address=Address("127.0.0.1", ports[3 * i]),
-            client_address=Address("127.0.0.1", ports[3 * i + 1]),
-            agent_address=Address("127.0.0.1", ports[3 * i + 2]),
+            mirror_address=Address(hosts[i], ports[3 * i]),
+            client_address=Address(hosts[i], ports[3 * i + 1]),
+            agent_address=Address(hosts[i], ports[3 * i + 2]),
         )
         for i, n in enumerate(names)
     )

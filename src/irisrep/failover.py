@@ -133,8 +133,15 @@ class BackupDriver:
                 log.info("mirror core %s: %s (not acted on here)", self.member.name, a)
 
     def _agent_args(self) -> dict:
+        from .member import _source_host
+
         c = self.member.config
-        return {"mirror": c.mirror_name, "member": self.member.name, "key": c.mirror_key}
+        return {
+            "mirror": c.mirror_name,
+            "member": self.member.name,
+            "key": c.mirror_key,
+            "source_host": _source_host(c.me.mirror_address.host),
+        }
 
     def _ask_agent(self, member: str) -> None:
         addr = self.member.config.member(member).agent_address

@@ -44,6 +44,18 @@ log = logging.getLogger("irisrep.member")
 ROLES = ("primary", "backup", "async")
 
 
+def _source_host(host: str) -> str | None:
+    """The address a member connects from: its own listener host when that is a
+    literal address (so peers and firewalls see which member is talking)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else host
+
+
 def _read_state(path: str) -> dict | None:
     try:
         with open(path, "rb") as f:
@@ -225,6 +237,7 @@ class Member:
             on_epoch=self._adopt_epoch,
             on_handover=self._on_handover if self.kind == "failover" else None,
             ssl_context=self._ssl_context(server=False),
+            source_host=_source_host(c.me.mirror_address.host),
         )
         self.copy.start()
         if self.kind == "failover" and self.role == "backup":

@@ -695,8 +695,10 @@ class CopyLink:
         on_epoch=None,
         on_handover=None,
         ssl_context=None,
+        source_host: str | None = None,
     ) -> None:
         self.db = db
+        self.source_host = source_host
         self._on_handover = on_handover
         self.journal = db.journal
         self.codec = db.journal.codec
@@ -769,6 +771,7 @@ class CopyLink:
                         member=self.member,
                         key=self._key,
                         ssl_context=self._ssl,
+                        source_host=self.source_host,
                     )
                 except (OSError, WireError) as e:
                     self.last_error = f"{name}: {e}"

@@ -808,13 +808,20 @@ def connect(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     timeout_ms: int = WIRE_HANDSHAKE_TIMEOUT_MS,
+    source_host: str | None = None,
 ) -> tuple[socket.socket, Peer]:
     """A connected, authenticated socket to a member's mirror listener (TLS first if
-    ssl_context is given) and the Peer it proved to be."""
+    ssl_context is given) and the Peer it proved to be. `source_host`: the local
+    address to connect from (a member's own host address, so that the network, and
+    a partition test's firewall rules, see which member is talking)."""
     check_name(mirror, "mirror")
     check_name(member, "member")
     _key_bytes(key)
-    sock = socket.create_connection(address, timeout=timeout_ms / 1000.0)
+    sock = socket.create_connection(
+        address,
+        timeout=timeout_ms / 1000.0,
+        source_address=(source_host, 0) if source_host else None,
+    )
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
