@@ -327,13 +327,21 @@ class Agent:
             sock.close()
 
 
-def ask(address, *, mirror: str, member: str, key, op: str, **args) -> dict:
+def ask(
+    address, *, mirror: str, member: str, key, op: str, source_host: str | None = None, **args
+) -> dict:
     """Ask a host agent one question (member-status, force-down); its JSON answer.
-    OSError or WireError when the agent cannot be reached: the host may be gone."""
+    OSError or WireError when the agent cannot be reached: the host may be gone.
+    `source_host`: the asking member's own address (partitions see who asks)."""
     from . import wire
 
     sock, _peer = wire.connect(
-        tuple(address), mirror=mirror, member=member, key=key, timeout_ms=2000
+        tuple(address),
+        mirror=mirror,
+        member=member,
+        key=key,
+        timeout_ms=2000,
+        source_host=source_host,
     )
     try:
         wire.send_frame(sock, wire.STATUS, 0, json.dumps({"op": op, **args}).encode())
@@ -345,13 +353,26 @@ def ask(address, *, mirror: str, member: str, key, op: str, **args) -> dict:
         sock.close()
 
 
-def fetch_tail(address, *, mirror: str, member: str, key, from_position: int) -> bytes:
+def fetch_tail(
+    address,
+    *,
+    mirror: str,
+    member: str,
+    key,
+    from_position: int,
+    source_host: str | None = None,
+) -> bytes:
     """The journal of a member that is down, from `from_position`, through its host
     agent, exactly as written (the caller verifies it by appending it)."""
     from . import wire
 
     sock, _peer = wire.connect(
-        tuple(address), mirror=mirror, member=member, key=key, timeout_ms=2000
+        tuple(address),
+        mirror=mirror,
+        member=member,
+        key=key,
+        timeout_ms=2000,
+        source_host=source_host,
     )
     try:
         wire.send_frame(

@@ -677,7 +677,7 @@ class Database:
             time.sleep(0.005)
         self.committer.sync_all(mirror=False)
 
-    def become_copy(self) -> None:
+    def become_copy(self, *, force: bool = False) -> None:
         """Turn this primary's database into a read-only mirror copy that follows
         a new primary from the end of its own journal (planned handover: quiesced,
         so nothing is open and everything is durable and shipped)."""
@@ -685,12 +685,15 @@ class Database:
             self._check_open()
             if self.mirror_copy:
                 return
-            if self._open_txns:
+            if self._open_txns and not force:
                 raise TransactionError("become_copy: transactions are still open")
             self.tree.protected = True
             self.mirror_copy = True
             self.applied_position = self.committer.write_out()
-            self._stream_txns = {}
+            # Fenced (force): transactions still open stay open in the stream; the new
+            # primary ended them (rolled back) in its own epoch.
+            self._stream_txns = dict(self._open_txns)
+            self._open_txns = {}
 
     def become_primary(self, epoch: int) -> list[int]:
         """Turn this mirror copy into the primary's database, in epoch `epoch`.

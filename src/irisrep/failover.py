@@ -1,28 +1,40 @@
-"""The I/O edge of the mirror core on a backup: events in from the link and the
-agents, the core's actions carried out (mirrorcore.py decides, this module acts).
+"""The I/O edge of the mirror core: events in from the links, the agents and the
+arbiter; the core's actions carried out (mirrorcore.py decides, this module acts).
 
-Owns the backup's automatic takeover when the primary's PROCESS dies on a live host
-(DESIGN.md section 3): the link to the primary is lost, the core asks the primary's
-host agent, the agent confirms the member down (and records that it serves the
-tail), the tail is fetched and appended byte for byte, then the member is promoted
-in a new epoch, with nothing lost even when the backup was not Active.
+Owns, for one failover member, the one thread that talks to its `MirrorCore`: it
+turns what the mirror links (`mirror.Replicator` on a primary, `mirror.CopyLink` on
+a backup), the partner host's agent and the arbiter (`arbiter.ArbiterClient`)
+report into events, feeds time as Tick events, and runs the actions in the order the
+core gives them (DESIGN.md section 3):
 
-Promises: the core sees time only as Tick events from this thread; every action
-runs here, in the order the core gave; BumpEpoch is made durable by the promotion
-itself (mirror.json is written before anything is journaled in the new epoch).
-Not wired yet (issue 6, next): the arbiter's grants, PeerStatus from the partner
-in both directions (today the backup synthesizes the primary's status from its
-link), the primary's side (trouble, drop-backup by the core instead of mirror.py).
+- AskAgent / FetchJournalTail: the partner host's agent says whether the member is
+  down (forcing a hung one down) and serves its journal tail, which is appended
+  byte for byte before the promotion;
+- AskArbiter: the arbiter grants a takeover once per epoch (arbiter.py);
+- BumpEpoch + BecomePrimary: `Member.promote` persists the epoch before anything is
+  journaled in it; Demote: `Member.demote_fenced` stops the primary for good and
+  follows the new one (its diverged tail is cut on reconnect);
+- StopCommitting / ResumeCommitting / DropBackup: the primary's commit gate and the
+  Active backup (`Replicator.set_gate`, `drop_backup`);
+- RecordMode: persisted in `mirror.json` (read back at start: `Started`);
+- Announce: the core's status to the partner (and the arbiter, every heartbeat).
+
+Promises: the core is only ever touched by this thread (events from other threads
+are queued); the core sees time only as Tick events; an action that fails is logged
+and reported back to the core as the event that says so (TailUnavailable, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import queue
 import threading
 import time
 
 from . import agent as agent_mod
 from . import mirrorcore as mc
+from .constants import MIRROR_HEARTBEAT_MS
 from .errors import IrisrepError, WireError
 
 log = logging.getLogger("irisrep.failover")
@@ -30,107 +42,203 @@ log = logging.getLogger("irisrep.failover")
 FAILOVER_TICK_MS = 50
 
 
-class BackupDriver:
-    """Runs a MirrorCore for a backup member; stops when the member is promoted."""
+def resumed_core(name: str, peer: str, qos_ms: int, role: str, epoch: int) -> mc.MirrorCore:
+    """A core for a member whose role changed outside the core (a switchover, an
+    operator's promotion): it starts from that role and epoch without a new epoch."""
+    core = mc.MirrorCore(name, peer, qos_ms=qos_ms)
+    core.handle(mc.Started(role="backup", epoch=epoch))
+    if role == "primary":
+        core.role = "primary"
+        core.epoch = core.known_epoch = epoch
+        core.was_primary = True
+        core.gate = "alone"
+    return core
 
-    def __init__(self, member) -> None:
+
+class FailoverDriver:
+    """Runs the MirrorCore of one failover member (primary or backup)."""
+
+    def __init__(self, member, core: mc.MirrorCore) -> None:
         self.member = member
         cfg = member.config
         self.peer = next(m for m in cfg.failover_members if m.name != member.name)
-        self.core = mc.MirrorCore(member.name, self.peer.name, qos_ms=cfg.qos_timeout_ms)
+        self.core = core
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._last: tuple | None = None  # (connected, epoch, end, active) last fed
-        self.actions: list[str] = []  # what the core asked for, for status and tests
+        self._link_up = False  # the backup's view of its link to the primary
+        self._last_announce = 0.0
+        self.status_dict: dict | None = dataclasses.asdict(core.status())
+        self.arbiter = None
+        self.actions: list[str] = []  # what the core asked for (status, tests)
         self._thread = threading.Thread(
             target=self._run, name=f"irisrep-failover {member.name}", daemon=True
         )
 
-    def start(self) -> BackupDriver:
-        m = self.member
-        self._do(
-            self.core.handle(
-                mc.Started(
-                    role="backup",
-                    epoch=m.epoch,
-                    journal_end=m.database.journal.durable_position,
-                )
-            )
-        )
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> FailoverDriver:
+        self.attach()
+        c = self.member.config
+        if c.arbiter_address is not None:
+            from .arbiter import ArbiterClient
+            from .member import _source_host
+
+            self.arbiter = ArbiterClient(
+                tuple(c.arbiter_address),
+                mirror=c.mirror_name,
+                member=self.member.name,
+                partner=self.peer.name,
+                status_fn=lambda: self.status_dict,
+                on_change=self._arbiter_change,
+                on_report=lambda r: self.feed(
+                    mc.ArbiterReport(
+                        sees_peer=bool(r.get("sees_peer")),
+                        epoch=int(r.get("epoch") or 0),
+                        mode=str(r.get("mode") or mc.AGENT),
+                        mode_seq=int(r.get("mode_seq") or 0),
+                    )
+                ),
+                on_answer=lambda a: self.feed(
+                    mc.ArbiterAnswer(epoch=int(a["epoch"]), granted=bool(a["granted"]))
+                ),
+                source_host=_source_host(c.me.mirror_address.host),
+            ).start()
         self._thread.start()
         return self
 
+    def attach(self) -> None:
+        """Hook the member's current links (again after a role change)."""
+        m = self.member
+        if m.replicator is not None:
+            m.replicator.partner = self.peer.name
+            m.replicator.controller = self.feed
+        if m.copy is not None:
+            m.copy.on_peer_status = lambda _name, ps: self.feed(ps)
+            self._link_up = False
+
+    def reset(self, core: mc.MirrorCore) -> None:
+        """A role change outside the core: continue with a core in the new role."""
+        self.feed(("reset", core))
+
     def close(self) -> None:
         self._stop.set()
-        if threading.current_thread() is not self._thread:
+        if self.arbiter is not None:
+            self.arbiter.close()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout=10)
 
-    # --- events -------------------------------------------------------------------------
+    def feed(self, event) -> None:
+        """Any thread: queue an event for the core."""
+        self._q.put(event)
 
-    def _now_ms(self) -> int:
-        return int(time.monotonic() * 1000)
+    def _arbiter_change(self, connected: bool, _sees) -> None:
+        self.feed(mc.ArbiterConnected() if connected else mc.ArbiterLost())
 
-    def _poll_link(self) -> None:
-        copy = self.member.copy
-        if copy is None:
-            return
-        connected = copy.primary is not None
-        state = (connected, copy.epoch, copy.primary_end, copy.active)
-        if state == self._last:
-            return
-        was = self._last[0] if self._last else False
-        self._last = state
-        if connected and not was:
-            self._do(self.core.handle(mc.PeerConnected()))
-        if connected:
-            self._do(
-                self.core.handle(
-                    mc.PeerStatus(
-                        role="primary",
-                        epoch=copy.epoch,
-                        journal_end=copy.primary_end,
-                        active=copy.active,
-                        name=copy.primary or self.peer.name,
-                    )
-                )
-            )
-        elif was:
-            self._do(self.core.handle(mc.PeerLost()))
+    # --- the loop -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.wait(FAILOVER_TICK_MS / 1000.0):
-            if self.member.role != "backup" or self.member.closed:
-                return
+        while not self._stop.is_set():
             try:
-                self._poll_link()
-                self._do(self.core.handle(mc.Tick(self._now_ms())))
-            except Exception:  # a bug here must not go unseen, nor kill the member
+                try:
+                    ev = self._q.get(timeout=FAILOVER_TICK_MS / 1000.0)
+                except queue.Empty:
+                    ev = None
+                if self.member.closed:
+                    return
+                self._poll_copy()
+                if ev is not None:
+                    self._handle(ev)
+                    while True:  # drain what queued meanwhile before the next tick
+                        try:
+                            self._handle(self._q.get_nowait())
+                        except queue.Empty:
+                            break
+                self._handle(mc.Tick(int(time.monotonic() * 1000)))
+                self._maybe_announce()
+            except Exception:  # a bug here must not go unseen, nor take the member down
                 log.exception("failover driver of %s failed", self.member.name)
                 return
 
-    # --- actions ------------------------------------------------------------------------
+    def _handle(self, ev) -> None:
+        if isinstance(ev, tuple) and ev[0] == "reset":
+            self.core = ev[1]
+            self.attach()
+            self.status_dict = dataclasses.asdict(self.core.status())
+            return
+        self.core.now = max(self.core.now, int(time.monotonic() * 1000))
+        self._do(self.core.handle(ev))
+        self.status_dict = dataclasses.asdict(self.core.status())
+
+    def _poll_copy(self) -> None:
+        copy = self.member.copy
+        if copy is None:
+            return
+        up = copy.primary is not None
+        if up != self._link_up:
+            self._link_up = up
+            self._handle(mc.PeerConnected() if up else mc.PeerLost())
+
+    def _maybe_announce(self, now_forced: bool = False) -> None:
+        now = time.monotonic()
+        if not now_forced and now - self._last_announce < MIRROR_HEARTBEAT_MS / 1000.0:
+            return
+        self._last_announce = now
+        st = self.status_dict
+        m = self.member
+        if m.replicator is not None:
+            m.replicator.announce(st)
+        elif m.copy is not None:
+            m.copy.announce(st)
+
+    # --- actions --------------------------------------------------------------------------
 
     def _do(self, actions) -> None:
+        m = self.member
         for a in actions:
             self.actions.append(mc.kebab(type(a).__name__))
             if isinstance(a, mc.Log):
-                log.warning("mirror core %s: %s", self.member.name, a.text)
+                log.warning("mirror core %s: %s", m.name, a.text)
             elif isinstance(a, mc.AskAgent):
                 self._ask_agent(a.member)
+            elif isinstance(a, mc.AskArbiter):
+                if self.arbiter is None:
+                    self._handle(mc.ArbiterAnswer(epoch=a.epoch, granted=False))
+                else:
+                    self.arbiter.ask(a.epoch)
             elif isinstance(a, mc.FetchJournalTail):
                 self._fetch_tail(a)
             elif isinstance(a, mc.BumpEpoch):
-                pass  # persisted by the promotion, before anything is journaled
+                pass  # persisted by the promotion, before anything is journaled in it
             elif isinstance(a, mc.AdoptEpoch):
-                self.member._adopt_epoch(a.epoch)
+                m._adopt_epoch(a.epoch)
             elif isinstance(a, mc.BecomePrimary):
-                self._stop.set()
-                self.member.promote(reason="the primary's process is down", epoch=a.epoch)
-                return
-            elif isinstance(a, mc.AskArbiter):
-                # No arbiter link is wired yet: never granted (no takeover on host loss).
-                self._do(self.core.handle(mc.ArbiterAnswer(epoch=a.epoch, granted=False)))
+                if m.role != "primary":
+                    m.promote(reason="the mirror core's decision", epoch=a.epoch, keep_core=True)
+                    self.attach()
+            elif isinstance(a, mc.Demote):
+                if m.role == "primary":
+                    m.demote_fenced(epoch=a.epoch)
+                    self.attach()
+            elif isinstance(a, mc.RecordMode):
+                m.record_mode(a.arbiter_controlled)
+            elif isinstance(a, mc.Announce):
+                self.status_dict = dataclasses.asdict(self.core.status())
+                self._maybe_announce(now_forced=True)
+            elif isinstance(a, mc.EnterTrouble):
+                m.trouble = True
+            elif isinstance(a, mc.LeaveTrouble):
+                m.trouble = False
+            elif isinstance(a, mc.StopCommitting):
+                if m.replicator is not None:
+                    m.replicator.set_gate(False)
+            elif isinstance(a, mc.ResumeCommitting):
+                if m.replicator is not None:
+                    m.replicator.set_gate(True)
+            elif isinstance(a, mc.DropBackup):
+                if m.replicator is not None:
+                    m.replicator.drop_backup(a.reason)
             else:
-                log.info("mirror core %s: %s (not acted on here)", self.member.name, a)
+                log.info("mirror core %s: %s (not acted on here)", m.name, a)
 
     def _agent_args(self) -> dict:
         from .member import _source_host
@@ -146,23 +254,21 @@ class BackupDriver:
     def _ask_agent(self, member: str) -> None:
         addr = self.member.config.member(member).agent_address
         if addr is None:
-            self._do(self.core.handle(mc.AgentUnreachable(member)))
+            self._handle(mc.AgentUnreachable(member))
             return
         try:
             ans = agent_mod.ask(addr, op="member-status", **self._agent_args())
         except (OSError, WireError, ValueError) as e:
             log.warning("agent of %s unreachable: %s", member, e)
-            self._do(self.core.handle(mc.AgentUnreachable(member)))
+            self._handle(mc.AgentUnreachable(member))
             return
-        self._do(
-            self.core.handle(
-                mc.AgentReport(
-                    member=member,
-                    down=bool(ans.get("down")),
-                    journal_end=ans.get("journal_end"),
-                    nofailover=bool(ans.get("nofailover")),
-                    epoch=int(ans.get("epoch") or 0),
-                )
+        self._handle(
+            mc.AgentReport(
+                member=member,
+                down=bool(ans.get("down")),
+                journal_end=ans.get("journal_end"),
+                nofailover=bool(ans.get("nofailover")),
+                epoch=int(ans.get("epoch") or 0),
             )
         )
 
@@ -173,9 +279,8 @@ class BackupDriver:
         try:
             if addr is None or not a.from_agent:
                 raise WireError("payload", "no agent to fetch the tail from")
-            copy = m.copy
-            if copy is not None:
-                copy.pause()  # nothing may append while the tail comes in
+            if m.copy is not None:
+                m.copy.pause()  # nothing may append while the tail comes in
             data = agent_mod.fetch_tail(
                 addr, from_position=journal.durable_position, **self._agent_args()
             )
@@ -185,7 +290,9 @@ class BackupDriver:
             ans = agent_mod.ask(addr, op="member-status", **self._agent_args())
         except (OSError, WireError, ValueError, IrisrepError) as e:
             log.warning("could not fetch %s's journal tail: %s", a.from_member, e)
-            self._do(self.core.handle(mc.TailUnavailable(a.from_member)))
+            if m.copy is not None:
+                m.copy.paused = False
+            self._handle(mc.TailUnavailable(a.from_member))
             return
         log.warning(
             "fetched %d bytes of %s's journal tail; ours ends at %d",
@@ -193,8 +300,6 @@ class BackupDriver:
             a.from_member,
             journal.durable_position,
         )
-        self._do(
-            self.core.handle(
-                mc.TailFetched(position=journal.durable_position, epoch=int(ans.get("epoch") or 0))
-            )
+        self._handle(
+            mc.TailFetched(position=journal.durable_position, epoch=int(ans.get("epoch") or 0))
         )

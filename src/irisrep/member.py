@@ -30,6 +30,7 @@ import time
 from . import wire
 from .config import MemberConfig
 from .constants import (
+    JOURNAL_DIR_NAME,
     MEMBER_SWITCH_INTERVAL_S,
     MIRROR_EPOCH_FIRST,
     MIRROR_STATE_FILE_NAME,
@@ -115,29 +116,22 @@ class Member:
         self.state_path = os.path.join(config.data_dir, MIRROR_STATE_FILE_NAME)
         st = _read_state(self.state_path)
         if st is None:
+            # The first primary starts one below the first epoch: its mirror core
+            # bumps the epoch at every start of a primary (a new life, a new epoch).
             st = {"epoch": 0, "role": self._initial_role()}
             if st["role"] == "primary":
-                st["epoch"] = MIRROR_EPOCH_FIRST
+                st["epoch"] = MIRROR_EPOCH_FIRST - 1
             _write_state(self.state_path, st)
         self.epoch = st["epoch"]
         self.role = st["role"]
-        served = os.path.join(config.data_dir, TAIL_SERVED_FILE_NAME)
-        if os.path.exists(served):
-            # While this member was down its agent served its journal tail to the
-            # partner, which may have taken over with it: never come back as primary
-            # on our own word (DESIGN.md section 3); follow whoever is primary now.
-            if self.role == "primary":
-                log.warning(
-                    "member %s: its journal tail was served while it was down: "
-                    "restarting as backup, not primary",
-                    self.name,
-                )
-                _write_state(self.state_path, {"epoch": self.epoch, "role": "backup"})
-                self.role = "backup"
-            os.remove(served)
+        self.arbiter_controlled = bool(st.get("arbiter_controlled", False))
+        self.trouble = False
+        self._served_path = os.path.join(config.data_dir, TAIL_SERVED_FILE_NAME)
+        self.tail_served = os.path.exists(self._served_path)
+        self.core = None  # the mirror core (failover members), decided at start
         self.replicator: Replicator | None = None
         self.copy: CopyLink | None = None
-        self.driver = None  # failover.BackupDriver on a failover backup
+        self.driver = None  # failover.FailoverDriver on a failover member
         self.database: Database | None = None
         self.mirror_listener: wire.WireListener | None = None
         self.client_listener = None
@@ -163,6 +157,8 @@ class Member:
             # behind committing or applying threads (process-wide: a service that
             # hosts a member can pass switch_interval_s=None to keep its own).
             sys.setswitchinterval(self._switch_interval_s)
+        if self.kind == "failover":
+            self._decide_start_role()
         primary = self.role == "primary"
         self.database = Database(
             str(c.data_dir),
@@ -196,6 +192,10 @@ class Member:
                 self.client_listener = ClientListener(
                     self, tuple(c.me.client_address), users=users or None
                 )
+            if self.kind == "failover" and self.core is not None:
+                from .failover import FailoverDriver
+
+                self.driver = FailoverDriver(self, self.core).start()
         except BaseException:
             self.close()
             raise
@@ -207,6 +207,66 @@ class Member:
             self.epoch,
         )
         return self
+
+    def _decide_start_role(self) -> None:
+        """Ask the mirror core what this member may be after a (re)start: a primary
+        that nobody can have replaced (not arbiter-controlled, its tail not served by
+        its agent) is primary again in a new epoch; any other former primary waits
+        for its partner, following it as a backup (never primary on its own word)."""
+        from . import mirrorcore as mc
+        from .journal import stream_end
+
+        c = self.config
+        peer = next(m for m in c.failover_members if m.name != self.name)
+        jdir = c.journal_dir if c.journal_dir is not None else c.data_dir / JOURNAL_DIR_NAME
+        end = stream_end(self._fs(), str(jdir)) if os.path.isdir(jdir) else 0
+        core = mc.MirrorCore(self.name, peer.name, qos_ms=c.qos_timeout_ms)
+        actions = core.handle(
+            mc.Started(
+                role=self.role,
+                epoch=self.epoch,
+                journal_end=end,
+                arbiter_controlled=self.arbiter_controlled,
+                tail_served=self.tail_served,
+            )
+        )
+        for a in actions:
+            if isinstance(a, mc.Log):
+                log.warning("mirror core %s: %s", self.name, a.text)
+        promoted = [a for a in actions if isinstance(a, mc.BecomePrimary)]
+        if promoted:
+            self.epoch = promoted[-1].epoch
+            self.role = "primary"
+        elif self.role == "primary":
+            log.warning(
+                "member %s: it was primary but may not decide alone (its tail was served, "
+                "or it was arbiter-controlled): it follows its partner as backup",
+                self.name,
+            )
+            self.role = "backup"
+        self.arbiter_controlled = False
+        self._persist()
+        if self.tail_served:
+            os.remove(self._served_path)
+            self.tail_served = False
+        self.core = core
+
+    def _fs(self):
+        from .fileio import default_fs
+
+        return default_fs()
+
+    def _persist(self) -> None:
+        _write_state(
+            self.state_path,
+            {"epoch": self.epoch, "role": self.role, "arbiter_controlled": self.arbiter_controlled},
+        )
+
+    def record_mode(self, arbiter_controlled: bool) -> None:
+        """The core's RecordMode: durable before the core announces the mode."""
+        with self._lock:
+            self.arbiter_controlled = bool(arbiter_controlled)
+            self._persist()
 
     def _start_replicator(self) -> None:
         c = self.config
@@ -240,10 +300,6 @@ class Member:
             source_host=_source_host(c.me.mirror_address.host),
         )
         self.copy.start()
-        if self.kind == "failover" and self.role == "backup":
-            from .failover import BackupDriver
-
-            self.driver = BackupDriver(self).start()
 
     def _on_peer(self, sock, peer) -> None:
         """The mirror listener's callback: the primary streams to the member; any
@@ -259,8 +315,10 @@ class Member:
     def _set_role(self, role: str, epoch: int, why: str) -> None:
         """Persist the role and epoch (before anything is written in the new epoch),
         then publish them."""
-        _write_state(self.state_path, {"epoch": epoch, "role": role})
         old, self.role, self.epoch = self.role, role, epoch
+        if role != "primary":
+            self.arbiter_controlled = False
+        self._persist()
         self.history.append(
             {"time": time.time(), "epoch": epoch, "from": old, "to": role, "reason": why}
         )
@@ -268,7 +326,9 @@ class Member:
         for cb in list(self._role_callbacks):
             cb(self, old, role)
 
-    def promote(self, *, reason: str = "promoted", epoch: int | None = None) -> int:
+    def promote(
+        self, *, reason: str = "promoted", epoch: int | None = None, keep_core: bool = False
+    ) -> int:
         """Make this backup (or DR async, manually) the primary; returns the new epoch.
 
         Its link to the old primary is closed first, so nothing more arrives; every
@@ -283,9 +343,6 @@ class Member:
             if copy is not None:
                 copy.close()
                 seen = max(seen, copy.epoch)
-            if self.driver is not None:
-                self.driver.close()
-                self.driver = None
             db = self.database
             db.apply_rest_of_journal()
             epoch = max(seen + 1, epoch or 0)
@@ -294,6 +351,7 @@ class Member:
             self._start_replicator()
             if rolled_back:
                 self.history[-1]["rolled_back"] = rolled_back
+            self._reset_core(keep_core)
             return epoch
 
     def _on_handover(self, end_position: int, epoch: int) -> bool:
@@ -328,6 +386,40 @@ class Member:
             db.become_copy()
             self._set_role("backup" if self.kind == "failover" else "async", self.epoch, reason)
             self._start_copy()
+            self._reset_core(False)
+
+    def demote_fenced(self, *, epoch: int) -> None:
+        """The core's Demote: a newer primary exists. Nothing commits here any more
+        (commits in flight fail: they may not have been acknowledged by the mirror);
+        the database becomes a copy that follows the new primary, whose catch-up
+        cuts any tail of ours it never had."""
+        with self._role_lock:
+            if self.role != "primary":
+                return
+            db = self.database
+            db.set_protect(True)
+            rep, self.replicator = self.replicator, None
+            db.committer.replicator = None
+            if rep is not None:
+                rep.fenced_by = max(epoch, self.epoch + 1)
+                rep.close()
+            db.become_copy(force=True)
+            self._set_role("backup", max(epoch, self.epoch), f"fenced by epoch {epoch}")
+            self._start_copy()
+
+    def _reset_core(self, keep_core: bool) -> None:
+        """After a role change: the failover driver follows the new links, with the
+        same core (it decided the change) or one resumed in the new role."""
+        if self.driver is None:
+            return
+        if keep_core:
+            return  # the driver re-attaches on its own thread
+        from .failover import resumed_core
+
+        peer = next(m for m in self.config.failover_members if m.name != self.name)
+        self.driver.reset(
+            resumed_core(self.name, peer.name, self.config.qos_timeout_ms, self.role, self.epoch)
+        )
 
     def switchover(self, *, timeout_s: float = 30.0) -> str:
         """Planned failover to the Active backup without losing a commit: stop
@@ -396,9 +488,9 @@ class Member:
         with self._lock:
             if epoch <= self.epoch:
                 return
-            _write_state(self.state_path, {"epoch": epoch, "role": self.role})
             log.warning("member %s: epoch %d -> %d", self.name, self.epoch, epoch)
             self.epoch = epoch
+            self._persist()
 
     def on_role(self, callback) -> None:
         """Call `callback(member, old_role, new_role)` when the role changes."""

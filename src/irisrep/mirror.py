@@ -47,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import mirrorcore as mc
 from . import wire
 from .constants import (
     JOURNAL_FRAME_ALIGN,
@@ -263,6 +264,14 @@ class _PeerLink:
                 elif f.type == wire.HEARTBEAT:
                     # A copy's heartbeat carries the position its database has applied.
                     self.state.applied_seen = wire.decode_u64(f.payload)
+                elif f.type == wire.STATUS and self._started.is_set():
+                    try:
+                        body = json.loads(f.payload)
+                        ps = mc.PeerStatus(**body["peer_status"])
+                    except (ValueError, KeyError, TypeError):
+                        raise WireError("payload", "bad STATUS from a member") from None
+                    if self.peer.member == self.rep.partner:
+                        self.rep._report(ps)
                 elif f.type == wire.STATUS and not self._started.is_set():
                     # Before its CATCHUP_REQUEST a member may show its last frame
                     # (start position, checksum), so that a tail we never had is caught.
@@ -384,6 +393,14 @@ class Replicator:
         self._on_event = on_event
         self.stats = {"waits": 0, "acked": 0, "alone": 0, "qos_timeouts": 0}
         self._live: tuple[_PeerLink, ...] = ()  # links streaming live, for direct sends
+        # With a controller (failover.FailoverDriver), the mirror core decides when the
+        # backup stops holding commits back (DropBackup) and when nothing may commit
+        # (StopCommitting): this object reports events and obeys.
+        self.controller = None  # callable(mirrorcore event)
+        self.partner: str | None = None  # the other failover member (for core events)
+        self._gate = threading.Event()  # set: commits may return
+        self._gate.set()
+        self._failing_reported = False
         journal.on_written = self._publish
 
     # --- events and links ---------------------------------------------------------------
@@ -448,21 +465,41 @@ class Replicator:
             old.close("replaced by a new connection from the same member")
         self._event("connected", f"{peer.member} ({kind}) connected")
         link.start()
+        if peer.member == self.partner:
+            self._report(mc.PeerConnected())
+
+    def _report(self, event) -> None:
+        ctl = self.controller
+        if ctl is not None:
+            ctl(event)
 
     def _link_closed(self, link: _PeerLink, reason: str) -> None:
         self._set_live(link, False)
         # The declaration's time is taken before any waiter can see it: a commit that
         # returns alone afterwards returns after this instant.
         at = time.time()
+        controlled = self.controller is not None and not self.closed
         with self._cv:
             if self._links.get(link.peer.member) is link:
                 del self._links[link.peer.member]
             was_active = self.active is link
-            if was_active:
+            if was_active and not controlled:
                 self.active = None
                 link.state.active = False
                 self._release_waiters_locked()
-        if was_active:
+        if link.peer.member == self.partner and controlled:
+            if self._links.get(link.peer.member) is None:
+                self._report(mc.PeerLost())
+            if was_active:
+                # The core decides: commits keep waiting until it drops the backup
+                # (after the QoS timeout, when that is safe) or the backup is back.
+                self._failing_reported = True
+                self._report(mc.BackupInactive())
+                self._event(
+                    "backup-failing", f"lost the Active backup {link.peer.member}: {reason}"
+                )
+                return
+        if was_active and not controlled:
             self._event(
                 "backup-inactive",
                 f"backup {link.peer.member} is no longer Active ({reason}); "
@@ -471,6 +508,48 @@ class Replicator:
             )
         elif not self.closed:
             self._event("disconnected", f"{link.peer.member} disconnected: {reason}")
+
+    def drop_backup(self, reason: str) -> None:
+        """The core's DropBackup: the backup is no longer Active, waiting commits
+        return (durable here only), and its link is closed (it must catch up again)."""
+        at = time.time()
+        with self._cv:
+            link = self.active
+            if link is None:
+                return
+            self.active = None
+            link.state.active = False
+            self._release_waiters_locked()
+        self._event(
+            "backup-inactive",
+            f"backup {link.state.name} is no longer Active ({reason}); the primary continues alone",
+            at,
+        )
+        link.close(reason)
+
+    def set_gate(self, open_: bool) -> None:
+        """StopCommitting / ResumeCommitting: while closed, no commit returns."""
+        if open_:
+            self._gate.set()
+            self._event("resume", "commits may return again")
+        else:
+            self._gate.clear()
+            self._event("stop-committing", "no commit may return (In Trouble or fenced)")
+
+    def announce(self, status: dict) -> None:
+        """Send the core's status to the partner now (on every heartbeat, and at once
+        after the core's Announce)."""
+        with self._cv:
+            link = self._links.get(self.partner) if self.partner else None
+        if link is None or link.state.closed:
+            return
+        try:
+            with link._send_lock:
+                wire.send_frame(
+                    link.sock, wire.STATUS, self.epoch, json.dumps({"peer_status": status}).encode()
+                )
+        except (WireError, OSError) as e:
+            link.close(f"send failed: {e}")
 
     def _check_start(self, position: int, claim: tuple[int, int] | None = None) -> str:
         """Why a member asking to start at `position` cannot (its stream is not a
@@ -504,13 +583,18 @@ class Replicator:
         if st.kind != "failover" or st.active or st.closed:
             return
         with self._cv:
-            if self.active is not None or st.closed:
+            old = self.active
+            if (old is not None and not old.state.closed) or st.closed:
                 return
             if self.ring.end - self._acked(st) > MIRROR_ACTIVE_LAG_BYTES_MAX:
                 return
+            # A lost Active link the core has not dropped yet is replaced: its waiters
+            # now wait for this link's acks (it has everything they need once caught up).
             self.active = link
             st.active = True
         self._event("backup-active", f"backup {st.name} is caught up and Active")
+        self._failing_reported = False
+        self._report(mc.BackupActive())
         # Tell it: a backup that knows it was Active may take over on the arbiter's word.
         try:
             with link._send_lock:
@@ -545,7 +629,10 @@ class Replicator:
                 heap = self._waiters
                 while heap and heap[0][0] <= acked:
                     heapq.heappop(heap)[2].release()
-        if self.active is None and st.live:
+        if self._failing_reported and self.active is link:
+            self._failing_reported = False
+            self._report(mc.AckReceived(position))
+        if (self.active is None or self.active.state.closed) and st.live:
             self._maybe_activate(link)
 
     def _release_waiters_locked(self) -> None:
@@ -558,7 +645,21 @@ class Replicator:
 
     def wait(self, position: int) -> None:
         """Return when the Active backup acknowledged `position`, or it is no longer
-        Active (then the commit is durable on this member only, as IRIS)."""
+        Active (then the commit is durable on this member only, as IRIS). With a
+        controller, the core decides when a silent backup stops being Active, and no
+        commit returns while it has stopped commits (In Trouble, fenced)."""
+        self._wait_ack(position)
+        if not self._gate.is_set():
+            while not self._gate.wait(0.05):
+                if self.fenced_by is not None or self.closed:
+                    break
+        if self.fenced_by is not None or (self.closed and self.controller is not None):
+            raise DurabilityError(
+                "this member stopped being primary before the commit could be acknowledged "
+                f"by the mirror (fenced by epoch {self.fenced_by}); it may not have committed"
+            )
+
+    def _wait_ack(self, position: int) -> None:
         if self.fenced_by is not None:
             raise DurabilityError(
                 f"this primary was fenced by epoch {self.fenced_by}: the commit may not be "
@@ -568,34 +669,45 @@ class Replicator:
         if link is None:
             self.stats["alone"] += 1
             return
-        st = link.state
-        if self._acked(st) >= position:
+        if self._acked(link.state) >= position:
             self.stats["acked"] += 1
             return
         w = threading.Lock()
         w.acquire()
         with self._cv:
-            if self.active is not link:
+            link = self.active
+            if link is None:
                 self.stats["alone"] += 1
                 return  # declared not Active (and logged) before we return
-            if self._acked(st) >= position:
+            if self._acked(link.state) >= position:
                 self.stats["acked"] += 1
                 return
             self.stats["waits"] += 1
             heapq.heappush(self._waiters, (position, next(self._seq), w))
-        if w.acquire(timeout=self.qos_timeout_ms / 1000.0):
-            # Released by the ack that covers us, or by the backup's declaration as
-            # not Active (which happens, and is logged, before the release).
-            if self._acked(st) >= position:
-                self.stats["acked"] += 1
-            else:
-                self.stats["alone"] += 1
-            return
-        self.stats["qos_timeouts"] += 1
-        link.close(
-            f"no acknowledgement of position {position} within the QoS timeout "
-            f"({self.qos_timeout_ms} ms)"
-        )
+        qos_s = self.qos_timeout_ms / 1000.0
+        while True:
+            if w.acquire(timeout=qos_s):
+                # Released by the ack that covers us, or by the backup's declaration as
+                # not Active (which happens, and is logged, before the release).
+                cur = self.active
+                if cur is not None and self._acked(cur.state) >= position:
+                    self.stats["acked"] += 1
+                else:
+                    self.stats["alone"] += 1
+                return
+            self.stats["qos_timeouts"] += 1
+            if self.controller is None:
+                link.close(
+                    f"no acknowledgement of position {position} within the QoS timeout "
+                    f"({self.qos_timeout_ms} ms)"
+                )
+                continue  # the close released us (declared not Active first)
+            # The core decides (DropBackup once safe); until then the commit waits.
+            if not self._failing_reported:
+                self._failing_reported = True
+                self._report(mc.BackupInactive())
+            if self.closed or self.fenced_by is not None:
+                return
 
     # --- status ------------------------------------------------------------------------------
 
@@ -651,8 +763,10 @@ class Replicator:
     def close(self) -> None:
         self.closed = True
         self.journal.on_written = None
+        self._gate.set()
         with self._cv:
             links = list(self._links.values())
+            self._release_waiters_locked()
         for link in links:
             link.close("the primary is stopping")
         self.ring.wake()
@@ -720,6 +834,7 @@ class CopyLink:
         self.caught_up_at: float | None = None
         self.active = False  # the primary declared this link its Active backup
         self.truncated: list[dict] = []  # tails dropped on a primary's word (report)
+        self.on_peer_status = None  # (primary name, PeerStatus): the failover driver
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
@@ -736,6 +851,16 @@ class CopyLink:
         self.closed = True
         self._drop()
         self._thread.join(timeout=30)
+
+    def announce(self, status: dict) -> None:
+        """Send this member's core status to the primary (its partner) now."""
+        sock = self._sock
+        if sock is None or self.primary is None:
+            return
+        try:
+            self._send(sock, wire.STATUS, json.dumps({"peer_status": status}).encode())
+        except (WireError, OSError):
+            pass  # the link thread sees the broken connection
 
     def pause(self) -> None:
         """Stop following: drop the connection and do not reconnect (a takeover
@@ -891,6 +1016,14 @@ class CopyLink:
                     st = {}
                 if isinstance(st, dict) and set(st) == {"active"}:
                     self.active = bool(st["active"])
+                    continue
+                if isinstance(st, dict) and isinstance(st.get("peer_status"), dict):
+                    cb = self.on_peer_status
+                    if cb is not None:
+                        try:
+                            cb(name, mc.PeerStatus(**st["peer_status"]))
+                        except TypeError:
+                            raise _Stale("bad peer status from the primary") from None
                     continue
                 if isinstance(st, dict) and isinstance(st.get("truncate_to"), int):
                     raise _Diverged(st["truncate_to"], str(st.get("refused", "")))
