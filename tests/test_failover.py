@@ -41,6 +41,7 @@ def test_switchover_loses_nothing_and_roles_swap(tmp_path):
         assert a.switchover() == "B"
         wait_for(lambda: b.role == "primary", what="B primary")
         assert a.role == "backup" and b.epoch == 2
+        wait_for(lambda: roles, what="the role callback")
         assert roles == [("B", "backup", "primary")]
         with pytest.raises(irisrep.ProtectError):
             a.database.globals["s"][0] = "no"

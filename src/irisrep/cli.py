@@ -353,7 +353,9 @@ def agent(config_path: str, control_path: str) -> None:
     default=None,
     help="One host address per member, comma-separated (e.g. 127.0.0.2,127.0.0.3).",
 )
-def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses) -> None:
+@click.option("--no-arbiter", is_flag=True, help="No arbiter: no failover on host loss.")
+@click.option("--arbiter-address", default="127.0.0.1", help="The arbiter's host address.")
+def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses, no_arbiter, arbiter_address) -> None:
     """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup."""
     from .deploy import deploy_dir
     from .deploy import up as deploy_up
@@ -368,6 +370,8 @@ def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses) -> None:
         ack_level=ack_level,
         progress=lambda msg: err_console.print(msg),
         addresses=[a.strip() for a in addresses.split(",")] if addresses else None,
+        arbiter=not no_arbiter,
+        arbiter_host=arbiter_address,
     )
     console.print(
         f"mirror {dep['mirror']} is up in {d}: "
@@ -489,7 +493,10 @@ stop = click.option(
 
 @main.command()
 @click.option("--listen", required=True, help="HOST:PORT to listen on, e.g. 127.0.0.1:7000.")
-def arbiter(listen: str) -> None:
+@click.option(
+    "--state", "state_path", default=None, help="File where grants are kept (survive restarts)."
+)
+def arbiter(listen: str, state_path: str | None) -> None:
     """Run the arbiter: tells each failover member whether it still sees the other."""
     import logging
     import signal
@@ -508,7 +515,7 @@ def arbiter(listen: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Arbiter(tuple(addr)) as arb:
+    with Arbiter(tuple(addr), state_path=state_path) as arb:
         console.print(f"irisrep arbiter listening on {arb.address[0]}:{arb.address[1]}")
         while not stop.wait(0.5):
             pass

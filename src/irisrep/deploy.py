@@ -115,9 +115,12 @@ def up(
     timeout_s: float = UP_TIMEOUT_S,
     progress=None,
     addresses: list[str] | None = None,
+    arbiter: bool = True,
+    arbiter_host: str = "127.0.0.1",
 ) -> dict:
-    """Deploy and start a mirror: 2 failover members (A primary, B backup) and
-    `asyncs` DR asyncs; return the deployment once the backup is Active."""
+    """Deploy and start a mirror: 2 failover members (A primary, B backup),
+    `asyncs` DR asyncs and (unless `arbiter=False`) an arbiter; return the deployment
+    once the backup is Active."""
     say = progress or (lambda _msg: None)
     if (dirpath / DEPLOY_FILE).exists():
         st = [s for s in agents(dirpath) if s.get("agent_running")]
@@ -134,7 +137,8 @@ def up(
         raise DeployError(
             f"--addresses: {len(hosts)} addresses for {len(names)} members ({', '.join(names)})"
         )
-    ports = _pick_ports(base_port, 3 * len(names), hosts)
+    ports = _pick_ports(base_port, 3 * len(names) + 1, hosts + [arbiter_host])
+    arbiter_address = Address(arbiter_host, ports[-1]) if arbiter else None
     key_path = dirpath / KEY_FILE
     if not key_path.exists():
         _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
@@ -170,6 +174,7 @@ def up(
             ack_level=ack_level,
             pool_blocks=4096,
             users=users,
+            arbiter_address=arbiter_address,
         )
         (mdir / "member.toml").write_text(cfg.to_toml())
         deployment["members"].append(
@@ -184,8 +189,12 @@ def up(
                 "config": str(mdir / "member.toml"),
             }
         )
+    deployment["arbiter"] = str(arbiter_address) if arbiter_address else None
     (dirpath / DEPLOY_FILE).write_text(json.dumps(deployment, indent=2) + "\n")
     try:
+        if arbiter_address is not None:
+            _spawn_arbiter(dirpath, arbiter_address)
+            say(f"started the arbiter at {arbiter_address}")
         for m in deployment["members"]:
             _spawn_agent(dirpath, m["name"])
             say(f"started {m['name']} ({m['kind']}) at {m['client_address']}")
@@ -229,6 +238,68 @@ def _spawn_agent(dirpath: Path, name: str) -> None:
             raise DeployError(f"the agent of {name} exited ({p.returncode}): see {mdir}/agent.log")
         time.sleep(0.05)
     raise DeployError(f"the agent of {name} did not open {control}")
+
+
+def _spawn_arbiter(dirpath: Path, address) -> None:
+    adir = dirpath / "arbiter"
+    adir.mkdir(exist_ok=True)
+    log = open(adir / "arbiter.log", "ab")  # noqa: SIM115 - the arbiter keeps it
+    try:
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "irisrep",
+                "arbiter",
+                "--listen",
+                str(address),
+                "--state",
+                str(adir / "arbiter.json"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    (adir / "arbiter.pid").write_text(f"{p.pid}\n")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(tuple(address), timeout=0.5):
+                return
+        except OSError:
+            if p.poll() is not None:
+                raise DeployError(
+                    f"the arbiter exited ({p.returncode}): see {adir}/arbiter.log"
+                ) from None
+            time.sleep(0.05)
+    raise DeployError(f"the arbiter did not listen on {address}")
+
+
+def arbiter_op(dirpath: Path, op: str) -> str:
+    """`irisrep stop/start/kill arbiter`: the arbiter is a plain process (pid file)."""
+    import signal
+
+    dep = load(dirpath)
+    if not dep.get("arbiter"):
+        raise DeployError("this mirror has no arbiter (irisrep up --no-arbiter)")
+    pid_file = dirpath / "arbiter" / "arbiter.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else 0
+    alive = bool(pid) and not agent_mod.wait_gone(pid, 0)
+    if op in ("stop", "kill"):
+        if alive:
+            os.kill(pid, signal.SIGKILL if op == "kill" else signal.SIGTERM)
+            agent_mod.wait_gone(pid, 10)
+        return "stopped"
+    if op == "start":
+        if not alive:
+            from .config import parse_address
+
+            _spawn_arbiter(dirpath, parse_address(dep["arbiter"]))
+        return "running"
+    raise DeployError(f"unknown arbiter operation {op!r}")
 
 
 def wait_active(dirpath: Path, timeout_s: float = UP_TIMEOUT_S) -> dict:
@@ -329,6 +400,9 @@ def ps(dirpath: Path) -> list[dict]:
 
 
 def member_op(dirpath: Path, member: str, op: str) -> dict:
+    if member == "arbiter":
+        state = arbiter_op(dirpath, "stop" if op == "stop-nofailover" else op)
+        return {"running": state == "running", "pid": None}
     dep = load(dirpath)
     if member not in {m["name"] for m in dep["members"]}:
         raise DeployError(
@@ -368,6 +442,24 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
                     pass
                 agent_mod.wait_gone(pid, 5)
             pid_file.unlink(missing_ok=True)
+    pid_file = dirpath / "arbiter" / "arbiter.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text())
+        except ValueError:
+            pid = 0
+        if pid:
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+            if not agent_mod.wait_gone(pid, 10):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        pid_file.unlink(missing_ok=True)
+        stopped.append("arbiter")
     if purge and dirpath.exists():
         shutil.rmtree(dirpath)
     return stopped
@@ -389,17 +481,19 @@ def eligibility(dirpath: Path) -> dict:
         reasons = []
         if not p["active"]:
             reasons.append("not Active")
-        if p["lag_bytes"]:
-            reasons.append(f"{p['lag_bytes']} bytes behind")
+            if p["lag_bytes"]:
+                reasons.append(f"{p['lag_bytes']} bytes behind")
         cands.append(
             {
                 "member": p["member"],
                 "active": p["active"],
-                "caught_up": not p["lag_bytes"],
+                # Active: within a few writes of the end; the switchover itself waits
+                # until it has acknowledged the whole journal.
+                "caught_up": p["active"] or not p["lag_bytes"],
                 "epoch": statuses.get(p["member"], {}).get("epoch"),
                 "arbiter_link": "none configured",
                 "eligible": not reasons,
-                "why": ", ".join(reasons) or "Active and caught up",
+                "why": ", ".join(reasons) or "Active",
             }
         )
     ok = any(c["eligible"] for c in cands)

@@ -499,7 +499,7 @@ class Replicator:
                     "backup-failing", f"lost the Active backup {link.peer.member}: {reason}"
                 )
                 return
-        if was_active and not controlled:
+        if was_active and not controlled and not self.closed:
             self._event(
                 "backup-inactive",
                 f"backup {link.peer.member} is no longer Active ({reason}); "
@@ -647,19 +647,23 @@ class Replicator:
         """Return when the Active backup acknowledged `position`, or it is no longer
         Active (then the commit is durable on this member only, as IRIS). With a
         controller, the core decides when a silent backup stops being Active, and no
-        commit returns while it has stopped commits (In Trouble, fenced)."""
-        self._wait_ack(position)
+        commit returns ALONE while it has stopped commits (In Trouble, fenced): one
+        the backup acknowledged is safe on the mirror and returns."""
+        if self._wait_ack(position):
+            return
         if not self._gate.is_set():
             while not self._gate.wait(0.05):
                 if self.fenced_by is not None or self.closed:
                     break
         if self.fenced_by is not None or (self.closed and self.controller is not None):
+            why = f"fenced by epoch {self.fenced_by}" if self.fenced_by else "it stopped"
             raise DurabilityError(
-                "this member stopped being primary before the commit could be acknowledged "
-                f"by the mirror (fenced by epoch {self.fenced_by}); it may not have committed"
+                f"this member stopped being primary ({why}) before the mirror acknowledged "
+                f"the commit: it may not have committed"
             )
 
-    def _wait_ack(self, position: int) -> None:
+    def _wait_ack(self, position: int) -> bool:
+        """True when the Active backup acknowledged `position`; False: alone."""
         if self.fenced_by is not None:
             raise DurabilityError(
                 f"this primary was fenced by epoch {self.fenced_by}: the commit may not be "
@@ -668,20 +672,20 @@ class Replicator:
         link = self.active
         if link is None:
             self.stats["alone"] += 1
-            return
+            return False
         if self._acked(link.state) >= position:
             self.stats["acked"] += 1
-            return
+            return True
         w = threading.Lock()
         w.acquire()
         with self._cv:
             link = self.active
             if link is None:
                 self.stats["alone"] += 1
-                return  # declared not Active (and logged) before we return
+                return False  # declared not Active (and logged) before we return
             if self._acked(link.state) >= position:
                 self.stats["acked"] += 1
-                return
+                return True
             self.stats["waits"] += 1
             heapq.heappush(self._waiters, (position, next(self._seq), w))
         qos_s = self.qos_timeout_ms / 1000.0
@@ -689,12 +693,14 @@ class Replicator:
             if w.acquire(timeout=qos_s):
                 # Released by the ack that covers us, or by the backup's declaration as
                 # not Active (which happens, and is logged, before the release).
-                cur = self.active
-                if cur is not None and self._acked(cur.state) >= position:
+                # (A link closed after acknowledging keeps its acked positions.)
+                if self._acked(link.state) >= position or (
+                    self.active is not None and self._acked(self.active.state) >= position
+                ):
                     self.stats["acked"] += 1
-                else:
-                    self.stats["alone"] += 1
-                return
+                    return True
+                self.stats["alone"] += 1
+                return False
             self.stats["qos_timeouts"] += 1
             if self.controller is None:
                 link.close(
@@ -707,7 +713,7 @@ class Replicator:
                 self._failing_reported = True
                 self._report(mc.BackupInactive())
             if self.closed or self.fenced_by is not None:
-                return
+                return self._acked(link.state) >= position
 
     # --- status ------------------------------------------------------------------------------
 

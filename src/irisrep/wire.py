@@ -27,6 +27,7 @@ import hmac
 import logging
 import re
 import secrets
+import select
 import selectors
 import socket
 import ssl
@@ -565,17 +566,45 @@ class FrameReader:
         self._sock = sock
         self._frame_timeout = frame_timeout_ms / 1000.0
         self._codec = codec if codec is not None else _codec()
+        # Wait for bytes with poll() and our own deadline, never with the socket's
+        # timeout: another thread sending on the same socket (acks, heartbeats,
+        # statuses) sets that timeout for its sendall, and a shared timeout would let
+        # each side stretch or cut the other's wait.
+        self._poll = None
+        fileno = getattr(sock, "fileno", None)
+        if fileno is not None:
+            try:
+                self._poll = select.poll()
+                self._poll.register(fileno(), select.POLLIN)
+            except (OSError, ValueError, TypeError):
+                self._poll = None
+
+    def _readable(self, remaining: float) -> bool:
+        pending = getattr(self._sock, "pending", None)
+        if pending is not None and pending():
+            return True  # TLS: bytes already decrypted
+        ms = max(0, int(remaining * 1000) + 1)
+        try:
+            return bool(self._poll.poll(ms))
+        except InterruptedError:
+            return False
 
     def _fill(self, view: memoryview, got: int, deadline: float, at_boundary: bool) -> None:
         while got < len(view):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _err("timeout", f"{got} of {len(view)} bytes before the deadline")
-            _set_timeout(self._sock, remaining)
+            if self._poll is not None:
+                if not self._readable(remaining):
+                    continue  # the deadline check above decides
+            else:
+                _set_timeout(self._sock, remaining)
             try:
                 n = self._sock.recv_into(view[got:])
             except TimeoutError:
                 raise _err("timeout", f"{got} of {len(view)} bytes before the deadline") from None
+            except (BlockingIOError, InterruptedError):
+                continue
             except (ConnectionResetError, ConnectionAbortedError):
                 n = 0  # an abrupt close is a close
             if n == 0:
