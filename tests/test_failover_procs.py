@@ -166,3 +166,62 @@ def test_primary_paused_past_the_timeout_acknowledges_nothing_after(tmp_path):
         assert acked and not (acked - on_b)
     finally:
         run("down", "--dir", d, check=False)
+
+
+def test_primary_host_lost_arbiter_grants_takeover_old_primary_fenced(tmp_path):
+    """The primary's host is lost (its member AND its agent stopped: nothing on that
+    host answers). The Active backup was arbiter-controlled; the arbiter has lost the
+    primary too and grants the takeover once; the backup becomes primary in epoch 2.
+    The old host comes back: the old primary learns epoch 2 from the arbiter, stops
+    committing, demotes and follows; no write it held returns as acknowledged."""
+    import os
+    import signal
+
+    d = str(tmp_path / "m")
+    run("up", "--dir", d, "--qos-ms", "300")
+    pids = []
+    try:
+        dep = load(Path(d))
+        user, password = credentials(Path(d))
+        addrs = [m["client_address"] for m in dep["members"]]
+        rows = wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active")
+        pids = [rows["A"]["pid"], int((Path(d) / "A" / "agent.pid").read_text())]
+        stop = threading.Event()
+        writers = [Writer(w, addrs, user, password, stop) for w in range(4)]
+        for w in writers:
+            w.start()
+        time.sleep(1.0)  # arbiter-controlled by now (both members + arbiter, B Active)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        rows = wait_ps(d, lambda r: r["B"]["role"] == "primary", "B to take over", 60)
+        assert rows["B"]["epoch"] == 2
+        time.sleep(0.5)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        pids = []
+        rows = wait_ps(
+            d,
+            lambda r: r["A"]["role"] == "backup" and r["B"]["active_backup"] == "A",
+            "A fenced and following B",
+            60,
+        )
+        assert rows["A"]["epoch"] == 2
+        stop.set()
+        for w in writers:
+            w.join(30)
+        acked = {(w.wid, i) for w in writers for i in w.acked}
+        assert len(acked) > 50
+        with irisrep.connect(addrs, user=user, password=password) as conn:
+            assert conn.status()["member"] == "B"
+            on_b = {subs for subs, _v in conn.globals["w"].items()}
+        missing = acked - on_b
+        assert not missing, f"{len(missing)} acknowledged writes lost"
+        bad = run("session", "--dir", d, "A", "-c", "Set ^x=1", check=False)
+        assert bad.returncode == 1 and "<PROTECT>" in bad.stderr
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        run("down", "--dir", d, check=False)

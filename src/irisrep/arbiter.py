@@ -329,10 +329,13 @@ class ArbiterClient:
                         raise WireError("payload", f"unexpected frame type {f.type}")
                     ans = json.loads(f.payload)
                     self._set(True, bool(ans["sees_partner"]))
-                    if self.on_report is not None and "report" in ans:
-                        self.on_report(ans["report"])
+                    # The answer first: the report after a grant already carries the
+                    # granted epoch, and a core that learnt it first would take its
+                    # own grant for a stale one.
                     if self.on_answer is not None and "answer" in ans:
                         self.on_answer(ans["answer"])
+                    if self.on_report is not None and "report" in ans:
+                        self.on_report(ans["report"])
                     if not self._asks:
                         self._wake.wait(self.heartbeat_ms / 1000.0)
                         self._wake.clear()

@@ -252,25 +252,38 @@ class FailoverDriver:
         }
 
     def _ask_agent(self, member: str) -> None:
+        """Ask on a thread of its own, answer fed back as an event: an agent whose
+        host is gone answers nothing for seconds, and the arbiter's question (the
+        next action) must not wait for that."""
+        if getattr(self, "_asking", False):
+            return  # one question at a time; the core asks again on its own schedule
         addr = self.member.config.member(member).agent_address
         if addr is None:
             self._handle(mc.AgentUnreachable(member))
             return
-        try:
-            ans = agent_mod.ask(addr, op="member-status", **self._agent_args())
-        except (OSError, WireError, ValueError) as e:
-            log.warning("agent of %s unreachable: %s", member, e)
-            self._handle(mc.AgentUnreachable(member))
-            return
-        self._handle(
-            mc.AgentReport(
-                member=member,
-                down=bool(ans.get("down")),
-                journal_end=ans.get("journal_end"),
-                nofailover=bool(ans.get("nofailover")),
-                epoch=int(ans.get("epoch") or 0),
-            )
-        )
+        self._asking = True
+        args = self._agent_args()
+
+        def ask() -> None:
+            try:
+                ans = agent_mod.ask(addr, op="member-status", **args)
+            except (OSError, WireError, ValueError) as e:
+                log.warning("agent of %s unreachable: %s", member, e)
+                self.feed(mc.AgentUnreachable(member))
+            else:
+                self.feed(
+                    mc.AgentReport(
+                        member=member,
+                        down=bool(ans.get("down")),
+                        journal_end=ans.get("journal_end"),
+                        nofailover=bool(ans.get("nofailover")),
+                        epoch=int(ans.get("epoch") or 0),
+                    )
+                )
+            finally:
+                self._asking = False
+
+        threading.Thread(target=ask, name=f"irisrep-ask-agent {member}", daemon=True).start()
 
     def _fetch_tail(self, a) -> None:
         m = self.member
