@@ -30,17 +30,19 @@ def mirror_configs(
     ack_level: str = "durable",
     qos_timeout_ms: int = 500,
     mirror: str = "MIRROR1",
+    agents: bool = False,
     **extra,
 ) -> list[MemberConfig]:
     """Configs for members A (initial primary), B (backup) and asyncs C1..Cn."""
     names = ["A", "B"] + [f"C{i + 1}" for i in range(asyncs)]
-    ports = free_ports(2 * len(names))
+    ports = free_ports(3 * len(names))
     members = tuple(
         MirrorMember(
             name=n,
             kind="failover" if i < 2 else "async-dr",
-            mirror_address=Address("127.0.0.1", ports[2 * i]),
-            client_address=Address("127.0.0.1", ports[2 * i + 1]),
+            mirror_address=Address("127.0.0.1", ports[3 * i]),
+            client_address=Address("127.0.0.1", ports[3 * i + 1]),
+            agent_address=Address("127.0.0.1", ports[3 * i + 2]) if agents else None,
         )
         for i, n in enumerate(names)
     )
@@ -144,3 +146,29 @@ def open_copy(data_dir: Path):
     import irisrep
 
     return irisrep.open(str(data_dir), mirror_copy=True)
+
+
+def spawn_agent(cfg, env: dict | None = None):
+    """Start `irisrep agent` for cfg (it starts the member); returns the Popen."""
+    import subprocess
+    import sys
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    conf = cfg.data_dir.parent / f"{cfg.member_name}.toml"
+    conf.write_text(cfg.to_toml())
+    out = open(cfg.data_dir.parent / f"{cfg.member_name}-agent.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "irisrep",
+            "agent",
+            "--config",
+            str(conf),
+            "--control",
+            str(cfg.data_dir.parent / f"{cfg.member_name}.sock"),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )

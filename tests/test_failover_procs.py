@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import irisrep
 from irisrep.deploy import credentials, load
 
@@ -225,3 +227,62 @@ def test_primary_host_lost_arbiter_grants_takeover_old_primary_fenced(tmp_path):
             except ProcessLookupError:
                 pass
         run("down", "--dir", d, check=False)
+
+
+@pytest.mark.parametrize(
+    "point", ["commit_after_write_before_sync", "commit_after_ack_before_return"]
+)
+def test_primary_killed_at_a_named_point_nothing_acknowledged_lost(tmp_path, point):
+    """The primary's process dies at a named point of the commit path: after its
+    local journal write, before the backup's ack; or after the ack, before the
+    client's reply. The backup takes over through the dead member's agent (with the
+    tail); every acknowledged write is on it; a write whose reply never came may or
+    may not be there, but is there at most once."""
+    import os
+
+    from mirrorkit import mirror_configs, spawn_agent, stop_proc
+
+    cfgs = mirror_configs(tmp_path, qos_timeout_ms=300, agents=True)
+    env = dict(os.environ, IRISREP_CRASH_AT=f"{point}:150")
+    pa = spawn_agent(cfgs[0], env=env)
+    pb = spawn_agent(cfgs[1])
+    try:
+        addrs = [str(c.me.client_address) for c in cfgs]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with irisrep.connect(addrs) as c:
+                    st = c.status()
+                if st.get("active_backup") == "B":
+                    break
+            except (OSError, irisrep.IrisrepError):
+                pass
+            assert time.monotonic() < deadline, "no Active backup"
+            time.sleep(0.1)
+        stop = threading.Event()
+        writers = [Writer(w, addrs, None, None, stop) for w in range(4)]
+        for w in writers:
+            w.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with irisrep.connect(addrs) as c:
+                    st = c.status()
+                if st["member"] == "B" and st["role"] == "primary":
+                    break
+            except (OSError, irisrep.IrisrepError):
+                pass
+            assert time.monotonic() < deadline, "B never took over"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for w in writers:
+            w.join(30)
+        acked = {(w.wid, i) for w in writers for i in w.acked}
+        with irisrep.connect(addrs) as conn:
+            on_b = {subs for subs, _v in conn.globals["w"].items()}
+        assert acked and not (acked - on_b)
+        assert st["epoch"] == 2, st
+    finally:
+        stop_proc(pa)
+        stop_proc(pb)

@@ -117,10 +117,10 @@ class Committer:
         """
         rep = self.replicator if mirror else None
         acked = self._sync_local(ticket, rep)
-        if acked:
-            return  # the group's leader waited for the mirror on our behalf
-        if rep is not None and ticket:
+        if not acked and rep is not None and ticket:
             rep.wait(self._durable_position)
+        if rep is not None and ticket:
+            crashpoints.hit("commit_after_ack_before_return")
 
     def _sync_local(self, ticket: int, rep) -> bool:
         """Return when the records up to `ticket` are durable (group commit); True

@@ -61,6 +61,7 @@ POINTS: tuple[str, ...] = (
     "commit_before_write",  # records logged and applied, nothing written to the journal
     "commit_after_write_before_sync",  # the journal has the frame(s), not yet durable
     "commit_after_sync_before_return",  # durable, the committer has not returned yet
+    "commit_after_ack_before_return",  # durable and acknowledged by the backup, not returned
     # --- journal recovery on open (database.py) ---
     "recovery_after_rollforward",  # records applied to the tree, rollback not yet done
     "recovery_before_checkpoint",  # rollback journaled and durable, checkpoint not taken
