@@ -1,8 +1,16 @@
 """Partitions with real processes inside a network namespace: each failover member
-(with its agent) on its own 127.0.0.x address, the link between them cut and healed
-with iptables. Agent-controlled rules (no arbiter wired yet): the primary goes on
-alone after the QoS timeout; the backup, which can reach neither the primary nor
-its agent, never takes over (no split brain); after healing it catches up.
+(with its agent) on its own 127.0.0.x address and the arbiter on another, links cut
+and healed with iptables, and the IRIS outcomes checked: no split brain, nothing
+acknowledged lost.
+
+- primary-backup cut (the arbiter sees both): no failover; the primary goes on alone
+  after the QoS timeout (the arbiter confirms agent-controlled mode); healed, the
+  backup catches up;
+- primary isolated (from the backup and the arbiter): it is In Trouble and commits
+  nothing; the arbiter grants the backup the takeover; healed, the old primary is
+  fenced by the newer epoch, drops the tail nobody acknowledged, and follows;
+- arbiter down first, then the primary cut off: agent-controlled, so no failover;
+  the primary goes on alone.
 
 Skipped with the reason where the machine cannot (not root, no `ip`, no iptables)."""
 
@@ -18,7 +26,7 @@ import time
 import pytest
 
 NS = f"irisrep-part-{os.getpid()}"
-HOST_A, HOST_B = "127.0.0.2", "127.0.0.3"
+HOST_A, HOST_B, HOST_ARB = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 
 def _can_partition() -> str:
@@ -66,9 +74,35 @@ def wait_ps(d, pred, what, timeout_s=40):
     raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
 
 
-def cut(action: str) -> None:
-    for src, dst in ((HOST_A, HOST_B), (HOST_B, HOST_A)):
-        ns("iptables", action, "INPUT", "-s", src, "-d", dst, "-j", "DROP")
+def cut(action: str, pairs=((HOST_A, HOST_B),)) -> None:
+    for a, b in pairs:
+        for src, dst in ((a, b), (b, a)):
+            ns("iptables", action, "INPUT", "-s", src, "-d", dst, "-j", "DROP")
+
+
+def up(d):
+    irisrep(
+        "up",
+        "--dir",
+        d,
+        "--addresses",
+        f"{HOST_A},{HOST_B}",
+        "--arbiter-address",
+        HOST_ARB,
+        "--qos-ms",
+        "500",
+    )
+    # Arbiter-controlled once both members and the arbiter see each other.
+    time.sleep(1.0)
+
+
+def read_on(d, member, expect, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = irisrep("session", "--dir", d, member, "-c", "Write $Get(^p)").stdout.strip()
+        if out == expect or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -83,7 +117,7 @@ def netns():
 
 def test_primary_backup_cut_primary_alone_backup_waits_then_heals(tmp_path, netns):
     d = str(tmp_path / "m")
-    irisrep("up", "--dir", d, "--addresses", f"{HOST_A},{HOST_B}", "--qos-ms", "500")
+    up(d)
     try:
         rows = ps(d)
         assert rows["A"]["address"].startswith(HOST_A) and rows["B"]["address"].startswith(HOST_B)
@@ -109,5 +143,61 @@ def test_primary_backup_cut_primary_alone_backup_waits_then_heals(tmp_path, netn
                 break
             time.sleep(0.1)
         assert out == "3"
+    finally:
+        irisrep("down", "--dir", d, check=False)
+
+
+def test_primary_isolated_backup_takes_over_on_the_arbiters_word(tmp_path, netns):
+    d = str(tmp_path / "m")
+    up(d)
+    try:
+        irisrep("session", "--dir", d, "A", "-c", "Set ^p=1")
+        cut("-I", ((HOST_A, HOST_B), (HOST_A, HOST_ARB)))
+        # In Trouble: this commit never returns while A is cut off.
+        with pytest.raises(subprocess.TimeoutExpired):
+            ns(
+                sys.executable,
+                "-m",
+                "irisrep",
+                "session",
+                "--dir",
+                d,
+                "A",
+                "-c",
+                "Set ^p=2",
+                timeout=4,
+            )
+        rows = wait_ps(d, lambda r: r["B"]["role"] == "primary", "B to take over")
+        assert rows["B"]["epoch"] == 2
+        irisrep("session", "--dir", d, "B", "-c", "Set ^p=3")
+        cut("-D", ((HOST_A, HOST_B), (HOST_A, HOST_ARB)))
+        rows = wait_ps(
+            d,
+            lambda r: r["A"]["role"] == "backup" and r["B"]["active_backup"] == "A",
+            "A fenced, following B",
+        )
+        assert read_on(d, "A", "3") == "3"  # A's unacknowledged ^p=2 was dropped
+        assert read_on(d, "B", "3") == "3"
+    finally:
+        irisrep("down", "--dir", d, check=False)
+
+
+def test_arbiter_down_first_then_primary_cut_no_failover(tmp_path, netns):
+    d = str(tmp_path / "m")
+    up(d)
+    try:
+        irisrep("stop", "--dir", d, "arbiter")
+        time.sleep(2.0)  # both members see the arbiter gone: agent-controlled, confirmed
+        cut("-I")
+        t0 = time.monotonic()
+        irisrep("session", "--dir", d, "A", "-c", "Set ^p=5")  # alone after the QoS
+        assert time.monotonic() - t0 < 15
+        time.sleep(3.0)
+        rows = ps(d)
+        assert rows["A"]["role"] == "primary" and rows["B"]["role"] == "backup"
+        assert rows["B"]["epoch"] == 1
+        cut("-D")
+        wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active again")
+        assert read_on(d, "B", "5") == "5"
     finally:
         irisrep("down", "--dir", d, check=False)
