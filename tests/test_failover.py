@@ -146,6 +146,14 @@ def test_connect_follows_the_primary_across_a_switchover(tmp_path):
             assert g[1] == "before" and g[2] == "after"
         wait_applied([a], b.database.journal.end_position)
         assert a.database.globals["c"][2] == "after"
+        # A client of the former primary learns where the primary is now.
+        from irisrep.client import connect_member
+
+        with connect_member(addrs[0]) as direct:
+            with pytest.raises(irisrep.NotPrimaryError) as info:
+                direct.globals["c"][3] = "no"
+            assert info.value.primary == addrs[1]
+            assert isinstance(info.value, irisrep.ProtectError)
     finally:
         b.close()
         a.close()

@@ -47,8 +47,9 @@ class ProtectError(IrisrepError):
     iris_word = "<PROTECT>"
 
 
-class NotPrimaryError(IrisrepError):
-    """This member is not the primary; `primary` names the one that is, if known."""
+class NotPrimaryError(ProtectError):
+    """This member is not the primary; `primary` names the one that is, if known (the
+    client address). A ProtectError too: code that catches <PROTECT> still does."""
 
     iris_word = "<PROTECT>"
 

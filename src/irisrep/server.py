@@ -441,6 +441,13 @@ class ClientListener:
                 log.info("client %s went away during a lock wait", session.peer)
                 return
             except IrisrepError as e:
+                if type(e) is errors.ProtectError and self.host.role not in ("primary", "local"):
+                    # Say who is primary now (a fenced or demoted member, a backup), so
+                    # a client can go there; still a <PROTECT> for the terminal.
+                    e = errors.NotPrimaryError(
+                        f"{e} (the primary is {self.host.primary_client_address or 'unknown'})",
+                        self.host.primary_client_address,
+                    )
                 reply = error_reply(e)
             if not self._send(session, reply):
                 return
