@@ -193,3 +193,18 @@ def test_connect_routes_writes_to_the_primary(mirror):
 def test_up_refuses_a_second_mirror_in_the_same_dir(mirror):
     p = run("up", "--dir", mirror, check=False)
     assert p.returncode == 1 and "already running" in p.stderr
+
+
+def test_promote_a_dr_async_by_hand(mirror):
+    d = mirror
+    run("session", "--dir", d, "A", "-c", "Set ^dr=1")
+    p = run("promote", "--dir", d, "C1", "--dry-run")
+    assert "journal ends at" in p.stdout and "may lose" in p.stdout
+    refused = run("promote", "--dir", d, "C1", check=False)
+    assert refused.returncode == 1 and "A is primary" in refused.stderr
+    run("stop", "--dir", d, "--nofailover", "B")
+    run("stop", "--dir", d, "--nofailover", "A")
+    p = run("promote", "--dir", d, "C1")
+    assert "C1 is primary in epoch" in p.stdout
+    run("session", "--dir", d, "C1", "-c", "Set ^dr=2")
+    assert run("session", "--dir", d, "C1", "-c", "Write ^dr").stdout.strip() == "2"

@@ -552,10 +552,23 @@ def switchover(dir_, to, dry_run, as_json) -> None:
 @main.command()
 @_dir_option
 @click.argument("member")
-def promote(dir_, member) -> None:
-    """Make MEMBER (a backup whose primary is gone, or a DR async) the primary."""
-    from .deploy import deploy_dir
+@click.option("--dry-run", is_flag=True, help="Only print the position and what may be lost.")
+def promote(dir_, member, dry_run) -> None:
+    """Make MEMBER (a DR async, or a backup whose primary is gone) the primary, by hand.
+
+    Prints first where its journal ends and what it may lack (bytes of the primary's
+    journal it never received): anything committed there and not here is lost."""
+    from .deploy import deploy_dir, promotion_report
     from .deploy import promote as deploy_promote
 
-    epoch = _deploy_call(deploy_promote, deploy_dir(dir_), member)
+    d = deploy_dir(dir_)
+    rep = _deploy_call(promotion_report, d, member)
+    console.print(
+        f"{member} ({rep['kind']}, {rep['role']}, epoch {rep['epoch']}): journal ends at "
+        f"{rep['journal_end']}; the primary's last known end {rep['primary_end_last_known']}; "
+        f"may lose {rep['may_lose_bytes']} bytes"
+    )
+    if dry_run:
+        return
+    epoch = _deploy_call(deploy_promote, d, member)
     console.print(f"{member} is primary in epoch {epoch}")

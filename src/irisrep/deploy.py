@@ -528,8 +528,33 @@ def switchover(dirpath: Path, to: str | None = None) -> str:
         return conn.switchover()
 
 
+def promotion_report(dirpath: Path, member: str) -> dict:
+    """What promoting `member` would start from: its journal position, the primary's
+    last known end, and what may be lost (bytes it never received)."""
+    with _connect_to(dirpath, member) as conn:
+        st = conn.status()
+    end = int(st.get("journal_durable") or 0)
+    primary_end = st.get("primary_end")
+    return {
+        "member": member,
+        "role": st.get("role"),
+        "kind": st.get("kind"),
+        "epoch": st.get("epoch"),
+        "journal_end": end,
+        "applied": st.get("applied"),
+        "primary_end_last_known": primary_end,
+        "may_lose_bytes": max(0, int(primary_end or 0) - end),
+    }
+
+
 def promote(dirpath: Path, member: str) -> int:
-    """Manual promotion (a DR async or a backup whose primary is gone)."""
+    """Manual promotion (a DR async, or a backup whose primary is gone). Refused while
+    another member answers as primary: two primaries would both take writes."""
+    for st in member_statuses(dirpath):
+        if st.get("role") == "primary" and st.get("member") != member:
+            raise DeployError(
+                f"{st['member']} is primary: stop it first, or use irisrep switchover"
+            )
     with _connect_to(dirpath, member) as conn:
         st = conn.status()
         if st.get("role") == "primary":
