@@ -158,6 +158,13 @@ def test_walkthrough_commands(mirror):
     assert run("session", "--dir", d, "A", "-c", "Write ^myfirstglobal").stdout.strip() == (
         "what next?"
     )
+    # The history: each change of role, with its epoch and reason.
+    hist = json.loads(run("history", "--dir", d, "--json").stdout)
+    changes = [(e["member"], e["from"], e["to"], e["epoch"]) for e in hist if e["event"] == "role"]
+    assert ("B", "backup", "primary", 2) in changes and ("A", "primary", "backup", 1) in changes
+    assert ("A", "backup", "primary", 3) in changes
+    assert "epoch 2: B backup -> primary" in run("history", "--dir", d).stdout
+
     # --nofailover: the primary just stops; nobody takes over.
     run("stop", "--dir", d, "--nofailover", "A")
     rows = wait_ps(d, lambda r: r["A"]["status"] == "Down", "A down")

@@ -178,6 +178,9 @@ def test_primary_isolated_backup_takes_over_on_the_arbiters_word(tmp_path, netns
         )
         assert read_on(d, "A", "3") == "3"  # A's unacknowledged ^p=2 was dropped
         assert read_on(d, "B", "3") == "3"
+        hist = json.loads(irisrep("history", "--dir", d, "--json").stdout)
+        undone = [e for e in hist if e["event"] == "tail undone" and e["member"] == "A"]
+        assert undone and undone[0]["records"] >= 1  # the report of what A undid
     finally:
         irisrep("down", "--dir", d, check=False)
 

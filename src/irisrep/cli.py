@@ -572,3 +572,32 @@ def promote(dir_, member, dry_run) -> None:
         return
     epoch = _deploy_call(deploy_promote, d, member)
     console.print(f"{member} is primary in epoch {epoch}")
+
+
+@main.command()
+@_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def history(dir_, as_json) -> None:
+    """Each epoch's change of role (time, member, old and new role, reason, journal
+    position) and every journal tail undone when a member rejoined."""
+    import datetime
+
+    from .deploy import deploy_dir
+    from .deploy import history as deploy_history
+
+    rows = _deploy_call(deploy_history, deploy_dir(dir_))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for e in rows:
+        t = datetime.datetime.fromtimestamp(e["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        if e.get("event") == "tail undone":
+            console.print(
+                f"{t}  {e['member']}: undid its journal tail {e['from']}..{e['to']} "
+                f"({e['records']} records) on {e.get('primary')}'s word, epoch {e['epoch']}"
+            )
+        else:
+            console.print(
+                f"{t}  epoch {e['epoch']}: {e['member']} {e['from']} -> {e['to']} "
+                f"({e['reason']}) at journal position {e.get('journal_end')}"
+            )

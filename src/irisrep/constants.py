@@ -143,6 +143,7 @@ MIRROR_HEARTBEAT_MS = 100  # idle links send a HEARTBEAT this often
 MIRROR_RECONNECT_MS = 100  # a backup/async retries its primary this often
 MIRROR_PEER_SILENCE_MS_MIN = 2000  # a link silent this long (and > 2 QoS) is dead
 MIRROR_STATE_FILE_NAME = "mirror.json"  # this member's epoch and last role
+MIRROR_HISTORY_FILE_NAME = "history.jsonl"  # role changes and undone tails (irisrep history)
 TAIL_SERVED_FILE_NAME = "tail-served"  # its agent served its journal tail while it was down
 MIRROR_EPOCH_FIRST = 1
 # A member process's GIL switch interval (CPython's default is 5 ms): the threads that

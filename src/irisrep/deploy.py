@@ -465,6 +465,29 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
     return stopped
 
 
+# --- history -------------------------------------------------------------------------
+
+
+def history(dirpath: Path) -> list[dict]:
+    """Every member's role changes and undone tails, oldest first (read from their
+    data directories: works while members are down)."""
+    from .constants import MIRROR_HISTORY_FILE_NAME
+
+    out = []
+    for m in load(dirpath)["members"]:
+        path = Path(m["data_dir"]) / MIRROR_HISTORY_FILE_NAME
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line after a crash
+    return sorted(out, key=lambda e: e.get("time", 0))
+
+
 # --- switchover / promote ----------------------------------------------------------------
 
 

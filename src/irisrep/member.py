@@ -33,6 +33,7 @@ from .constants import (
     JOURNAL_DIR_NAME,
     MEMBER_SWITCH_INTERVAL_S,
     MIRROR_EPOCH_FIRST,
+    MIRROR_HISTORY_FILE_NAME,
     MIRROR_STATE_FILE_NAME,
     TAIL_SERVED_FILE_NAME,
 )
@@ -262,6 +263,23 @@ class Member:
             {"epoch": self.epoch, "role": self.role, "arbiter_controlled": self.arbiter_controlled},
         )
 
+    def _record_history(self, entry: dict) -> None:
+        """Append one entry to DATA_DIR/history.jsonl (fsynced): `irisrep history`
+        reads it, even while the member is down."""
+        entry = {"time": time.time(), "member": self.name, **entry}
+        self.history.append(entry)
+        path = os.path.join(self.config.data_dir, MIRROR_HISTORY_FILE_NAME)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _on_truncated(self, report: dict) -> None:
+        """A tail the primary never had was undone: what, for the history."""
+        self._record_history({"event": "tail undone", "epoch": self.epoch, **report})
+
     def record_mode(self, arbiter_controlled: bool) -> None:
         """The core's RecordMode: durable before the core announces the mode."""
         with self._lock:
@@ -299,6 +317,7 @@ class Member:
             ssl_context=self._ssl_context(server=False),
             source_host=_source_host(c.me.mirror_address.host),
         )
+        self.copy.on_truncated = self._on_truncated
         self.copy.start()
 
     def _on_peer(self, sock, peer) -> None:
@@ -319,8 +338,15 @@ class Member:
         if role != "primary":
             self.arbiter_controlled = False
         self._persist()
-        self.history.append(
-            {"time": time.time(), "epoch": epoch, "from": old, "to": role, "reason": why}
+        self._record_history(
+            {
+                "event": "role",
+                "epoch": epoch,
+                "from": old,
+                "to": role,
+                "reason": why,
+                "journal_end": self.database.journal.end_position if self.database else None,
+            }
         )
         log.warning("member %s: %s -> %s in epoch %d (%s)", self.name, old, role, epoch, why)
         for cb in list(self._role_callbacks):
@@ -550,7 +576,7 @@ class Member:
             out["applied"] = db.applied_position if db.mirror_copy else db.journal.end_position
         if self.role == "primary" and self.replicator is not None:
             rep = self.replicator
-            out["status"] = "Primary"
+            out["status"] = "In Trouble" if self.trouble else "Primary"
             out["peers"] = rep.peers()
             active = rep.active
             out["active_backup"] = active.state.name if active is not None else None

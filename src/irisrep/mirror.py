@@ -841,6 +841,7 @@ class CopyLink:
         self.active = False  # the primary declared this link its Active backup
         self.truncated: list[dict] = []  # tails dropped on a primary's word (report)
         self.on_peer_status = None  # (primary name, PeerStatus): the failover driver
+        self.on_truncated = None  # (report dict): the member's history
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
@@ -1053,9 +1054,18 @@ class CopyLink:
             log.error("mirror: %s", self.last_error)
             return
         undone = self.db.truncate_stream(e.position)
-        self.truncated.append(
-            {"time": time.time(), "from": e.position, "to": end, "records": len(undone)}
-        )
+        report = {"time": time.time(), "from": e.position, "to": end, "records": len(undone)}
+        self.truncated.append(report)
+        if self.on_truncated is not None:
+            self.on_truncated(
+                {
+                    "from": e.position,
+                    "to": end,
+                    "records": len(undone),
+                    "keys": [bytes(r[4]).hex() for r in undone[:100]],
+                    "primary": name,
+                }
+            )
         log.warning(
             "mirror: %s: dropped our journal tail %d..%d (%d records undone), catching up",
             name,
