@@ -162,7 +162,8 @@ def test_primary_paused_past_the_timeout_acknowledges_nothing_after(tmp_path):
         stop.set()
         for w in writers:
             w.join(30)
-        assert rows["A"]["process"].startswith("crashed")  # forced down by its agent
+        # Forced down by its agent (SIGKILL while stopped).
+        wait_ps(d, lambda r: r["A"]["process"].startswith("crashed"), "A forced down", 20)
         acked = {(w.wid, i) for w in writers for i in w.acked}
         with irisrep.connect(addrs, user=user, password=password) as conn:
             assert conn.status()["member"] == "B"
