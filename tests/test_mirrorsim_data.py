@@ -561,11 +561,14 @@ class DataSim(SimMirror):
 
     def report(self, why: str) -> str:
         tail = "\n".join(self.trace_lines())
+        again = f"{type(self).__name__}({self.seed}, active_lag={self.active_lag}).run()"
+        if type(self) is DataSim:
+            again += (
+                f" or IRISREP_DATA_SEED={self.seed} IRISREP_DATA_LAG={self.active_lag} "
+                f"pytest tests/test_mirrorsim_data.py -k test_replay -s"
+            )
         return (
-            f"seed {self.seed}: {why}\n"
-            f"replay: {type(self).__name__}({self.seed}, active_lag={self.active_lag}).run() "
-            f"(tests/test_mirrorsim_data.py; or IRISREP_DATA_SEED={self.seed} pytest "
-            f"tests/test_mirrorsim_data.py -k replay)\n"
+            f"seed {self.seed}: {why}\nreplay: {again} (tests/test_mirrorsim_data.py)\n"
             f"last {len(self.trace)} trace lines:\n{tail}"
         )
 
