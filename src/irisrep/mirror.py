@@ -401,6 +401,10 @@ class Replicator:
         self._gate = threading.Event()  # set: commits may return
         self._gate.set()
         self._failing_reported = False
+        # The highest position of a commit that returned without the backup's ack: a
+        # backup becomes Active only once it holds that too (else a takeover on the
+        # arbiter's word could lose a commit acknowledged alone).
+        self.alone_position = 0
         journal.on_written = self._publish
 
     # --- events and links ---------------------------------------------------------------
@@ -588,6 +592,8 @@ class Replicator:
                 return
             if self.ring.end - self._acked(st) > MIRROR_ACTIVE_LAG_BYTES_MAX:
                 return
+            if self._acked(st) < self.alone_position:
+                return
             # A lost Active link the core has not dropped yet is replaced: its waiters
             # now wait for this link's acks (it has everything they need once caught up).
             self.active = link
@@ -651,6 +657,8 @@ class Replicator:
         the backup acknowledged is safe on the mirror and returns."""
         if self._wait_ack(position):
             return
+        if position > self.alone_position:
+            self.alone_position = position
         if not self._gate.is_set():
             while not self._gate.wait(0.05):
                 if self.fenced_by is not None or self.closed:
@@ -663,57 +671,58 @@ class Replicator:
             )
 
     def _wait_ack(self, position: int) -> bool:
-        """True when the Active backup acknowledged `position`; False: alone."""
+        """True when the Active backup acknowledged `position`; False: alone.
+
+        Deciding "alone" and recording `alone_position` happen under one lock with the
+        activation check (`_maybe_activate`), so no backup becomes Active between a
+        commit's "alone" and its record: an Active backup always holds every commit
+        that returned without an ack."""
         if self.fenced_by is not None:
             raise DurabilityError(
                 f"this primary was fenced by epoch {self.fenced_by}: the commit may not be "
                 f"acknowledged by the mirror"
             )
         link = self.active
-        if link is None:
-            self.stats["alone"] += 1
-            return False
-        if self._acked(link.state) >= position:
+        if link is not None and self._acked(link.state) >= position:
             self.stats["acked"] += 1
             return True
-        w = threading.Lock()
-        w.acquire()
-        with self._cv:
-            link = self.active
-            if link is None:
-                self.stats["alone"] += 1
-                return False  # declared not Active (and logged) before we return
+        qos_s = self.qos_timeout_ms / 1000.0
+        while True:
+            w = threading.Lock()
+            w.acquire()
+            with self._cv:
+                link = self.active
+                if link is None:
+                    self.stats["alone"] += 1
+                    # Declared not Active (and logged) before we return alone.
+                    self.alone_position = max(self.alone_position, position)
+                    return False
+                if self._acked(link.state) >= position:
+                    self.stats["acked"] += 1
+                    return True
+                self.stats["waits"] += 1
+                heapq.heappush(self._waiters, (position, next(self._seq), w))
+            while not w.acquire(timeout=qos_s):
+                self.stats["qos_timeouts"] += 1
+                if self.controller is None:
+                    link.close(
+                        f"no acknowledgement of position {position} within the QoS timeout "
+                        f"({self.qos_timeout_ms} ms)"
+                    )
+                    continue  # the close releases us (declared not Active first)
+                # The core decides (DropBackup once safe); until then the commit waits.
+                if not self._failing_reported:
+                    self._failing_reported = True
+                    self._report(mc.BackupInactive())
+                if self.closed or self.fenced_by is not None:
+                    return self._acked(link.state) >= position
+            # Released by the ack that covers us, or by the backup's declaration as not
+            # Active. A link closed after acknowledging keeps its acked positions.
             if self._acked(link.state) >= position:
                 self.stats["acked"] += 1
                 return True
-            self.stats["waits"] += 1
-            heapq.heappush(self._waiters, (position, next(self._seq), w))
-        qos_s = self.qos_timeout_ms / 1000.0
-        while True:
-            if w.acquire(timeout=qos_s):
-                # Released by the ack that covers us, or by the backup's declaration as
-                # not Active (which happens, and is logged, before the release).
-                # (A link closed after acknowledging keeps its acked positions.)
-                if self._acked(link.state) >= position or (
-                    self.active is not None and self._acked(self.active.state) >= position
-                ):
-                    self.stats["acked"] += 1
-                    return True
-                self.stats["alone"] += 1
-                return False
-            self.stats["qos_timeouts"] += 1
-            if self.controller is None:
-                link.close(
-                    f"no acknowledgement of position {position} within the QoS timeout "
-                    f"({self.qos_timeout_ms} ms)"
-                )
-                continue  # the close released us (declared not Active first)
-            # The core decides (DropBackup once safe); until then the commit waits.
-            if not self._failing_reported:
-                self._failing_reported = True
-                self._report(mc.BackupInactive())
-            if self.closed or self.fenced_by is not None:
-                return self._acked(link.state) >= position
+            # Not acknowledged: loop, deciding again under the lock (alone, or wait for
+            # a newly Active backup's ack).
 
     # --- status ------------------------------------------------------------------------------
 
