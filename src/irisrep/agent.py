@@ -25,6 +25,7 @@ primary's host (DESIGN.md section 3, "a crashed primary process on a live host")
 
     STATUS {"op": "member-status"}      -> STATUS {"member", "down", "pid", "exit_code"}
     STATUS {"op": "force-down"}         -> SIGKILL a hung member, then as member-status
+    STATUS {"op": "journal-epochs"}     -> STATUS {"runs": [[start, epoch], ...], "end"}
     STATUS {"op": "journal-tail", "from": P}
         -> JOURNAL frames with the member's journal from P, byte for byte, then
            STATUS {"end": E}; refused while the member runs (ask the member then).
@@ -269,7 +270,7 @@ class Agent:
         from . import wire
         from .errors import WireError
         from .fileio import RealFS
-        from .journal import read_raw_stream, stream_end
+        from .journal import epoch_runs, read_raw_stream, stream_end
         from .mirror import count_frames
 
         try:
@@ -300,6 +301,13 @@ class Agent:
                     reply["journal_end"] = stream_end(RealFS(), self._journal_dir())
                     reply["epoch"] = self._member_epoch()
                 wire.send_frame(sock, wire.STATUS, 0, json.dumps(reply).encode())
+            elif op == "journal-epochs":
+                # Where the member's journal stands (read only, the member may run):
+                # epoch runs and end, so a taking-over backup can drop a tail of its
+                # own that this journal does not have before it fetches the rest.
+                runs, end = epoch_runs(RealFS(), self._journal_dir())
+                body = {"runs": [list(r) for r in runs], "end": end}
+                wire.send_frame(sock, wire.STATUS, 0, json.dumps(body).encode())
             elif op == "journal-tail":
                 pos = req.get("from")
                 if not isinstance(pos, int) or pos < 0:

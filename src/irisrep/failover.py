@@ -36,6 +36,7 @@ from . import agent as agent_mod
 from . import mirrorcore as mc
 from .constants import MIRROR_HEARTBEAT_MS
 from .errors import IrisrepError, WireError
+from .journal import common_prefix, epoch_runs
 
 log = logging.getLogger("irisrep.failover")
 
@@ -294,6 +295,17 @@ class FailoverDriver:
                 raise WireError("payload", "no agent to fetch the tail from")
             if m.copy is not None:
                 m.copy.pause()  # nothing may append while the tail comes in
+            # Our journal must be a prefix of theirs before we append theirs: a tail of
+            # ours they never had (an old epoch's, never acknowledged) is undone first.
+            info = agent_mod.ask(addr, op="journal-epochs", **self._agent_args())
+            theirs = [(int(a), int(b)) for a, b in info["runs"]]
+            ours, our_end = epoch_runs(journal.fs, journal.dirpath, codec=journal.codec)
+            cut = common_prefix(ours, our_end, theirs, int(info["end"]))
+            if cut < our_end:
+                undone = m.database.truncate_stream(cut)
+                m._on_truncated(
+                    {"from": cut, "to": our_end, "records": len(undone), "primary": a.from_member}
+                )
             data = agent_mod.fetch_tail(
                 addr, from_position=journal.durable_position, **self._agent_args()
             )

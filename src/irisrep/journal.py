@@ -82,6 +82,8 @@ __all__ = [
     "read_stream",
     "read_raw_stream",
     "stream_end",
+    "epoch_runs",
+    "common_prefix",
 ]
 
 # The commit path's crash points in the order a group commit passes them.
@@ -570,6 +572,48 @@ def frame_checksum_at(fs, dirpath: str, position: int, *, codec=None) -> tuple[i
     if not data:
         return None
     return position + len(data), struct.unpack_from("<Q", data, _FRAME_CK_OFF)[0]
+
+
+def epoch_runs(fs, dirpath: str, *, codec=None) -> tuple[list[tuple[int, int]], int]:
+    """Read-only: the stream as runs of one epoch, [(start position, epoch), ...] in
+    order, and its end position. Each frame carries the epoch of the primary that wrote
+    it, and only that primary writes frames of its epoch, so two journals with a frame
+    of the same epoch at the same position hold the same bytes up to there (log
+    matching): comparing runs finds where two members' journals part."""
+    codec = _resolve_codec(codec)
+    runs: list[tuple[int, int]] = []
+    end = 0
+    files = list_journal_files(fs, dirpath)
+    for info in files:
+        scan = _FileScan(codec, _read_path(fs, info.path), info)
+        for _off, pos, header, _raw, _nxt in scan:
+            if not runs or runs[-1][1] != header.epoch:
+                runs.append((pos, header.epoch))
+        end = scan.end_position
+    return runs, end
+
+
+def common_prefix(
+    a_runs: list[tuple[int, int]], a_end: int, b_runs: list[tuple[int, int]], b_end: int
+) -> int:
+    """The end of the longest stream prefix two journals share, from their epoch runs
+    (`epoch_runs`): they agree while their runs start at the same positions with the
+    same epochs; they part where a run's epoch or extent first differs."""
+    n = min(len(a_runs), len(b_runs))
+    for i in range(n):
+        (a_start, a_epoch), (b_start, b_epoch) = a_runs[i], b_runs[i]
+        if a_start != b_start:
+            return min(a_start, b_start)
+        if a_epoch != b_epoch:
+            return a_start
+        a_stop = a_runs[i + 1][0] if i + 1 < len(a_runs) else a_end
+        b_stop = b_runs[i + 1][0] if i + 1 < len(b_runs) else b_end
+        if a_stop != b_stop:
+            return min(a_stop, b_stop)
+    if len(a_runs) != len(b_runs):
+        # One has more runs: the shorter one ended where the other's next run starts.
+        return min(a_end, b_end)
+    return min(a_end, b_end)
 
 
 def stream_end(fs, dirpath: str, *, codec=None) -> int:

@@ -60,7 +60,7 @@ from .constants import (
     MIRROR_RING_BYTES_MAX,
 )
 from .errors import DurabilityError, IrisrepError, JournalCorruptError, WireError
-from .journal import frame_checksum_at
+from .journal import common_prefix, epoch_runs, frame_checksum_at
 
 log = logging.getLogger("irisrep.mirror")
 
@@ -123,8 +123,13 @@ class Ring:
     def publish(self, position: int, data: bytes, *, notify: bool = True) -> None:
         with self._cv:
             if position != self._end:
-                # A gap would ship a broken stream: refuse loudly (a bug, not bad input).
-                raise AssertionError(f"journal write at {position}, ring ends at {self._end}")
+                if not self._chunks and position > self._end:
+                    # Writes made before the hook was attached (a promotion's rollback
+                    # records, say) are in the files only: the ring starts here.
+                    self._start = self._end = position
+                else:
+                    # A gap inside the ring would ship a broken stream: a bug.
+                    raise AssertionError(f"journal write at {position}, ring ends at {self._end}")
             self._chunks.append((position, data))
             self._end = position + len(data)
             self._bytes += len(data)
@@ -211,6 +216,7 @@ class _PeerLink:
         self._send_lock = threading.Lock()
         self._started = threading.Event()  # the CATCHUP_REQUEST arrived
         self._claim: tuple[int, int] | None = None  # the member's last frame, if shown
+        self._runs: list[tuple[int, int]] | None = None  # its epoch runs, if shown
         self._reader = threading.Thread(
             target=self._read_loop, name=f"irisrep-mirror-read {peer.member}", daemon=True
         )
@@ -276,25 +282,28 @@ class _PeerLink:
                     # Before its CATCHUP_REQUEST a member may show its last frame
                     # (start position, checksum), so that a tail we never had is caught.
                     try:
-                        claim = json.loads(f.payload)["last_frame"]
+                        body = json.loads(f.payload)
+                        claim = body["last_frame"]
                         if claim is not None:
                             claim = (int(claim[0]), int(claim[1]))
+                        runs = body.get("epochs")
+                        if runs is not None:
+                            runs = [(int(a), int(b)) for a, b in runs]
                     except (ValueError, KeyError, TypeError, IndexError):
                         raise WireError("payload", "bad STATUS before CATCHUP_REQUEST") from None
                     self._claim = claim
+                    self._runs = runs
                 elif f.type == wire.CATCHUP_REQUEST:
                     if self._started.is_set():
                         raise WireError("payload", "a second CATCHUP_REQUEST")
                     pos = wire.decode_u64(f.payload)
-                    problem = self.rep._check_start(pos, self._claim)
+                    problem, cut = self.rep._check_start(pos, self._claim, self._runs)
                     if problem:
                         reply = {"refused": problem}
-                        base = self.rep.base_position
-                        if pos > base:
-                            # Everything before `base` is the same on every member that
-                            # has it (frames are shipped as they are written); beyond it
-                            # the member holds frames this primary never wrote.
-                            reply["truncate_to"] = base
+                        if cut is not None and cut < pos:
+                            # Up to `cut` the member's journal is ours (same epochs at
+                            # the same positions); beyond it, frames we never wrote.
+                            reply["truncate_to"] = cut
                         self._send(wire.STATUS, _status_json(reply))
                         raise WireError("payload", problem)
                     self.state.requested = self.state.sent = pos
@@ -381,6 +390,9 @@ class Replicator:
         # Where this primary's life began (start or promotion): every member's stream
         # up to here is a prefix of ours; a tail beyond it may be one we never wrote.
         self.base_position = journal.written_position
+        # The epochs of everything written before this life (scanned once): members
+        # are compared with them and with this life's own run.
+        self._runs_at_start, _ = epoch_runs(journal.fs, journal.dirpath, codec=journal.codec)
         self.closed = False
         self.fenced_by: int | None = None
         self._cv = threading.Condition()
@@ -555,26 +567,53 @@ class Replicator:
         except (WireError, OSError) as e:
             link.close(f"send failed: {e}")
 
-    def _check_start(self, position: int, claim: tuple[int, int] | None = None) -> str:
-        """Why a member asking to start at `position` cannot (its stream is not a
-        prefix of ours), or "" when it can."""
+    def epoch_runs(self) -> tuple[list[tuple[int, int]], int]:
+        """This primary's journal as epoch runs (journal.epoch_runs) and its end."""
+        runs = list(self._runs_at_start)
         end = self.ring.end
+        if end > self.base_position and (not runs or runs[-1][1] != self.epoch):
+            runs.append((self.base_position, self.epoch))
+        return runs, end
+
+    def _check_start(
+        self,
+        position: int,
+        claim: tuple[int, int] | None = None,
+        runs: list[tuple[int, int]] | None = None,
+    ) -> tuple[str, int | None]:
+        """Why a member asking to start at `position` cannot (its stream is not a
+        prefix of ours) and where its journal and ours part; ("", None) when it can.
+
+        With the member's epoch runs, the check is exact at every position (log
+        matching on the epochs frames carry); without them only its last frame is
+        compared (an older member)."""
+        end = self.ring.end
+        if runs is not None:
+            mine, mine_end = self.epoch_runs()
+            cut = common_prefix(runs, position, mine, mine_end)
+            if cut < position:
+                return (
+                    f"the member's journal parts from this primary's at {cut} (it ends at "
+                    f"{position}): its tail after {cut} was never acknowledged here",
+                    cut,
+                )
+            return "", None
         if position > end:
             return (
                 f"the member's journal ends at {position}, past this primary's end {end}: "
-                f"its tail was never written here (diverged)"
+                f"its tail was never written here (diverged)",
+                None,
             )
         if claim is not None and position > 0:
             start, checksum = claim
-            if position <= self.base_position:
-                return ""  # written before this primary's life began: the same bytes
             found = frame_checksum_at(self.journal.fs, self.journal.dirpath, start)
             if found != (position, checksum):
                 return (
                     f"the member's last frame (at {start}, checksum {checksum:#x}) is not "
-                    f"this primary's frame there: its tail diverged"
+                    f"this primary's frame there: its tail diverged",
+                    None,
                 )
-        return ""
+        return "", None
 
     def _newer_epoch(self, epoch: int, member: str) -> None:
         with self._cv:
@@ -953,8 +992,13 @@ class CopyLink:
         if peer.epoch > self.epoch:
             self._adopt_epoch(peer.epoch)
         last = self.journal.last_frame
+        runs, _end = epoch_runs(self.journal.fs, self.journal.dirpath, codec=self.codec)
         self._send(
-            sock, wire.STATUS, json.dumps({"last_frame": list(last) if last else None}).encode()
+            sock,
+            wire.STATUS,
+            json.dumps(
+                {"last_frame": list(last) if last else None, "epochs": [list(r) for r in runs]}
+            ).encode(),
         )
         self._send(sock, wire.CATCHUP_REQUEST, wire.encode_u64(self.journal.end_position))
         unflushed: list[tuple[int, bytes]] = []  # appended, not yet fdatasynced
