@@ -147,6 +147,9 @@ def test_walkthrough_commands(mirror):
     rep = json.loads(run("switchover", "--dir", d, "--dry-run", "--json").stdout)
     assert rep["ok"] and rep["primary"] == "B"
     assert [c["member"] for c in rep["candidates"] if c["eligible"]] == ["A"]
+    assert (
+        rep["arbiter_link"] == "connected" and rep["candidates"][0]["arbiter_link"] == "connected"
+    )
     run("switchover", "--dir", d)
     rows = wait_ps(
         d,

@@ -537,12 +537,16 @@ def switchover(dir_, to, dry_run, as_json) -> None:
         click.echo(json.dumps(rep, indent=2))
     else:
         console.print(
-            f"primary {rep['primary']} (epoch {rep.get('epoch')}): "
+            f"primary {rep['primary']} (epoch {rep.get('epoch')}, arbiter link "
+            f"{rep.get('arbiter_link')}): "
             f"switchover {'possible' if rep['ok'] else 'NOT possible'}: {rep['why']}"
         )
         for c in rep["candidates"]:
             mark = "eligible" if c["eligible"] else "not eligible"
-            console.print(f"  {c['member']}: {mark} ({c['why']}; epoch {c['epoch']})")
+            console.print(
+                f"  {c['member']}: {mark} ({c['why']}; epoch {c['epoch']}; "
+                f"arbiter link {c['arbiter_link']})"
+            )
     if dry_run:
         sys.exit(0 if rep["ok"] else 1)
     new = _deploy_call(deploy_switchover, d, to)

@@ -514,7 +514,7 @@ def eligibility(dirpath: Path) -> dict:
                 # until it has acknowledged the whole journal.
                 "caught_up": p["active"] or not p["lag_bytes"],
                 "epoch": statuses.get(p["member"], {}).get("epoch"),
-                "arbiter_link": "none configured",
+                "arbiter_link": statuses.get(p["member"], {}).get("arbiter_link", "unknown"),
                 "eligible": not reasons,
                 "why": ", ".join(reasons) or "Active",
             }
@@ -524,6 +524,8 @@ def eligibility(dirpath: Path) -> dict:
     return {
         "primary": primary["member"],
         "epoch": primary.get("epoch"),
+        "arbiter_link": primary.get("arbiter_link"),
+        "arbiter_controlled": primary.get("arbiter_controlled"),
         "candidates": cands,
         "ok": ok,
         "why": why,

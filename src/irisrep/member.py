@@ -570,6 +570,14 @@ class Member:
             "ack_level": self.config.ack_level,
             "qos_timeout_ms": self.config.qos_timeout_ms,
         }
+        drv = self.driver
+        if drv is not None and drv.arbiter is not None:
+            out["arbiter_link"] = "connected" if drv.arbiter.connected else "lost"
+        elif self.config.arbiter_address is not None:
+            out["arbiter_link"] = "lost"
+        else:
+            out["arbiter_link"] = "none configured"
+        out["arbiter_controlled"] = self.arbiter_controlled
         if db is not None:
             out["journal_end"] = db.journal.end_position
             out["journal_durable"] = db.journal.durable_position
