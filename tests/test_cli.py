@@ -203,8 +203,8 @@ def test_integrity_garbage_file(tmp_path, content, words):
     assert json.loads(proc.stdout)["ok"] is False
 
 
-def test_demo_runs_and_checks_every_step(tmp_path):
-    proc = run("demo", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+def test_demo_local_runs_and_checks_every_step(tmp_path):
+    proc = run("demo", "--local", "--dir", str(tmp_path / "demo"), cwd=tmp_path)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = flat(proc.stdout)
@@ -240,3 +240,23 @@ def test_wij_status_and_integrity_report_pending_recovery(tmp_path):
     assert st.returncode == 0 and "stopped cleanly" in flat(st.stdout)
     ig = run("integrity", str(path), cwd=tmp_path)
     assert ig.returncode == 0 and "WIJ empty" in flat(ig.stdout)
+
+
+def test_demo_the_mirror_walkthrough(tmp_path):
+    """`irisrep demo` (the README's first command): every step of the walkthrough,
+    with real processes, and nothing left running after it."""
+    proc = run("demo", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = flat(proc.stdout)
+    for text in (
+        "congratulations",
+        "<PROTECT>",
+        "what next?",
+        "demo passed",
+        "B refuses with <PROTECT>",
+        "A refuses with <PROTECT>",
+    ):
+        assert text in out, text
+    leftovers = subprocess.run(["pgrep", "-f", "irisrep-demo-"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout

@@ -73,14 +73,23 @@ def integrity(path: str, as_json: bool) -> None:
     "path",
     type=click.Path(file_okay=False),
     default=None,
-    help="Instance directory to use (default: a new temporary one, removed after).",
+    help="Directory to use (default: a new temporary one, removed after).",
 )
-def demo(path: str | None) -> None:
-    """Walk through the local database: globals, $ORDER, $DATA, KILL, restart, integrity.
+@click.option(
+    "--local", is_flag=True, help="The single-database walkthrough instead of the mirror's."
+)
+def demo(path: str | None, local: bool) -> None:
+    """The IRIS mirroring walkthrough on this machine, narrated and checked step by step:
+    deploy a mirror, Set on the primary, Write and <PROTECT> on the backup, stop and
+    restart the primary, the backup takes over, the former primary rejoins as backup.
 
-    The mirroring walkthrough (primary, backup, failover) joins this command when
-    mirroring lands; today it shows the storage engine those members stand on.
+    With --local: the storage engine underneath (globals, $ORDER, $DATA, KILL,
+    transactions, restart, integrity) on one local database.
     """
+    if not local:
+        from .demo import run_demo
+
+        sys.exit(run_demo(console, err_console, path))
     import os
     import shutil
     import tempfile
@@ -423,7 +432,8 @@ def inventory(dir_, as_json) -> None:
 @main.command()
 @_dir_option
 @click.option("--json", "as_json", is_flag=True)
-def ps(dir_, as_json) -> None:
+@click.option("--table", is_flag=True, help="A table even when the output is not a terminal.")
+def ps(dir_, as_json, table) -> None:
     """Live status of every member of the local mirror."""
     from rich.table import Table
 
@@ -431,7 +441,7 @@ def ps(dir_, as_json) -> None:
     from .deploy import ps as deploy_ps
 
     rows = _deploy_call(deploy_ps, deploy_dir(dir_))
-    if as_json or not console.is_terminal:
+    if as_json or not (console.is_terminal or table):
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     t = Table()
