@@ -172,3 +172,45 @@ def spawn_agent(cfg, env: dict | None = None):
         stderr=subprocess.STDOUT,
         env=env,
     )
+
+
+# --- the `irisrep` command, as a user runs it (optionally inside a network namespace) --
+
+
+def cli(*args, check: bool = True, timeout: float = 120, prefix: tuple = ()):
+    """Run `irisrep ARGS` in a new process (after `prefix`, e.g. ip netns exec NS)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [*prefix, sys.executable, "-m", "irisrep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"irisrep {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ps_rows(d: str, prefix: tuple = ()) -> dict:
+    """`irisrep ps --json` for deployment `d`, by member name."""
+    import json
+
+    return {
+        r["member"]: r for r in json.loads(cli("ps", "--dir", d, "--json", prefix=prefix).stdout)
+    }
+
+
+def wait_ps(d: str, pred, what: str, timeout_s: float = 30, prefix: tuple = ()) -> dict:
+    """Poll `irisrep ps` until pred(rows) holds; the rows then."""
+    import json
+
+    deadline = time.monotonic() + timeout_s
+    rows = None
+    while time.monotonic() < deadline:
+        rows = ps_rows(d, prefix)
+        if pred(rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")

@@ -6,41 +6,23 @@ as backup with the new values and refuses writes."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from mirrorkit import cli, ps_rows, wait_ps
 
 import irisrep
 from irisrep.deploy import credentials, load
 
 
 def run(*args, check=True, timeout=120):
-    p = subprocess.run(
-        [sys.executable, "-m", "irisrep", *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and p.returncode != 0:
-        raise AssertionError(f"irisrep {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
+    return cli(*args, check=check, timeout=timeout)
 
 
 def ps(d):
-    return {r["member"]: r for r in json.loads(run("ps", "--dir", d, "--json").stdout)}
-
-
-def wait_ps(d, pred, what, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    rows = None
-    while time.monotonic() < deadline:
-        rows = ps(d)
-        if pred(rows):
-            return rows
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
+    return ps_rows(d)
 
 
 class Writer(threading.Thread):

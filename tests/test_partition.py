@@ -24,6 +24,8 @@ import sys
 import time
 
 import pytest
+from mirrorkit import cli, ps_rows
+from mirrorkit import wait_ps as _wait_ps
 
 NS = f"irisrep-part-{os.getpid()}"
 HOST_A, HOST_B, HOST_ARB = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -56,22 +58,15 @@ def ns(*cmd, check=True, timeout=120):
 
 
 def irisrep(*args, check=True):
-    return ns(sys.executable, "-m", "irisrep", *args, check=check)
+    return cli(*args, check=check, prefix=("ip", "netns", "exec", NS))
 
 
 def ps(d):
-    return {r["member"]: r for r in json.loads(irisrep("ps", "--dir", d, "--json").stdout)}
+    return ps_rows(d, ("ip", "netns", "exec", NS))
 
 
 def wait_ps(d, pred, what, timeout_s=40):
-    deadline = time.monotonic() + timeout_s
-    rows = None
-    while time.monotonic() < deadline:
-        rows = ps(d)
-        if pred(rows):
-            return rows
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
+    return _wait_ps(d, pred, what, timeout_s, ("ip", "netns", "exec", NS))
 
 
 def cut(action: str, pairs=((HOST_A, HOST_B),)) -> None:

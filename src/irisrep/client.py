@@ -317,28 +317,9 @@ class Connection:
                 return self._lost_request(req)
             if self._sock is None:
                 self._discover_waiting()
-            sock = self._sock
-            timeout = self._request_timeout
-            if timeout is not None:
-                timeout = None if lock_timeout is None else timeout + lock_timeout
-            try:
-                sock.settimeout(timeout)
-                sock.sendall(data)
-                deadline = None if timeout is None else time.monotonic() + timeout
-                resp = recv_message(sock, idle_deadline=deadline)
-                if resp is CLOSED:
-                    raise ConnectionResetError("the member closed the connection")
-                resp = check_response(resp)
-            except (OSError, ProtocolError) as e:
-                where = self.address
-                self._drop()
-                raise ConnectionError(
-                    f"{op}: the connection to {where} broke ({e}); not retried"
-                ) from e
+            resp = self._exchange(op, data, lock_timeout)
             if resp[0] == "ok":
                 return resp[1]
-            if resp[1] in ("ProtocolError", "HandshakeError"):
-                self._drop()  # the member closes the connection after these
             if (
                 self._follow
                 and resp[1] in ("ProtectError", "NotPrimaryError")
@@ -351,25 +332,15 @@ class Connection:
                 # the new primary and send the request there, once.
                 self._drop()
                 self._discover_waiting()
-                return self._send_locked(req, data, lock_timeout)
+                resp = self._exchange(op, data, lock_timeout)
+                if resp[0] == "ok":
+                    return resp[1]
             raise make_error(resp[1], resp[2], resp[3])
 
-    def _discover_waiting(self) -> None:
-        """Under the lock: find the primary, waiting out a failover (members answer,
-        none is primary yet) for up to CLIENT_FAILOVER_WAIT_S."""
-        deadline = time.monotonic() + (CLIENT_FAILOVER_WAIT_S if self._follow else 0.0)
-        while True:
-            try:
-                self._discover()
-                return
-            except (NotPrimaryError, ConnectionRefusedError):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _send_locked(self, req: tuple, data: bytes, lock_timeout: float | None) -> Any:
-        """Under the lock, on a fresh connection: one request, no further routing."""
-        op = req[0]
+    def _exchange(self, op: str, data: bytes, lock_timeout: float | None) -> tuple:
+        """Under the lock: one request on the current connection, its checked reply.
+        A broken connection is dropped and raises ConnectionError (never retried: the
+        request may have been carried out)."""
         sock = self._sock
         timeout = self._request_timeout
         if timeout is not None:
@@ -388,11 +359,22 @@ class Connection:
             raise ConnectionError(
                 f"{op}: the connection to {where} broke ({e}); not retried"
             ) from e
-        if resp[0] == "ok":
-            return resp[1]
-        if resp[1] in ("ProtocolError", "HandshakeError"):
-            self._drop()
-        raise make_error(resp[1], resp[2], resp[3])
+        if resp[0] != "ok" and resp[1] in ("ProtocolError", "HandshakeError"):
+            self._drop()  # the member closes the connection after these
+        return resp
+
+    def _discover_waiting(self) -> None:
+        """Under the lock: find the primary, waiting out a failover (members answer,
+        none is primary yet) for up to CLIENT_FAILOVER_WAIT_S."""
+        deadline = time.monotonic() + (CLIENT_FAILOVER_WAIT_S if self._follow else 0.0)
+        while True:
+            try:
+                self._discover()
+                return
+            except (NotPrimaryError, ConnectionRefusedError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _lost_request(self, req: tuple) -> Any:
         """A transaction was lost with the connection: end it here, refuse the rest."""
