@@ -82,6 +82,7 @@ def test_walkthrough_commands(mirror):
         "congratulations"
     )
 
+    assert "failover safe: B is Active behind A" in run("ps", "--dir", d, "--table").stdout
     rows = ps(d)
     assert rows["A"]["role"] == "primary" and rows["A"]["status"] == "Primary"
     assert rows["A"]["active_backup"] == "B"
@@ -94,6 +95,7 @@ def test_walkthrough_commands(mirror):
     run("kill", "--dir", d, "B")
     rows = wait_ps(d, lambda r: r["A"]["active_backup"] is None, "B not Active")
     assert rows["B"]["process"].startswith("crashed") and rows["B"]["status"] == "Down"
+    assert "failover NOT safe: A has no Active backup" in run("ps", "--dir", d, "--table").stdout
     run("session", "--dir", d, "A", "-c", "Set ^n=1")
     run("start", "--dir", d, "B")
     wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active again")

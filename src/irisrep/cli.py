@@ -433,17 +433,41 @@ def inventory(dir_, as_json) -> None:
 @_dir_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--table", is_flag=True, help="A table even when the output is not a terminal.")
-def ps(dir_, as_json, table) -> None:
-    """Live status of every member of the local mirror."""
-    from rich.table import Table
-
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+def ps(dir_, as_json, table, watch) -> None:
+    """Live status of every member of the local mirror, under a line that says
+    whether a failover would be safe now, and why."""
     from .deploy import deploy_dir
     from .deploy import ps as deploy_ps
 
-    rows = _deploy_call(deploy_ps, deploy_dir(dir_))
-    if as_json or not (console.is_terminal or table):
-        click.echo(json.dumps(rows, indent=2, default=str))
+    d = deploy_dir(dir_)
+    if as_json or not (console.is_terminal or table or watch):
+        click.echo(json.dumps(_deploy_call(deploy_ps, d), indent=2, default=str))
         return
+    if not watch:
+        console.print(_ps_view(_deploy_call(deploy_ps, d)))
+        return
+    import time
+
+    from rich.live import Live
+
+    try:
+        with Live(_ps_view(_deploy_call(deploy_ps, d)), console=console) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(_ps_view(_deploy_call(deploy_ps, d)))
+    except KeyboardInterrupt:
+        pass
+
+
+def _ps_view(rows: list[dict]):
+    from rich.console import Group
+    from rich.table import Table
+
+    from .deploy import failover_safety
+
+    safe, why = failover_safety(rows)
+    head = f"[bold {'green' if safe else 'red'}]failover {'safe' if safe else 'NOT safe'}[/]: {why}"
     t = Table()
     cols = (
         "member",
@@ -460,7 +484,7 @@ def ps(dir_, as_json, table) -> None:
         t.add_column(col.replace("_", " "))
     for r in rows:
         t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
-    console.print(t)
+    return Group(head, t)
 
 
 @main.command()

@@ -396,6 +396,23 @@ def ps(dirpath: Path) -> list[dict]:
     return rows
 
 
+def failover_safety(rows: list[dict]) -> tuple[bool, str]:
+    """Whether a failover now would lose nothing, and why, from `ps` rows: the
+    primary has an Active backup (it holds every acknowledged commit)."""
+    primaries = [r for r in rows if r.get("role") == "primary"]
+    if not primaries:
+        return False, "no member is primary"
+    if len(primaries) > 1:
+        return False, "more than one member says it is primary"
+    p = primaries[0]
+    if p.get("status") == "In Trouble":
+        return False, f"{p['member']} is In Trouble (it lost its backup and the arbiter)"
+    backup = p.get("active_backup")
+    if not backup:
+        return False, f"{p['member']} has no Active backup (it commits alone)"
+    return True, f"{backup} is Active behind {p['member']} (epoch {p.get('epoch')})"
+
+
 # --- stop / start / kill / down ------------------------------------------------------------
 
 
