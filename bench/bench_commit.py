@@ -34,7 +34,6 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -47,7 +46,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-from _machine import mount_of
+from _machine import machine_info, overwrite_fdatasync_ns
 
 # The installed irisrep (`pip install .`, or `pip install -e .` for a checkout).
 from irisrep.config import Address, MemberConfig, MirrorMember
@@ -181,26 +180,9 @@ def log_tail(path: Path | None, n: int = 30) -> list[str]:
 # --- floors -----------------------------------------------------------------------------
 
 
-def fdatasync_floor(d: str, n: int) -> tuple[list[int], bool]:
-    """Overwrite one 8 KiB block of a preallocated file and fdatasync it; ns each.
-
-    Through RealFS with direct="optional", as the members' journals write."""
-    path = os.path.join(d, "floor.dat")
-    size = 4 * 1024 * 1024
-    f = RealFS().open(path, create=True, direct="optional")
-    try:
-        f.pwrite(0, bytes(size))
-        f.fdatasync()
-        block = b"f" * BLOCK
-        out = []
-        for i in range(n):
-            t0 = time.perf_counter_ns()
-            f.pwrite((i * BLOCK) % size, block)
-            f.fdatasync()
-            out.append(time.perf_counter_ns() - t0)
-        return out, bool(f.direct)
-    finally:
-        f.close()
+def fdatasync_floor(d: str, n: int, name: str = "floor.dat") -> tuple[list[int], bool]:
+    """Overwrite one 8 KiB block and fdatasync it; ns each (_machine's floor)."""
+    return overwrite_fdatasync_ns(RealFS(), d, n, BLOCK, name=name)
 
 
 def concurrent_fdatasync_floor(d: str, n: int) -> list[int]:
@@ -213,16 +195,7 @@ def concurrent_fdatasync_floor(d: str, n: int) -> list[int]:
     stop = ctx.Event()
 
     def other() -> None:
-        f = RealFS().open(os.path.join(d, "floor2.dat"), create=True, direct="optional")
-        try:
-            f.pwrite(0, bytes(4 * 1024 * 1024))
-            i = 0
-            while not stop.is_set():
-                f.pwrite((i * BLOCK) % (4 * 1024 * 1024), b"g" * BLOCK)
-                f.fdatasync()
-                i += 1
-        finally:
-            f.close()
+        overwrite_fdatasync_ns(RealFS(), d, 0, BLOCK, name="floor2.dat", until=stop)
 
     p = ctx.Process(target=other, daemon=True)
     p.start()
@@ -760,19 +733,9 @@ def main(argv=None) -> int:
 
     os.makedirs(args.dir, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_commit_tmp", dir=args.dir)).resolve()
-    mnt, fstype = mount_of(str(scratch))
     children = Children()
     res: dict = {
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "dir": str(scratch),
-            "mount": mnt,
-            "fstype": fstype,
-            "irisrep": str(Path(sys.modules["irisrep"].__file__).parent),
-            "loadavg_before": os.getloadavg(),
-        },
+        "machine": machine_info(str(scratch)),
         "args": {
             "seconds": args.seconds,
             "clients": args.clients,

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -51,7 +50,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-from _machine import mount_of, pct
+from _machine import machine_info, mount_of, pct
 from bench_commit import Children, fdatasync_floor, rtt_floor
 
 import irisrep
@@ -512,23 +511,15 @@ def main(argv=None) -> int:
         ddir = short_parent / "m"
         note = f"{scratch} is too long a path for the agents' UNIX sockets: deployed in {ddir}"
         print(f"note: {note}", file=sys.stderr)
-    mnt, fstype = mount_of(str(scratch))
     dmnt, dfstype = mount_of(str(ddir.parent))
     children = Children()
     res: dict = {
         "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "dir": str(scratch),
-            "mount": mnt,
-            "fstype": fstype,
+            **machine_info(str(scratch)),
             "deploy_dir": str(ddir),
             "deploy_mount": dmnt,
             "deploy_fstype": dfstype,
             "note": note,
-            "irisrep": str(Path(irisrep.__file__).parent),
-            "loadavg_before": os.getloadavg(),
         },
         "args": {
             "runs": args.runs,

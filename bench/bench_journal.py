@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 
-from _machine import mount_of, pct
+from _machine import mount_of, overwrite_fdatasync_ns, pct
 
 from irisrep.constants import IO_ALIGN
 from irisrep.fileio import RealFS
@@ -47,22 +47,8 @@ ENGINE_HOOKS: dict[str, object] = {}
 
 def floor_latency(fs, d: str, n: int) -> tuple[list[float], bool]:
     """Overwrite one 4 KiB block of a preallocated file, fdatasync; seconds each."""
-    path = os.path.join(d, "floor.dat")
-    size = 16 * 1024 * 1024
-    f = fs.open(path, create=True, direct="optional")
-    try:
-        f.pwrite(0, bytes(size))
-        f.fdatasync()
-        block = b"f" * IO_ALIGN
-        out = []
-        for i in range(n):
-            t = time.perf_counter()
-            f.pwrite((i * IO_ALIGN) % size, block)
-            f.fdatasync()
-            out.append(time.perf_counter() - t)
-        return out, bool(f.direct)
-    finally:
-        f.close()
+    ns, direct = overwrite_fdatasync_ns(fs, d, n, IO_ALIGN, size=16 << 20)
+    return [t / 1e9 for t in ns], direct
 
 
 def commit_latency(j: Journal, n: int) -> list[float]:

@@ -33,6 +33,7 @@ primary's host (DESIGN.md section 3, "a crashed primary process on a live host")
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -203,10 +204,8 @@ class Agent:
             self.stop(nofailover=True)
             sel.close()
             srv.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.control_path)
-            except FileNotFoundError:
-                pass
         return 0
 
     # --- the mirror-facing listener ------------------------------------------------------

@@ -24,6 +24,7 @@ serving the others. `ArbiterClient` is the member's side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -78,10 +79,8 @@ class Arbiter:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
     def __enter__(self) -> Arbiter:
         return self
@@ -279,10 +278,8 @@ class ArbiterClient:
         self._wake.set()
         s = self._sock
         if s is not None:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._thread.join(timeout=5)
 
     def ask(self, epoch: int) -> None:

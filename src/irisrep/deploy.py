@@ -20,6 +20,7 @@ The commands read credentials from the directory; nothing secret is printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -453,10 +454,8 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
             except ValueError:
                 pid = 0
             if pid and not agent_mod.wait_gone(pid, 20):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
                 agent_mod.wait_gone(pid, 5)
             pid_file.unlink(missing_ok=True)
     pid_file = dirpath / "arbiter" / "arbiter.pid"
@@ -466,15 +465,11 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
         except ValueError:
             pid = 0
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
             if not agent_mod.wait_gone(pid, 10):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
         pid_file.unlink(missing_ok=True)
         stopped.append("arbiter")
     if purge and dirpath.exists():

@@ -36,6 +36,7 @@ here (the mirror core, a later issue); this module only moves and acknowledges d
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import json
@@ -235,14 +236,10 @@ class _PeerLink:
         st.closed = True
         st.reason = reason
         self.rep._link_closed(self, reason)
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
         self._started.set()
         self.rep.ring.wake()
 
@@ -912,10 +909,9 @@ class CopyLink:
         sock = self._sock
         if sock is None or self.primary is None:
             return
-        try:
+        # A failed send: the link thread sees the broken connection.
+        with contextlib.suppress(WireError, OSError):
             self._send(sock, wire.STATUS, json.dumps({"peer_status": status}).encode())
-        except (WireError, OSError):
-            pass  # the link thread sees the broken connection
 
     def pause(self) -> None:
         """Stop following: drop the connection and do not reconnect (a takeover
@@ -929,10 +925,8 @@ class CopyLink:
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     # --- connecting ---------------------------------------------------------------------
