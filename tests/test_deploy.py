@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -90,11 +92,19 @@ def test_walkthrough_commands(mirror):
     assert rows["C1"]["role"] == "async"
     for r in rows.values():
         assert r["lag"] and r["epoch"] == 1 and r["pid"]
+    assert rows["A"]["health"] == "ok" and rows["A"]["arbiter_link"] == "connected"
+    assert rows["B"]["arbiter_link"] == "connected"
+    assert rows["C1"]["health"] == "ok" and rows["C1"]["lag"] == "caught up"
+    table = run("ps", "--dir", d, "--table").stdout
+    for col in ("health", "mirror role", "arbiter link"):
+        assert col in table
 
     # A crashed backup: the primary goes on alone, the backup comes back Active.
     run("kill", "--dir", d, "B")
     rows = wait_ps(d, lambda r: r["A"]["active_backup"] is None, "B not Active")
     assert rows["B"]["process"].startswith("crashed") and rows["B"]["status"] == "Down"
+    assert rows["B"]["health"] == "down" and rows["B"]["lag"] == "unknown (down)"
+    assert rows["A"]["health"] == "degraded: no Active backup"
     assert "failover NOT safe: A has no Active backup" in run("ps", "--dir", d, "--table").stdout
     run("session", "--dir", d, "A", "-c", "Set ^n=1")
     run("start", "--dir", d, "B")
@@ -102,6 +112,11 @@ def test_walkthrough_commands(mirror):
 
     # The walkthrough: the primary stopped cleanly hands over to its Active backup and,
     # restarted, rejoins as backup; the new primary takes writes, the old refuses them.
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "irisrep.cli", "events", "--dir", d, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     run("stop", "--dir", d, "--restart", "A")
     rows = wait_ps(
         d,
@@ -110,6 +125,20 @@ def test_walkthrough_commands(mirror):
     )
     assert rows["B"]["role"] == "primary"
     assert rows["B"]["epoch"] == 2 and rows["A"]["epoch"] == 2
+    # `events --follow` printed the takeover as it happened.
+    followed = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        e = json.loads(follower.stdout.readline())
+        followed.append((e["member"], e["kind"], e["text"]))
+        if any(m == "B" and k == "role" and "-> primary" in t for m, k, t in followed) and any(
+            m == "A" and k == "started" and "as backup" in t for m, k, t in followed
+        ):
+            break
+    follower.terminate()
+    follower.wait(10)
+    assert any(m == "B" and k == "role" and "backup -> primary" in t for m, k, t in followed)
+    assert any(m == "A" and k == "started" and "as backup" in t for m, k, t in followed)
     assert run("session", "--dir", d, "B", "-c", "Write $Get(^n)").stdout.strip() == "1"
     run("session", "--dir", d, "B", "-c", 'Set ^myfirstglobal="what next?"')
     bad = run(
@@ -147,7 +176,13 @@ def test_walkthrough_commands(mirror):
     changes = [(e["member"], e["from"], e["to"], e["epoch"]) for e in hist if e["event"] == "role"]
     assert ("B", "backup", "primary", 2) in changes and ("A", "primary", "backup", 1) in changes
     assert ("A", "backup", "primary", 3) in changes
-    assert "epoch 2: B backup -> primary" in run("history", "--dir", d).stdout
+    table = run("history", "--dir", d).stdout
+    for col in ("old primary", "new primary", "reason", "undone tail"):
+        assert col in table
+    ev = [json.loads(x) for x in run("events", "--dir", d, "--json").stdout.splitlines()]
+    kinds = {(e["member"], e["kind"]) for e in ev}
+    assert {("A", "started"), ("B", "started"), ("A", "role"), ("B", "link")} <= kinds
+    assert [e["time"] for e in ev] == sorted(e["time"] for e in ev)
 
     # --nofailover: the primary just stops; nobody takes over.
     run("stop", "--dir", d, "--nofailover", "A")

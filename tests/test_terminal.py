@@ -11,7 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import irisrep
-from irisrep.terminal import Session, TerminalError, parse, run_commands
+from irisrep.terminal import (
+    ConnectionLostError,
+    Session,
+    TerminalError,
+    interact,
+    parse,
+    prompt,
+    run_commands,
+    run_session,
+    run_stream,
+)
 
 
 @pytest.fixture
@@ -394,3 +404,297 @@ def test_garbage_only_raises_terminal_error(lines):
     finally:
         s.close()
     assert _fuzz_db().tlevel == 0
+
+
+# --- more of the subset: $Query with "" and -1, W *n, subscripts in ZWrite ---------------
+
+
+def test_query_reverse_and_empty_last_subscript(sess):
+    out(sess, 'S ^qr=0,^qr(1)=1,^qr(1,"a")=2,^qr(2)=3,^qr(2,5)=4')
+    assert out(sess, 'W $Q(^qr(""))') == "^qr(1)"  # "" as in $ORDER: from the start
+    assert out(sess, 'W $Q(^qr(""),-1)') == "^qr(2,5)"  # from past the end
+    assert out(sess, 'W $Q(^qr(1,""),-1)') == '^qr(1,"a")'  # past ^qr(1)'s last descendant
+    assert out(sess, "W $Q(^qr(2,5),-1)") == "^qr(2)"
+    assert out(sess, "W $Q(^qr(2),-1)") == '^qr(1,"a")'
+    assert out(sess, 'W $Q(^qr(1,"a"),-1)') == "^qr(1)"
+    assert out(sess, "W $Q(^qr(1),-1)") == ""  # never the unsubscripted ^qr
+    assert out(sess, "W $Q(^qr,-1)") == ""
+    assert out(sess, "W $Q(^qr(2,5))") == ""
+    out(sess, 'S v=0,v(1)=1,v(1,"a")=2,v(2)=3')
+    assert out(sess, 'W $Q(v("")),",",$Q(v(""),-1),",",$Q(v(1,""),-1)') == 'v(1),v(2),v(1,"a")'
+    assert out(sess, "W $Q(v(2),-1),$Q(v(1),-1),$Q(v,-1)") == 'v(1,"a")'
+    assert out(sess, "W $Q(v),$Q(v(2))") == "v(1)"
+    assert err(sess, 'W $Q(^qr("",1))').word == "SUBSCRIPT"  # only the last may be ""
+
+
+def test_query_walks_the_whole_array_both_ways(sess):
+    out(sess, 'S ^w(1)=1,^w(1,2)=2,^w(1,2,3)=3,^w("b")=4,^w("b","c")=5')
+    nodes = ["^w(1)", "^w(1,2)", "^w(1,2,3)", '^w("b")', '^w("b","c")']
+
+    def walk(start: str, direction: int) -> list[str]:
+        found, ref = [], start
+        while True:
+            ref = out(sess, f"W $Q({ref},{direction})")
+            if not ref:
+                return found
+            found.append(ref)
+
+    assert walk("^w", 1) == nodes
+    assert walk('^w("")', -1) == nodes[::-1]
+
+
+def test_write_star_and_zwrite_string_subscripts(sess):
+    assert out(sess, 'W *72,*105,!,*-1,"x"') == "Hi\nx"
+    out(sess, 'S ^zs("a"_$C(9)_"b")=1,^zs("q""")=2')
+    assert out(sess, "ZW ^zs") == '^zs("a"_$c(9)_"b")=1\n^zs("q""")=2\n'
+    assert out(sess, 'W $Q(^zs(""))') == '^zs("a"_$c(9)_"b")'
+
+
+def test_several_sets_and_operators_in_one_line(sess):
+    line = 'S a=1,b=2,(c,d)=3 W a+b*c,",",10\\3,",",10#3,",",2**3,",",10/4,",",a-b,",","x"_a'
+    assert out(sess, line) == "9,3,1,8,2.5,-1,x1"
+    assert out(sess, "W $I(a),$Increment(a,10),a") == "21212"
+
+
+def test_lock_plus_minus_and_test(sess, db):
+    assert out(sess, "L +^lt(1) L +^lt(1) L -^lt(1) W $T") == "1"
+    assert db.locks.snapshot()  # still held once
+    out(sess, "L -^lt(1)")
+    assert not [e for e in db.locks.snapshot() if e]
+    assert out(sess, "L +^lt(2):0 W $T L -^lt(2)") == "1"
+
+
+# --- interrupts, lost connections -------------------------------------------------------------
+
+
+def test_hang_is_interruptible(db):
+    s = Session(db, out=io.StringIO(), interruptible=True)
+    calls = []
+
+    def sleep(seconds):
+        calls.append(seconds)
+        if len(calls) == 3:
+            s.interrupt()  # Ctrl-C during the third slice
+
+    s._sleep = sleep
+    assert err(s, "H 100 W 1").word == "INTERRUPT"
+    assert len(calls) == 3 and max(calls) <= 0.2
+    assert out(s, "H .5 W 2") == "2"  # the next line runs: the flag is per line
+    s.close()
+
+
+def test_lock_wait_is_interruptible(db):
+    import threading
+
+    got, release = threading.Event(), threading.Event()
+
+    def holder():
+        with db.globals["held"].lock((), timeout=1):
+            got.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    s = Session(db, out=io.StringIO(), interruptible=True)
+    try:
+        assert got.wait(5)
+        timer = threading.Timer(0.3, s.interrupt)
+        timer.start()
+        assert err(s, "L +^held").word == "INTERRUPT"  # no timeout: waits until Ctrl-C
+        timer.join()
+        assert out(s, "L +^held:.3 W $T") == "0"
+    finally:
+        release.set()
+        t.join()
+    assert out(s, "L +^held:2 W $T") == "1"
+    s.close()
+
+
+def test_interrupt_stops_the_line_between_commands(sess, db):
+    sess._sleep = lambda _s: sess.interrupt()  # a Ctrl-C while `H 1` runs
+    assert err(sess, "S ^ib=1 H 1 S ^ib=2").word == "INTERRUPT"
+    assert db.globals["ib"][()] == 1
+
+
+class _Broken:
+    """A target whose connection broke: every global call raises ConnectionError."""
+
+    tlevel = 1
+    closed_with = None
+
+    class _G:
+        def get(self, *a, **k):
+            raise ConnectionResetError("the connection to 127.0.0.1:1 broke")
+
+        __setitem__ = get
+
+    def __init__(self):
+        self.globals = {"x": self._G()}
+
+    def trollback(self, *a):
+        self.closed_with = "trollback"
+
+
+def test_lost_connection_ends_the_session_without_closing():
+    t = _Broken()
+    s = Session(t, out=io.StringIO())
+    e = err(s, "W ^x")
+    assert isinstance(e, ConnectionLostError) and e.word == "ERROR" and "broke" in e.message
+    o, e2 = io.StringIO(), io.StringIO()
+    assert run_commands(t, "W 1\nS ^x=1\nW 2", out=o, err=e2) == 1
+    assert o.getvalue() == "1\n" and e2.getvalue().startswith("<ERROR> ")
+    assert t.closed_with is None  # the member already rolled back; no reconnect to do it
+
+
+# --- the runners: piped lines, the interactive loop -------------------------------------------
+
+
+def test_run_stream_reads_line_by_line_and_stops_at_an_error(db):
+    o, e = io.StringIO(), io.StringIO()
+    assert run_stream(db, io.StringIO("W 1\r\nS ^rs=1 W ^rs\n"), out=o, err=e) == 0
+    assert o.getvalue() == "1\n1\n" and e.getvalue() == ""
+    o, e = io.StringIO(), io.StringIO()
+    assert run_stream(db, io.StringIO("W 1\nW ^nope\nS ^rs=2\n"), out=o, err=e) == 1
+    assert e.getvalue() == "<UNDEFINED> *^nope\n" and db.globals["rs"][()] == 1
+    o = io.StringIO()
+    assert run_stream(db, io.StringIO("TS  S ^rs=3 W $TL\n"), out=o, err=io.StringIO()) == 0
+    assert o.getvalue() == "1\n" and db.globals["rs"][()] == 1 and db.tlevel == 0
+
+
+class _Keys:
+    """A scripted user for interact(): each item is a line, or an exception to raise."""
+
+    def __init__(self, *items):
+        self.items = list(items)
+        self.prompts: list[str] = []
+
+    def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def test_interact_prompts_errors_and_ctrl_d(db):
+    keys = _Keys(
+        "W 1+1",
+        "W ^nope(1)",
+        "TS  S ^ia=1",
+        "TS",
+        "W $TL",
+        "S x=1 W x",
+        KeyboardInterrupt(),  # Ctrl-C at the prompt: the typed line is dropped
+        "FOO",
+        "TC  W 7\nW 8",  # a pasted block: two lines
+        "L +^ial",
+        EOFError(),  # Ctrl-D
+    )
+    o, e = io.StringIO(), io.StringIO()
+    assert interact(db, out=o, err=e, read=keys) == 0
+    assert keys.prompts == [
+        "DB>", "DB>", "DB>", "TL1:DB>", "TL2:DB>", "TL2:DB>", "TL2:DB>", "TL2:DB>",
+        "TL2:DB>", "TL1:DB>", "TL1:DB>",
+    ]  # fmt: skip
+    assert o.getvalue() == "2\n2\n1\n\n7\n8\n\n"
+    assert e.getvalue() == ("<UNDEFINED> *^nope(1)\n<COMMAND> unknown command 'FOO' (column 1)\n")
+    # Ctrl-D closed the session: the transaction rolled back, the lock released.
+    assert db.tlevel == 0 and db.globals["ia"].data(()) == 0
+    assert not [x for x in db.locks.snapshot() if x]
+
+
+def test_interact_halt_and_lost_connection(db):
+    keys = _Keys('W "a"', "H", "W 2")
+    o = io.StringIO()
+    assert interact(db, out=o, err=io.StringIO(), read=keys) == 0
+    assert o.getvalue() == "a\n" and keys.items == ["W 2"]
+    t = _Broken()
+    e = io.StringIO()
+    assert interact(t, out=io.StringIO(), err=e, read=_Keys("W ^x", "W 1")) == 1
+    assert e.getvalue().count("\n") == 1 and e.getvalue().startswith("<ERROR> ")
+    assert "the session ends" in e.getvalue() and t.closed_with is None
+
+
+def test_prompt_and_run_session_dispatch(db):
+    assert prompt(db) == "DB>" and prompt(db, "USER") == "USER>"
+    db.tstart()
+    assert prompt(db) == "TL1:DB>"
+    db.trollback()
+    o = io.StringIO()
+    assert run_session(db, commands="W 5", out=o, err=io.StringIO()) == 0 and o.getvalue() == "5\n"
+    o = io.StringIO()
+    assert run_session(db, stdin=io.StringIO("W 6\n"), out=o, err=io.StringIO()) == 0
+    assert o.getvalue() == "6\n"
+
+
+def test_history_file_appends_and_is_cut(tmp_path, monkeypatch):
+    import stat
+
+    import irisrep.terminal as terminal
+
+    readline = pytest.importorskip("readline")
+    monkeypatch.setattr(terminal, "TERMINAL_HISTORY_LINES_MAX", 5)
+    path = tmp_path / ".session_history"
+    path.write_text("W 1\nW 2\nW 3\nW 4\n")
+    readline.clear_history()
+    try:
+        h = terminal._History(readline, path, io.StringIO())
+        assert readline.get_current_history_length() == 4
+        for line in ("W 5", "W 6", "W 7"):
+            readline.add_history(line)
+        h.save()
+        assert path.read_text().splitlines() == ["W 3", "W 4", "W 5", "W 6", "W 7"]
+        readline.clear_history()
+        missing = tmp_path / "new" / ".session_history"  # its directory is gone: a warning
+        err_out = io.StringIO()
+        h = terminal._History(readline, missing, err_out)
+        readline.add_history("W 8")
+        h.save()
+        assert err_out.getvalue().startswith("history not saved: ")
+        fresh = tmp_path / "fresh_history"
+        h = terminal._History(readline, fresh, io.StringIO())
+        readline.add_history("W 9")
+        h.save()
+        assert fresh.read_text().splitlines() == ["W 9"]
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    finally:
+        readline.clear_history()
+
+
+def test_cli_session_local(tmp_path):
+    from click.testing import CliRunner
+
+    from irisrep.cli import main
+
+    path = str(tmp_path / "inst")
+    r = CliRunner().invoke(main, ["session", "--local", path, "-c", "S ^c=41 W ^c+1"])
+    assert r.exit_code == 0 and r.output == "42\n"
+    r = CliRunner().invoke(main, ["session", "--local", path], input="W ^c\nW ^nope\n")
+    assert r.exit_code == 1 and "41\n" in r.output and "<UNDEFINED> *^nope" in r.output
+    r = CliRunner().invoke(main, ["session"])
+    assert r.exit_code == 2 and "MEMBER or --local" in r.output
+    member_dir = tmp_path / "member"
+    member_dir.mkdir()
+    (member_dir / "mirror.json").write_text("{}")
+    r = CliRunner().invoke(main, ["session", "--local", str(member_dir), "-c", "W 1"])
+    assert r.exit_code == 1 and "mirror member's instance directory" in r.output
+    assert not (member_dir / "DB.dat").exists()
+
+
+def test_interact_ctrl_c_during_a_line_and_a_paste_stopping_at_an_error(db):
+    import os
+    import signal
+    import threading
+
+    # A real SIGINT while `H 100` waits: <INTERRUPT>, and the next line runs.
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    keys = _Keys("H 100 W 1", "W 2\nW ^nope\nW 3", EOFError())
+    o, e = io.StringIO(), io.StringIO()
+    timer.start()
+    try:
+        assert interact(db, out=o, err=e, read=keys) == 0
+    finally:
+        timer.join()
+    assert o.getvalue() == "2\n\n"  # the paste stopped at its error: no 3
+    assert e.getvalue() == "<INTERRUPT>\n<UNDEFINED> *^nope\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

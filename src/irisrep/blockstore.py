@@ -38,6 +38,7 @@ from .errors import BlockCorruptError, CorruptError
 # magic ver bsize db_id root free nfree count pad checkpoint generation txn_floor
 _HEADER = struct.Struct("<8sIIIIIII I QQQ")
 assert _HEADER.size == 64
+_HEADER_COUNT_OFF = 32  # the block count in the header payload
 _U32 = struct.Struct("<I")
 
 
@@ -50,6 +51,16 @@ class StoreFile:
 
     def write_images(self, images: list[tuple[int, bytes]]) -> None:
         write_runs(self.file, images)
+        # A block allocated and freed before any cycle wrote it is never written; when
+        # it is among the last, the file would end before the header's block count (the
+        # integrity walk: "file holds N blocks, the header says M"). The header image
+        # of the set (block 0, first: the set is sorted) names the count: the file is
+        # extended to it here, before the fdatasync that ends this phase of the cycle
+        # (and again by WIJ recovery, which replays the same set).
+        if images and images[0][0] == 0:
+            (count,) = _U32.unpack_from(images[0][1], BLOCK_HEADER_SIZE + _HEADER_COUNT_OFF)
+            if self.file.size() < count * BLOCK_SIZE:
+                self.file.truncate(count * BLOCK_SIZE)
 
     def sync(self) -> None:
         self.file.fdatasync()

@@ -17,6 +17,9 @@ from . import __version__
 
 # soft_wrap: piped output keeps one line per record (grep-able), whatever the width.
 console = Console(soft_wrap=True)
+if not console.is_terminal:
+    # Piped or captured: wide tables stay whole instead of wrapping at 80 columns.
+    console = Console(soft_wrap=True, width=200)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -282,8 +285,264 @@ def journal_verify(directory: str, as_json: bool) -> None:
     sys.exit(0 if report["ok"] else 1)
 
 
-if __name__ == "__main__":
-    main()
+# --- backup and restore (backup.py, restore.py; docs/backup.md) ------------------------
+
+
+def _bar(label: str, as_json: bool):
+    """A rich progress bar on stderr when it is a terminal (and not --json), else None.
+
+    Returns (context manager, set_total, advance): callbacks the library calls."""
+    import contextlib
+
+    if as_json or not err_console.is_terminal:
+        return contextlib.nullcontext(), None, None
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    return (
+        bar,
+        lambda total: bar.update(task, total=total),
+        lambda n: bar.advance(task, n),
+    )
+
+
+def _backup_errors():
+    """BackupError, CorruptError and OSError as a click error (exit 1), nothing else."""
+    import contextlib
+
+    from .errors import CorruptError, IrisrepError
+
+    @contextlib.contextmanager
+    def cm():
+        try:
+            yield
+        except (IrisrepError, CorruptError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+
+    return cm()
+
+
+def _ns_text(ns: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+@main.group()
+def backup() -> None:
+    """Online backups: create (full or incremental), list, verify."""
+
+
+@backup.command("create")
+@click.argument("path", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory of the backup files (created if missing).",
+)
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Only the blocks changed since the newest backup of this database in --out.",
+)
+@click.option(
+    "--member",
+    default=None,
+    help="A deployment member's database instead of PATH (the member must be "
+    "stopped; prefer the backup member, so the primary keeps running).",
+)
+@click.option(
+    "--dir",
+    "dir_",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Deployment directory for --member (default: $IRISREP_DIR, else ./irisrep-mirror).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new backup's header as JSON.")
+def backup_create(path, out_dir, incremental, member, dir_, as_json) -> None:
+    """Back up the instance at PATH (a directory as irisrep.open takes) into --out.
+
+    The copy is the image of one checkpoint, taken while the instance runs; the
+    file also holds the journal that image needs. A running instance is backed up
+    from inside its own process (irisrep.backup.create_backup)."""
+    from .backup import backup_instance, member_data_dir
+
+    if (path is None) == (member is None):
+        raise click.UsageError("give PATH or --member M (one of them)")
+    cm, total, advance = _bar("backup", as_json)
+    with _backup_errors():
+        if member is not None:
+            path = member_data_dir(dir_, member)
+        with cm:
+            info = backup_instance(
+                path,
+                out_dir,
+                incremental=incremental,
+                mirror_copy=member is not None,
+                progress=advance,
+                progress_total=total,
+            )
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    secs = max((info.time_end - info.time_start) / 1e9, 1e-9)
+    console.print(
+        f"{info.path}: {info.kind} backup {info.seq}, {info.blocks_stored} of "
+        f"{info.block_count} blocks, checkpoint {info.checkpoint}, journal "
+        f"{info.journal_start}..{info.journal_end}, {info.file_bytes} bytes, "
+        f"{info.block_count * 8192 / secs / 1e6:.0f} MB/s",
+        markup=False,
+        highlight=False,
+    )
+
+
+@backup.command("list")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def backup_list(directory, as_json) -> None:
+    """The backups in DIRECTORY, oldest first, with their chains."""
+    from rich.table import Table
+
+    from .backup import list_backups
+
+    with _backup_errors():
+        good, other = list_backups(directory)
+    if as_json:
+        click.echo(json.dumps({"backups": [b.as_dict() for b in good], "other": other}, indent=2))
+        return
+    t = Table(title=f"backups in {directory}")
+    for col in ("file", "kind", "seq", "db", "taken", "checkpoint", "journal", "blocks", "bytes"):
+        t.add_column(col)
+    for b in good:
+        t.add_row(
+            b.name,
+            b.kind,
+            str(b.seq),
+            f"{b.db_id:08x}",
+            _ns_text(b.time_start),
+            str(b.checkpoint),
+            f"{b.journal_start}..{b.journal_end}",
+            f"{b.blocks_stored}/{b.block_count}",
+            str(b.file_bytes),
+        )
+    console.print(t)
+    for o in other:
+        console.print(f"  - {o['name']}: {o['problem']}", markup=False, highlight=False)
+
+
+@backup.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def backup_verify(file, as_json) -> None:
+    """Check every block, journal chunk and the manifest of a backup FILE (exit 1 on
+    the first fault, naming the block and its byte offset)."""
+    import os
+
+    from .backup import verify_backup
+
+    cm, total, advance = _bar("verify", as_json)
+    with _backup_errors(), cm:
+        if total is not None:
+            total(os.path.getsize(file))
+        report = verify_backup(file, progress=advance)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console.print(
+        f"{file}: OK: {report['kind']} backup, {report['blocks']} blocks, "
+        f"{report['journal_frames']} journal frames ({report['journal_records']} records, "
+        f"positions {report['journal_range'][0]}..{report['journal_range'][1]})",
+        markup=False,
+        highlight=False,
+    )
+
+
+@main.command()
+@click.argument("backups", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--target", required=True, type=click.Path(), help="The new instance directory.")
+@click.option(
+    "--journal",
+    "journal_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Journal to roll forward with after the backup's own frames (default: the "
+    "source instance's journal, if it is here and continues the backup).",
+)
+@click.option(
+    "--until",
+    "until_time",
+    default=None,
+    help="Roll forward to this time (unix seconds or ISO 8601, local time).",
+)
+@click.option(
+    "--until-position",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Roll forward to this journal position (a frame boundary).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be applied.")
+@click.option("--json", "as_json", is_flag=True)
+def restore(backups, target, journal_dir, until_time, until_position, dry_run, as_json) -> None:
+    """Restore BACKUPS (a full backup, then its incrementals in order) into --target,
+    roll the journal forward (to the end, --until TIME or --until-position N) and
+    roll back the transactions open there."""
+    from .restore import parse_time, plan_restore
+    from .restore import restore as do_restore
+
+    if until_time is not None and until_position is not None:
+        raise click.UsageError("give --until or --until-position, not both")
+    with _backup_errors():
+        t = parse_time(until_time) if until_time is not None else None
+        plan = plan_restore(
+            list(backups),
+            target,
+            journal_dir=journal_dir,
+            until_time=t,
+            until_position=until_position,
+        )
+        if dry_run:
+            if as_json:
+                click.echo(json.dumps(plan.as_dict(), indent=2, default=str))
+            else:
+                for line in ["dry run: nothing is written", *plan.lines()]:
+                    console.print(line, markup=False, highlight=False)
+            return
+        cm, total, advance = _bar("restore", as_json)
+        with cm:
+            report = do_restore(plan, progress=advance, progress_total=total)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for line in plan.lines():
+        console.print(line, markup=False, highlight=False)
+    console.print(
+        f"restored {report['target']}: {report['blocks_written']} blocks, "
+        f"{report['journal_frames']} journal frames, {report['applied_records']} records "
+        f"rolled forward, {report['rolled_back']} transactions rolled back, integrity OK, "
+        f"{report['seconds']:.2f} s",
+        markup=False,
+        highlight=False,
+    )
 
 
 @main.command()
@@ -405,7 +664,7 @@ def down(dir_, purge) -> None:
 @_dir_option
 @click.option("--json", "as_json", is_flag=True)
 def inventory(dir_, as_json) -> None:
-    """The members: address, kind, data directory; + initial primary, - initial backup."""
+    """The members: addresses, kind, data directory; + initial primary, - initial backup."""
     from rich.table import Table
 
     from .deploy import deploy_dir, load
@@ -415,7 +674,8 @@ def inventory(dir_, as_json) -> None:
         click.echo(json.dumps(dep["members"], indent=2))
         return
     t = Table(title=f"mirror {dep['mirror']}")
-    for col in ("", "member", "kind", "client address", "mirror address", "data dir"):
+    cols = ("", "member", "kind", "client address", "mirror address", "http address", "data dir")
+    for col in cols:
         t.add_column(col)
     for m in dep["members"]:
         t.add_row(
@@ -424,6 +684,7 @@ def inventory(dir_, as_json) -> None:
             m["kind"],
             m["client_address"],
             m["mirror_address"],
+            m.get("http_address") or "-",  # deployments made before it had none
             m["data_dir"],
         )
     console.print(t)
@@ -473,15 +734,17 @@ def _ps_view(rows: list[dict]):
         "member",
         "address",
         "process",
+        "health",
         "role",
         "status",
         "journal_transfer",
         "dejournaling",
         "lag",
         "epoch",
+        "arbiter_link",
     )
     for col in cols:
-        t.add_column(col.replace("_", " "))
+        t.add_column({"role": "mirror role"}.get(col, col.replace("_", " ")))
     for r in rows:
         t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
     return Group(head, t)
@@ -489,14 +752,60 @@ def _ps_view(rows: list[dict]):
 
 @main.command()
 @_dir_option
-@click.argument("member")
-@click.option("-c", "commands", required=True, help='ObjectScript, e.g. -c "Set ^x=1 Write ^x"')
-def session(dir_, member, commands) -> None:
-    """Run ObjectScript commands on MEMBER; exit 1 on an error such as <PROTECT>."""
-    from .deploy import deploy_dir
-    from .deploy import session as deploy_session
+@click.argument("member", required=False)
+@click.option(
+    "-c",
+    "commands",
+    default=None,
+    help='ObjectScript, e.g. -c "Set ^x=1 Write ^x". Without it: a terminal, or stdin\'s lines.',
+)
+@click.option(
+    "--local",
+    "local_path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Use the instance directory PATH (irisrep.open) instead of a member.",
+)
+def session(dir_, member, commands, local_path) -> None:
+    """ObjectScript on MEMBER (or --local PATH): -c "CMDS", else an interactive
+    terminal (prompt DB>, readline editing and history, Halt or Ctrl-D to end), else
+    the lines of stdin. Exit 1 on an error such as <PROTECT> (-c, stdin) or a lost
+    connection."""
+    if (member is None) == (local_path is None):
+        raise click.UsageError("give MEMBER or --local PATH")
+    if local_path is None:
+        from .deploy import deploy_dir
+        from .deploy import session as deploy_session
 
-    sys.exit(_deploy_call(deploy_session, deploy_dir(dir_), member, commands))
+        sys.exit(_deploy_call(deploy_session, deploy_dir(dir_), member, commands))
+    from pathlib import Path
+
+    import irisrep
+
+    from .constants import MIRROR_STATE_FILE_NAME, TERMINAL_HISTORY_FILE_NAME
+    from .errors import IrisrepError
+    from .terminal import run_session
+
+    if (Path(local_path) / MIRROR_STATE_FILE_NAME).exists():
+        # Opened alone, a member's database would recover and journal outside its
+        # mirror (and beside the member's own process if it runs): never by accident.
+        raise click.ClickException(
+            f"{local_path} is a mirror member's instance directory: use irisrep session MEMBER"
+        )
+    try:
+        db = irisrep.open(local_path)
+    except (IrisrepError, OSError) as exc:
+        raise click.ClickException(f"{local_path}: {exc}") from None
+    try:
+        status = run_session(
+            db,
+            commands=commands,
+            name=db.name,
+            history_file=Path(local_path) / TERMINAL_HISTORY_FILE_NAME,
+        )
+    finally:
+        db.close()
+    sys.exit(status)
 
 
 def _member_command(op: str, doc: str):
@@ -616,26 +925,66 @@ def promote(dir_, member, dry_run) -> None:
 @_dir_option
 @click.option("--json", "as_json", is_flag=True)
 def history(dir_, as_json) -> None:
-    """Each epoch's change of role (time, member, old and new role, reason, journal
-    position) and every journal tail undone when a member rejoined."""
-    import datetime
+    """Each epoch: when, the old and the new primary, why, the journal position at the
+    change, and the journal tails undone when a former primary rejoined."""
+    from rich.table import Table
 
-    from .deploy import deploy_dir
+    from .deploy import deploy_dir, epochs
     from .deploy import history as deploy_history
 
     rows = _deploy_call(deploy_history, deploy_dir(dir_))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for e in rows:
-        t = datetime.datetime.fromtimestamp(e["time"]).strftime("%Y-%m-%d %H:%M:%S")
-        if e.get("event") == "tail undone":
-            console.print(
-                f"{t}  {e['member']}: undid its journal tail {e['from']}..{e['to']} "
-                f"({e['records']} records) on {e.get('primary')}'s word, epoch {e['epoch']}"
+    t = Table()
+    for col in ("time", "epoch", "old primary", "new primary", "reason", "journal", "undone tail"):
+        t.add_column(col)
+    for e in epochs(rows):
+        t.add_row(
+            _when(e["time"]),
+            str(e["epoch"]),
+            e["old_primary"] or "-",
+            e["new_primary"],
+            e["reason"],
+            str(e["journal_end"]),
+            "; ".join(
+                f"{u['member']} {u['from']}..{u['to']} ({u['records']} records)"
+                for u in e["undone"]
             )
-        else:
-            console.print(
-                f"{t}  epoch {e['epoch']}: {e['member']} {e['from']} -> {e['to']} "
-                f"({e['reason']}) at journal position {e.get('journal_end')}"
-            )
+            or "-",
+        )
+    console.print(t)
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command()
+@_dir_option
+@click.option("--follow", "-f", is_flag=True, help="Then print each new event until Ctrl-C.")
+@click.option("--member", "members", multiple=True, help="Only this member (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(dir_, follow, members, as_json) -> None:
+    """What happened to each member, oldest first: starts and stops, role and epoch
+    changes, the mirror core's decisions, backups becoming Active or dropped, links
+    made and lost. With --follow, as it happens."""
+    from .deploy import deploy_dir
+    from .deploy import events as deploy_events
+
+    it = _deploy_call(deploy_events, deploy_dir(dir_), follow=follow, members=members)
+    try:
+        for e in it:
+            if as_json:
+                click.echo(json.dumps(e, sort_keys=True))
+            else:
+                click.echo(f"{_when(e['time'])}  {e['member']:<8} {e['kind']:<12} {e['text']}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 
 from . import crashpoints
 from .constants import JOURNAL_GROUP_COMMIT_RECORDS_MAX
@@ -47,6 +48,8 @@ class Committer:
         self._durable = 0  # records fdatasynced
         self._durable_position = 0  # journal position after the last synced group
         self.replicator = None  # mirror.Replicator on a primary: wait(position)
+        # callable(seconds) for each commit's sync (a member's latency histogram)
+        self.observe_commit_s = None
         self._failure: BaseException | None = None
 
     @property
@@ -116,11 +119,17 @@ class Committer:
         The write daemon passes mirror=False: blocks need local durability only.
         """
         rep = self.replicator if mirror else None
+        # Only commits are timed (the write daemon syncs with mirror=False); one
+        # clock pair and the observer's own lock, nothing more on this path.
+        observe = self.observe_commit_s if mirror and ticket else None
+        t0 = time.perf_counter() if observe is not None else 0.0
         acked = self._sync_local(ticket, rep)
         if not acked and rep is not None and ticket:
             rep.wait(self._durable_position)
         if rep is not None and ticket:
             crashpoints.hit("commit_after_ack_before_return")
+        if observe is not None:
+            observe(time.perf_counter() - t0)
 
     def _sync_local(self, ticket: int, rep) -> bool:
         """Return when the records up to `ticket` are durable (group commit); True

@@ -89,6 +89,28 @@ JOURNAL_GROUP_COMMIT_RECORDS_MAX = 65_536  # records in one group (one write, on
 JOURNAL_KILL_BEFORE_BYTES_MAX = 8 * 1024 * 1024  # a larger KILL splits into several records
 TLEVEL_MAX = 255
 JOURNAL_PURGE_DAYS = 2.0  # purge keeps files younger than this even when not needed
+# A database's journal starts a frame with a MARKER "time=<unix ns>" record when this
+# long has passed since the last one: what `irisrep restore --until TIME` reads.
+JOURNAL_TIME_MARK_MS = 10
+
+# --- backup and restore (backup.py, restore.py; docs/backup.md, include/irisrep_backup.h)
+BACKUP_MAGIC = b"IRISBKUP"
+BACKUP_VERSION = 1
+BACKUP_HEADER_BYTES = 4096  # the header; block entries start here
+BACKUP_BLOCK_ENTRY_BYTES = 16  # block_no, stored_len, checksum; then the stored bytes
+BACKUP_JOURNAL_ENTRY_BYTES = 24  # position, raw_len, stored_len, checksum; then the bytes
+BACKUP_NAME_BYTES = 128  # the parent backup's file name in the header (UTF-8, NUL-padded)
+BACKUP_SOURCE_BYTES = 1024  # the source instance directory in the header
+BACKUP_KIND_FULL = 1
+BACKUP_KIND_INCREMENTAL = 2
+BACKUP_FILE_SUFFIX = ".irbk"
+BACKUP_PARTIAL_SUFFIX = ".part"  # a backup being written; renamed when complete
+BACKUP_READ_BYTES = 4 * 1024 * 1024  # database bytes read per call while copying
+BACKUP_BATCH_BLOCKS = 512  # blocks compressed (on worker threads) and written per batch
+BACKUP_JOURNAL_CHUNK_BYTES = 4 * 1024 * 1024  # journal bytes per embedded chunk (raw)
+BACKUP_ZSTD_LEVEL = 1  # blocks and journal chunks; level 1 keeps up with a disk
+BACKUP_CHAIN_MAX = 9_999  # incrementals after one full backup
+RESTORE_JOURNAL_FILE_BYTES = 64 * 1024 * 1024  # files of a restored journal (fewer of them)
 
 # --- locks and transactions --------------------------------------------------------
 LOCKS_MAX = 100_000  # held locks in one instance's lock table
@@ -144,11 +166,44 @@ MIRROR_RECONNECT_MS = 100  # a backup/async retries its primary this often
 MIRROR_PEER_SILENCE_MS_MIN = 2000  # a link silent this long (and > 2 QoS) is dead
 MIRROR_STATE_FILE_NAME = "mirror.json"  # this member's epoch and last role
 MIRROR_HISTORY_FILE_NAME = "history.jsonl"  # role changes and undone tails (irisrep history)
+EVENTS_FILE_NAME = "events.jsonl"  # what happened to a member (irisrep events)
+EVENTS_FILE_BYTES_MAX = 4 << 20  # then renamed to events.jsonl.1 and a new one starts
 TAIL_SERVED_FILE_NAME = "tail-served"  # its agent served its journal tail while it was down
 MIRROR_EPOCH_FIRST = 1
+MIRROR_ROLES = ("primary", "backup", "async")
+# How a member became primary while running (irisrep_failovers_total{how}).
+MIRROR_PROMOTION_KINDS = ("failover", "switchover", "manual")
 # A member process's GIL switch interval (CPython's default is 5 ms): the threads that
 # receive acks and frames wait on the GIL behind busy ones for up to this long.
 MEMBER_SWITCH_INTERVAL_S = 0.0005
+
+# --- HTTP health and metrics listener (httpapi.py, config key http_address) ---------
+HTTP_REQUEST_BYTES_MAX = 16 * 1024  # request line + headers; a GET has no body
+HTTP_CONNECTIONS_MAX = 32  # requests served at once; more are closed unanswered
+HTTP_REQUEST_TIMEOUT_MS = 5_000  # one request, accept to last header byte
+HTTP_POLL_INTERVAL_MS = 100  # how soon the server's loop sees a stop (Member.close)
+HTTP_LAG_CHARS_MAX = 32  # /replica?lag=: "1048576", "10MB", "1.5GiB"
+HTTP_QUERY_FIELDS_MAX = 16  # name=value pairs in one query string
+# Buckets of the commit and ack latency histograms: an fdatasync (~0.1-10 ms) up to
+# a commit held back for a QoS timeout (seconds).
+METRICS_LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 # --- the arbiter (arbiter.py) -----------------------------------------------------
 ARBITER_HEARTBEAT_MS = 100  # a failover member beats this often
@@ -178,3 +233,8 @@ CLIENT_REQUEST_TIMEOUT_S = 60.0  # irisrep.connect: default wait for one reply (
 CLIENT_LOCK_WAIT_SLICE_MS = 1_000  # a long lock wait rechecks that its client is still there
 CLIENT_REFUSED_PENDING_MAX = 64  # refused connections kept open briefly so the refusal is read
 SCRYPT_MAXMEM_BYTES = 64 * 1024 * 1024  # bound on a stored hash's 128*N*r*p (config input)
+
+# --- the terminal (terminal.py, irisrep session) -------------------------------------
+TERMINAL_HISTORY_FILE_NAME = ".session_history"  # in the deployment (or instance) directory
+TERMINAL_HISTORY_LINES_MAX = 1_000  # lines kept in the history file
+TERMINAL_WAIT_SLICE_S = 0.2  # an interactive Hang or Lock wait checks for Ctrl-C this often

@@ -17,7 +17,9 @@ Promises:
   also keeps every cycle inside the WIJ's capacity);
 - a failed write or fsync in a cycle is fatal: the database stops taking calls and
   says why (`DurabilityError`); it never retries and pretends;
-- after `close()` returns, everything written is durable in the database file.
+- after `close()` returns, everything written is durable in the database file;
+- `backup_window()` holds cycles off so that the database file is one consistent
+  image at a checkpoint while an online backup copies it (`irisrep.backup`).
 Until the journal exists, what was written since the last cycle is lost by a crash
 (the tree stays sound); `flush()` is the checkpoint that makes it durable.
 """
@@ -47,6 +49,7 @@ from .constants import (
     JOURNAL_FILE_BYTES,
     JOURNAL_FLUSH_MS,
     JOURNAL_PURGE_DAYS,
+    JOURNAL_TIME_MARK_MS,
     LOCK_TIMEOUT_DEFAULT_S,
     TLEVEL_MAX,
     WIJ_BLOCKS_MAX,
@@ -54,6 +57,7 @@ from .constants import (
     WRITE_DAEMON_INTERVAL_MS,
 )
 from .errors import (
+    BackupError,
     ClosedError,
     ConfigError,
     DurabilityError,
@@ -97,6 +101,21 @@ class JournalRecovery:
     applied: int  # data records applied
     rolled_back: list  # transaction ids rolled back
     tail: str  # why the journal ended there ("zero": a clean end; else a torn tail)
+
+
+@dataclass(frozen=True)
+class BackupPoint:
+    """What `Database.backup_window()` yields: the on-disk image's consistency point."""
+
+    db_id: int
+    checkpoint: int  # journal position the file's blocks reflect exactly
+    txn_floor: int  # no transaction open at the checkpoint began before this
+    generation: int  # the header's cycle generation
+    position: int  # the journal's end when the window opened (after the MARKER, if any)
+    time: int  # unix ns (the journal's clock) when the window opened, after `position`
+    marker: bool  # a backup-start MARKER was journaled (not on a mirror copy)
+    mirror_copy: bool  # the database is a mirror copy (its journal is the primary's stream)
+    epoch: int  # the journal's epoch
 
 
 class _TxnState(threading.local):
@@ -165,6 +184,7 @@ class Database:
         self._closed = False
         self._stopping = False
         self._inflight = False  # a daemon cycle is writing (outside the lock)
+        self._backup_hold = False  # backup_window(): no cycle may start (see there)
         self._failure: BaseException | None = None
         # Recovery on open, step 1 (rule 3): finish or discard the WIJ's last cycle
         # before anything reads a database block. Journal roll-forward joins later.
@@ -213,6 +233,10 @@ class Database:
         self._daemon: threading.Thread | None = None
         self._txn = _TxnState()
         self._open_txns: dict[int, int] = {}  # txn id -> journal position before its TSTART
+        # Transactions ended at $TLEVEL 0 (irisrep_transactions_total), counted under
+        # the lock that ends them: no lock or atomic of their own.
+        self.txn_commit_count = 0
+        self.txn_rollback_count = 0
         self._txn_ids = itertools.count(time.time_ns())  # unique across restarts
         self.locks = LockTable()
         # Recovery on open, step 2 (rule 3): roll the journal forward from the
@@ -226,6 +250,8 @@ class Database:
             file_bytes=journal_file_bytes,
             epoch=epoch,
         )
+        # Time marks in the frames this instance builds: what a restore to a time reads.
+        self.journal.time_mark_ns = JOURNAL_TIME_MARK_MS * 1_000_000
         try:
             self.committer = Committer(self.journal)
             self.journal_recovery = self._recover_journal()
@@ -415,6 +441,11 @@ class Database:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The failed write or fsync that stopped this instance (rule 4), or None."""
+        return self._failure
+
     def _closed_error(self) -> Exception:
         if self._failure is not None:
             return DurabilityError(
@@ -435,7 +466,9 @@ class Database:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        while self._inflight:
+        # A backup window holds every cycle off, this one too (the wait releases the
+        # lock, so the window can close).
+        while self._inflight or self._backup_hold:
             self._cycle_done.wait()
         if self._failure is not None:
             raise self._closed_error()
@@ -443,6 +476,68 @@ class Database:
         if snap is not None:
             self._inflight = True
             self._run_cycle(snap)
+
+    @contextlib.contextmanager
+    def backup_window(self, marker: str | None = None):
+        """Hold off every WIJ cycle while an online backup copies the database file.
+
+        Yields a `BackupPoint`: the file as it is on disk now is one consistent image
+        at a checkpoint (the last cycle's: blocks hold exactly the journal before
+        `checkpoint`; transactions open there began at or after `txn_floor`), and it
+        stays byte for byte that image until the window closes, because only a cycle
+        writes the database file. Waiting for a cycle in flight releases the lock, so
+        nothing stalls on entry. Inside the window reads, writes and commits go on
+        (commits journal and return, changed nodes stay dirty in the pool); only a
+        writer that pushes the dirty count past `dirty_hard_limit` waits, for the end
+        of the window. The next cycle after it writes everything.
+
+        `marker`: text of a MARKER record journaled (and made durable) on entry, as
+        IRIS marks a backup's start; not on a read-only mirror copy, whose journal is
+        the primary's stream. Never call flush() or close() from inside the window on
+        the same thread: they wait for it to close.
+        """
+        ticket = 0
+        with self._lock:
+            self._check_open()
+            if self._backup_hold:
+                raise BackupError(f"{self.path}: another backup is running on this database")
+            while self._inflight:
+                self._cycle_done.wait()
+            self._check_open()  # that cycle may have failed
+            self._backup_hold = True
+            try:
+                marked = marker is not None and not self.mirror_copy and not self.tree.protected
+                if marked:
+                    rec = Record(replay.MARKER, 0, 0, 0, b"", marker.encode("utf-8"), b"")
+                    ticket = self.committer.log([rec])
+                # Every frame before `position` was built before `time` (both read under
+                # the lock, in this order): a restore to a time at or after it may take
+                # all of them without finding their time marks.
+                position = self.committer.write_out()
+                point = BackupPoint(
+                    db_id=self.db_id,
+                    checkpoint=self.store.checkpoint,
+                    txn_floor=self.store.txn_floor,
+                    generation=self.store.generation,
+                    position=position,
+                    time=self.journal.clock(),
+                    marker=marked,
+                    mirror_copy=self.mirror_copy,
+                    epoch=self.journal.epoch,
+                )
+            except BaseException:
+                self._backup_hold = False
+                self._cycle_done.notify_all()
+                raise
+        try:
+            if ticket:
+                self.committer.sync(ticket, mirror=False)
+            yield point
+        finally:
+            with self._lock:
+                self._backup_hold = False
+                self._cycle_done.notify_all()
+            self._kick.set()  # the held-back dirty blocks go out now
 
     def _dirty_count(self) -> int:
         return len(self.tree.dirty) + len(self.store.pending)
@@ -513,7 +608,7 @@ class Database:
             with self._lock:
                 if self._stopping or self._failure is not None:
                     return
-                if self._inflight:
+                if self._inflight or self._backup_hold:
                     continue
                 snap = self._snapshot()
                 if snap is None:
@@ -830,6 +925,7 @@ class Database:
             if st.level == 0:
                 ticket = self.committer.log([Record(replay.TCOMMIT, 0, 0, st.txn, b"", b"", b"")])
                 del self._open_txns[st.txn]
+                self.txn_commit_count += 1
                 st.txn = 0
                 st.records = []
         if st.level == 0:
@@ -863,6 +959,7 @@ class Database:
             if st.level == 0:
                 undo_records.append(Record(replay.TROLLBACK, 0, 0, st.txn, b"", b"", b""))
                 del self._open_txns[st.txn]
+                self.txn_rollback_count += 1
                 st.txn = 0
             # The undone records and their UNDO records cancel out: neither stays in
             # the live list (an outer rollback must not undo the undo). The journal

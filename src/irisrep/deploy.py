@@ -3,7 +3,8 @@
 
 Owns the deployment directory (`--dir`, else `$IRISREP_DIR`, else `./irisrep-mirror`):
 
-    deploy.json            the members: name, kind, addresses, initial role (+ / -)
+    deploy.json            the members: name, kind, addresses (mirror, client, agent,
+                           HTTP health and metrics), initial role (+ / -)
     mirror.key             the mirror key (mode 0600)
     credentials.json       the client user and password `irisrep up` generated (0600);
                            the member configs hold only its scrypt hash
@@ -138,8 +139,13 @@ def up(
         raise DeployError(
             f"--addresses: {len(hosts)} addresses for {len(names)} members ({', '.join(names)})"
         )
-    ports = _pick_ports(base_port, 3 * len(names) + 1, hosts + [arbiter_host])
-    arbiter_address = Address(arbiter_host, ports[-1]) if arbiter else None
+    # Port layout from the base: mirror, client and agent of each member in turn, the
+    # arbiter's, then each member's HTTP health and metrics port (added after the
+    # others, so the older ports of a given --base-port stay where they were).
+    n = len(names)
+    ports = _pick_ports(base_port, 4 * n + 1, hosts + [arbiter_host])
+    arbiter_address = Address(arbiter_host, ports[3 * n]) if arbiter else None
+    http_addresses = [Address(hosts[i], ports[3 * n + 1 + i]) for i in range(n)]
     key_path = dirpath / KEY_FILE
     if not key_path.exists():
         _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
@@ -176,6 +182,7 @@ def up(
             pool_blocks=4096,
             users=users,
             arbiter_address=arbiter_address,
+            http_address=http_addresses[i],
         )
         (mdir / "member.toml").write_text(cfg.to_toml())
         deployment["members"].append(
@@ -186,6 +193,7 @@ def up(
                 "mirror_address": str(m.mirror_address),
                 "client_address": str(m.client_address),
                 "agent_address": str(m.agent_address),
+                "http_address": str(http_addresses[i]),
                 "data_dir": str(mdir / "data"),
                 "config": str(mdir / "member.toml"),
             }
@@ -347,12 +355,39 @@ def member_statuses(dirpath: Path) -> list[dict]:
     return [_member_status(dirpath, m, user, password) for m in load(dirpath)["members"]]
 
 
-def _lag(st: dict) -> str:
+def _lag(st: dict, running: bool) -> str:
+    """Never blank: bytes and seconds behind, "caught up", or why it is unknown."""
+    if not running:
+        return "unknown (down)"
+    if st.get("error"):
+        return "unknown (no answer)"
+    if st.get("role") == "primary":
+        return "caught up"  # it is the source
     if "lag_bytes" not in st:
-        return "-" if st.get("role") != "primary" else "caught up"
+        return "unknown (not connected)"
+    if st.get("connected_to") is None:
+        return f"at least {st['lag_bytes']} bytes (not connected)"
     if st["lag_bytes"] == 0:
         return "caught up"
     return f"{st['lag_bytes']} bytes, {st.get('lag_s', 0.0):.1f} s"
+
+
+def _health(st: dict, running: bool) -> str:
+    """One word first (ok, degraded, unreachable, down), then why when not ok."""
+    if not running:
+        return "down"
+    if st.get("error"):
+        return "unreachable"
+    status = st.get("status")
+    if st.get("role") == "primary":
+        if status == "In Trouble":
+            return "degraded: In Trouble"
+        if not st.get("active_backup"):
+            return "degraded: no Active backup"
+        return "ok"
+    if status in ("Backup", "Connected"):
+        return "ok"
+    return f"degraded: {status or 'starting'}"
 
 
 def ps(dirpath: Path) -> list[dict]:
@@ -378,6 +413,7 @@ def ps(dirpath: Path) -> list[dict]:
                 "member": m["name"],
                 "kind": m["kind"],
                 "address": m["client_address"],
+                "http_address": m.get("http_address"),
                 "pid": a.get("pid") if a.get("running") else None,
                 "process": process,
                 "role": st.get("role", "-"),
@@ -386,9 +422,13 @@ def ps(dirpath: Path) -> list[dict]:
                     "journal_transfer", "Active" if st.get("role") == "primary" else "-"
                 ),
                 "dejournaling": st.get("dejournaling", "-"),
-                "lag": _lag(st),
+                "health": _health(st, bool(a.get("running"))),
+                "lag": _lag(st, bool(a.get("running"))),
                 "lag_bytes": st.get("lag_bytes"),
                 "epoch": st.get("epoch"),
+                "arbiter_link": st.get("arbiter_link", "unknown (down)")
+                if a.get("running")
+                else "unknown (down)",
                 "active_backup": st.get("active_backup"),
                 "peers": peers,
                 "error": st.get("error"),
@@ -500,6 +540,54 @@ def history(dirpath: Path) -> list[dict]:
     return sorted(out, key=lambda e: e.get("time", 0))
 
 
+def epochs(history_rows: list[dict]) -> list[dict]:
+    """The history as one row per epoch: who became primary (and who was before),
+    why, the journal position then, and the tails undone in that epoch."""
+    out: list[dict] = []
+    by_epoch: dict = {}
+    primary = None
+    for e in history_rows:
+        if e.get("event") == "role" and e.get("to") == "primary":
+            row = {
+                "time": e["time"],
+                "epoch": e["epoch"],
+                "old_primary": primary if primary != e["member"] else None,
+                "new_primary": e["member"],
+                "reason": e.get("reason", ""),
+                "journal_end": e.get("journal_end"),
+                "undone": [],
+            }
+            if primary == e["member"]:
+                row["old_primary"] = f"{primary} (restarted)"
+            primary = e["member"]
+            out.append(row)
+            by_epoch[e["epoch"]] = row
+    for e in history_rows:
+        if e.get("event") == "tail undone":
+            # In the epoch it was undone in (the latest primary change at or before it).
+            at = [n for n in by_epoch if n <= (e.get("epoch") or 0)]
+            if at:
+                by_epoch[max(at)]["undone"].append(e)
+    return out
+
+
+def events(dirpath: Path, *, follow: bool = False, members=None, stop=None):
+    """The members' events (`irisrep events`), oldest first; with `follow`, then each
+    new one as it happens (an iterator that ends only when `stop()` is true)."""
+    from .events import follow_events, read_events
+
+    dirs = [
+        Path(m["data_dir"]) for m in load(dirpath)["members"] if not members or m["name"] in members
+    ]
+    if members:
+        unknown = set(members) - {m["name"] for m in load(dirpath)["members"]}
+        if unknown:
+            raise DeployError(f"no member {sorted(unknown)[0]!r} in {dirpath}")
+    if follow:
+        return follow_events(dirs, stop=stop)
+    return iter(read_events(dirs))
+
+
 # --- switchover / promote ----------------------------------------------------------------
 
 
@@ -602,19 +690,42 @@ def promote(dirpath: Path, member: str) -> int:
 # --- session ---------------------------------------------------------------------------------
 
 
-def session(dirpath: Path, member: str, commands: str, *, out=None, err=None) -> int:
-    """Run ObjectScript commands on one member (directly: a write on a backup gives
-    <PROTECT>, it is not routed to the primary). Exit status as terminal.run_commands."""
+def session(
+    dirpath: Path,
+    member: str,
+    commands: str | None = None,
+    *,
+    stdin=None,
+    out=None,
+    err=None,
+) -> int:
+    """ObjectScript on one member (directly: a write on a backup gives <PROTECT>, it
+    is not routed to the primary): `commands` (-c) if given, else the interactive
+    terminal when stdin is a terminal (history in <dir>/.session_history), else the
+    lines of stdin. Exit status as terminal.run_session."""
     from .client import connect_member
-    from .terminal import run_commands
+    from .constants import TERMINAL_HISTORY_FILE_NAME
+    from .errors import IrisrepError
+    from .terminal import run_session
 
     dep = load(dirpath)
     m = next((x for x in dep["members"] if x["name"] == member), None)
     if m is None:
         raise DeployError(f"no member {member!r} in {dirpath}")
     user, password = credentials(dirpath)
-    with connect_member(m["client_address"], user=user, password=password) as conn:
-        return run_commands(conn, commands, out=out or sys.stdout, err=err or sys.stderr)
+    try:
+        conn = connect_member(m["client_address"], user=user, password=password)
+    except (OSError, IrisrepError) as exc:
+        raise DeployError(f"cannot connect to {member} at {m['client_address']}: {exc}") from None
+    with conn:
+        return run_session(
+            conn,
+            commands=commands,
+            history_file=dirpath / TERMINAL_HISTORY_FILE_NAME,
+            stdin=stdin,
+            out=out,
+            err=err,
+        )
 
 
 def member_config(dirpath: Path, member: str) -> MemberConfig:

@@ -174,6 +174,38 @@ class HandshakeError(WireError):
         self.detail = detail
 
 
+class BackupError(IrisrepError):
+    """A backup or restore refused what it was asked (bad input, a target in use, a
+    journal that does not continue the backup's stream): nothing was changed."""
+
+
+class BackupChainError(BackupError):
+    """The backups given to a restore are not one chain in order: `missing` names the
+    backup file that should be there (its name as its successor records it), if any."""
+
+    def __init__(self, message: str, missing: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class BackupCorruptError(CorruptError, BackupError):
+    """A backup file fails verification: names the file, the block (-1 when the fault
+    is outside the block entries) and the byte offset of the entry or field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        offset: int = -1,
+        block: int = -1,
+        expected: object = None,
+        found: object = None,
+    ) -> None:
+        super().__init__(message, path=path, offset=offset, expected=expected, found=found)
+        self.block = block
+
+
 class ConfigError(IrisrepError, ValueError):
     """A bad setting: names the key and says what is allowed."""
 
@@ -202,6 +234,9 @@ __all__ = [
     "DurabilityError",
     "WireError",
     "HandshakeError",
+    "BackupError",
+    "BackupChainError",
+    "BackupCorruptError",
     "ConfigError",
     "ClosedError",
 ]

@@ -199,6 +199,7 @@ class FailoverDriver:
             self.actions.append(mc.kebab(type(a).__name__))
             if isinstance(a, mc.Log):
                 log.warning("mirror core %s: %s", m.name, a.text)
+                m.event("core", a.text)
             elif isinstance(a, mc.AskAgent):
                 self._ask_agent(a.member)
             elif isinstance(a, mc.AskArbiter):
@@ -214,7 +215,12 @@ class FailoverDriver:
                 m._adopt_epoch(a.epoch)
             elif isinstance(a, mc.BecomePrimary):
                 if m.role != "primary":
-                    m.promote(reason="the mirror core's decision", epoch=a.epoch, keep_core=True)
+                    m.promote(
+                        reason="the mirror core's decision",
+                        epoch=a.epoch,
+                        keep_core=True,
+                        how="failover",
+                    )
                     self.attach()
             elif isinstance(a, mc.Demote):
                 if m.role == "primary":

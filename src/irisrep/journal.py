@@ -84,6 +84,8 @@ __all__ = [
     "stream_end",
     "epoch_runs",
     "common_prefix",
+    "time_marker",
+    "marker_time",
 ]
 
 # The commit path's crash points in the order a group commit passes them.
@@ -673,6 +675,26 @@ def read_raw_stream(
     return b"".join(out)
 
 
+# --- time marks ------------------------------------------------------------------------
+
+TIME_MARK_PREFIX = b"time="
+
+
+def time_marker(ns: int) -> tuple:
+    """The MARKER record that says "this frame was built at unix time `ns`"."""
+    from .journalcodec import MARKER, Record
+
+    return Record(MARKER, 0, 0, 0, b"", TIME_MARK_PREFIX + str(int(ns)).encode("ascii"), b"")
+
+
+def marker_time(rec) -> int | None:
+    """The unix ns of a time MARKER record, else None."""
+    if rec[0] != 8 or not rec[5].startswith(TIME_MARK_PREFIX):
+        return None
+    digits = rec[5][len(TIME_MARK_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
 # --- the journal ----------------------------------------------------------------------
 
 
@@ -770,6 +792,11 @@ class Journal:
         self._flush_event = threading.Event()
         self._stop_event = threading.Event()
         self._flusher: threading.Thread | None = None
+
+        # Time marks (see _time_mark): 0 = off, as for a bare Journal; a Database turns
+        # them on (JOURNAL_TIME_MARK_MS). Frames appended byte for byte carry their own.
+        self.time_mark_ns = 0
+        self._last_mark = 0
 
         self._file = None
         self._open_stream()
@@ -945,6 +972,10 @@ class Journal:
         def close_frame() -> None:
             nonlocal cur, cur_n, cur_b, owners
             payload = cur[0].payload if len(cur) == 1 else b"".join(p.payload for p in cur)
+            mark = self._time_mark(cur_n, cur_b)
+            if mark:
+                payload = mark + payload
+                cur_n += 1
             data = self.codec.encode_frame(payload, cur_n, epoch=self.epoch, position=self._end)
             self._pending.append(_Frame(self._end, data))
             self._pending_bytes += len(data)
@@ -966,6 +997,26 @@ class Journal:
             owners.append(req)
         if cur:
             close_frame()
+
+    def _time_mark(self, count: int, nbytes: int) -> bytes:
+        """With _mu held, as a frame is built: the encoded time MARKER record to put at
+        its start, or b"" (marks off, the last one too recent, or no room).
+
+        The promise `irisrep restore --until TIME` relies on: a frame that starts with
+        a mark was built at the mark's time; a frame without one was built less than
+        `time_mark_ns` after the last mark before it (else it would carry one). Marks
+        never decrease (a clock stepped back repeats the last time)."""
+        if not self.time_mark_ns:
+            return b""
+        now = max(self.clock(), self._last_mark)
+        if now - self._last_mark < self.time_mark_ns and self._last_mark:
+            return b""
+        rec = time_marker(now)
+        size = JOURNAL_RECORD_HEADER_BYTES + len(rec[5])
+        if count >= JOURNAL_GROUP_COMMIT_RECORDS_MAX or nbytes + size > JOURNAL_FRAME_BYTES_MAX:
+            return b""  # a full frame: the next one carries the mark
+        self._last_mark = now
+        return self.codec.encode_records([rec])
 
     # --- the public write calls ---------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Owns one member of a mirror as `irisrep serve --config FILE` runs it, and as a
 service that hosts a member in-process uses it (`irisrep.Member`): it opens the
 instance's default database (`DB`), runs the mirror listener (journal shipping and
-acks, `mirror.py`) and the client listener (`server.py`), and knows its role:
+acks, `mirror.py`), the client listener (`server.py`) and, with `http_address`, the
+HTTP health and metrics listener (`httpapi.py`), and knows its role:
 
 - primary: the database is writable; every commit waits for the Active backup
   (`mirror.Replicator`, DESIGN.md rule 1);
@@ -34,16 +35,20 @@ from .constants import (
     MEMBER_SWITCH_INTERVAL_S,
     MIRROR_EPOCH_FIRST,
     MIRROR_HISTORY_FILE_NAME,
+    MIRROR_PROMOTION_KINDS,
+    MIRROR_ROLES,
     MIRROR_STATE_FILE_NAME,
     TAIL_SERVED_FILE_NAME,
 )
 from .database import DEFAULT_DATABASE, Database
 from .errors import ConfigError, IrisrepError, TransactionError
+from .events import EventLog
+from .httpapi import HttpServer, MemberMetrics
 from .mirror import CopyLink, Replicator
 
 log = logging.getLogger("irisrep.member")
 
-ROLES = ("primary", "backup", "async")
+ROLES = MIRROR_ROLES
 
 
 def _source_host(host: str) -> str | None:
@@ -92,6 +97,21 @@ def _write_state(path: str, state: dict) -> None:
         os.close(dfd)
 
 
+def _history_text(entry: dict) -> str:
+    """One line for the event log from a history entry."""
+    if entry.get("event") == "role":
+        return (
+            f"{entry.get('from')} -> {entry.get('to')} in epoch {entry.get('epoch')} "
+            f"({entry.get('reason')}, journal at {entry.get('journal_end')})"
+        )
+    if entry.get("event") == "tail undone":
+        return (
+            f"journal tail {entry.get('from')}..{entry.get('to')} undone "
+            f"({entry.get('records')} records), the primary never had it"
+        )
+    return json.dumps(entry, sort_keys=True, default=str)
+
+
 class Member:
     """One mirror member in this process. `Member(config).start()`; `close()`.
 
@@ -114,6 +134,7 @@ class Member:
         self.history: list[dict] = []  # role changes, newest last (irisrep history)
         self.started_at = time.time()
         os.makedirs(config.data_dir, exist_ok=True)
+        self.event = EventLog(config.data_dir, self.name)  # irisrep events
         self.state_path = os.path.join(config.data_dir, MIRROR_STATE_FILE_NAME)
         st = _read_state(self.state_path)
         if st is None:
@@ -139,6 +160,12 @@ class Member:
         self._want_client_listener = client_listener
         self._switch_interval_s = switch_interval_s
         self.closed = False
+        # What /metrics counts: promotions by how, role changes by (from, to). Plain
+        # dicts written under _role_lock, copied whole by a scrape (no lock there).
+        self.promotion_counts = dict.fromkeys(MIRROR_PROMOTION_KINDS, 0)
+        self.role_change_counts: dict[tuple[str, str], int] = {}
+        self.metrics = MemberMetrics(self)
+        self.http: HttpServer | None = None  # on config.http_address, from start()
 
     def _initial_role(self) -> str:
         if self.kind != "failover":
@@ -171,6 +198,7 @@ class Member:
             journal_dir=None if c.journal_dir is None else str(c.journal_dir),
             name=DEFAULT_DATABASE,
         )
+        self.database.committer.observe_commit_s = self.metrics.commit_latency.observe
         try:
             if primary:
                 self._start_replicator()
@@ -197,6 +225,9 @@ class Member:
                 from .failover import FailoverDriver
 
                 self.driver = FailoverDriver(self, self.core).start()
+            if c.http_address is not None:
+                # Last: a health check that answers 200 finds everything running.
+                self.http = HttpServer(self, c.http_address).start()
         except BaseException:
             self.close()
             raise
@@ -207,6 +238,7 @@ class Member:
             self.role,
             self.epoch,
         )
+        self.event("started", f"started as {self.role} in epoch {self.epoch}", epoch=self.epoch)
         return self
 
     def _decide_start_role(self) -> None:
@@ -234,6 +266,7 @@ class Member:
         for a in actions:
             if isinstance(a, mc.Log):
                 log.warning("mirror core %s: %s", self.name, a.text)
+                self.event("core", a.text)
         promoted = [a for a in actions if isinstance(a, mc.BecomePrimary)]
         if promoted:
             self.epoch = promoted[-1].epoch
@@ -257,10 +290,14 @@ class Member:
 
         return default_fs()
 
-    def _persist(self) -> None:
+    def _persist(self, epoch: int | None = None) -> None:
         _write_state(
             self.state_path,
-            {"epoch": self.epoch, "role": self.role, "arbiter_controlled": self.arbiter_controlled},
+            {
+                "epoch": self.epoch if epoch is None else epoch,
+                "role": self.role,
+                "arbiter_controlled": self.arbiter_controlled,
+            },
         )
 
     def _record_history(self, entry: dict) -> None:
@@ -268,6 +305,7 @@ class Member:
         reads it, even while the member is down."""
         entry = {"time": time.time(), "member": self.name, **entry}
         self.history.append(entry)
+        self.event(entry["event"], _history_text(entry), epoch=entry.get("epoch"))
         path = os.path.join(self.config.data_dir, MIRROR_HISTORY_FILE_NAME)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -295,7 +333,9 @@ class Member:
             ack_level=c.ack_level,
             qos_timeout_ms=c.qos_timeout_ms,
             members=others,
+            on_event=lambda kind, text: self.event(kind, text),
         )
+        self.replicator.observe_ack_s = self.metrics.ack_latency.observe
         self.database.committer.replicator = self.replicator
 
     def _start_copy(self) -> None:
@@ -318,6 +358,7 @@ class Member:
             source_host=_source_host(c.me.mirror_address.host),
         )
         self.copy.on_truncated = self._on_truncated
+        self.copy.on_event = self.event
         self.copy.start()
 
     def _on_peer(self, sock, peer) -> None:
@@ -335,6 +376,7 @@ class Member:
         """Persist the role and epoch (before anything is written in the new epoch),
         then publish them."""
         old, self.role, self.epoch = self.role, role, epoch
+        self.role_change_counts[old, role] = self.role_change_counts.get((old, role), 0) + 1
         if role != "primary":
             self.arbiter_controlled = False
         self._persist()
@@ -353,14 +395,22 @@ class Member:
             cb(self, old, role)
 
     def promote(
-        self, *, reason: str = "promoted", epoch: int | None = None, keep_core: bool = False
+        self,
+        *,
+        reason: str = "promoted",
+        epoch: int | None = None,
+        keep_core: bool = False,
+        how: str = "manual",
     ) -> int:
         """Make this backup (or DR async, manually) the primary; returns the new epoch.
+        `how` ("failover", "switchover" or "manual") is what /metrics counts it as.
 
         Its link to the old primary is closed first, so nothing more arrives; every
         durable frame is applied; the epoch is bumped and persisted; the transactions
         the old primary left open are rolled back and journaled in the new epoch;
         then commits are accepted and shipped to whoever connects."""
+        if how not in self.promotion_counts:
+            raise ValueError(f"how={how!r}: one of {', '.join(MIRROR_PROMOTION_KINDS)}")
         with self._role_lock:
             if self.role == "primary":
                 raise TransactionError(f"member {self.name} is already primary")
@@ -373,6 +423,7 @@ class Member:
             db.apply_rest_of_journal()
             epoch = max(seen + 1, epoch or 0)
             self._set_role("primary", epoch, reason)
+            self.promotion_counts[how] += 1
             rolled_back = db.become_primary(epoch)
             self._start_replicator()
             if rolled_back:
@@ -393,7 +444,9 @@ class Member:
             )
             return False
         threading.Thread(
-            target=self.promote, kwargs={"reason": "planned handover"}, daemon=True
+            target=self.promote,
+            kwargs={"reason": "planned handover", "how": "switchover"},
+            daemon=True,
         ).start()
         return True
 
@@ -515,8 +568,10 @@ class Member:
             if epoch <= self.epoch:
                 return
             log.warning("member %s: epoch %d -> %d", self.name, self.epoch, epoch)
+            self.event("epoch", f"epoch {self.epoch} -> {epoch} (from the primary)", epoch=epoch)
+            # Durable before anyone can see it: status() and the acks carry self.epoch.
+            self._persist(epoch)
             self.epoch = epoch
-            self._persist()
 
     def on_role(self, callback) -> None:
         """Call `callback(member, old_role, new_role)` when the role changes."""
@@ -526,6 +581,7 @@ class Member:
         if self.closed:
             return
         self.closed = True
+        self.event("stopped", f"stopped as {self.role} in epoch {self.epoch}", epoch=self.epoch)
         if self.client_listener is not None:
             self.client_listener.close()
         if self.mirror_listener is not None:
@@ -538,6 +594,9 @@ class Member:
             self.replicator.close()
         if self.database is not None:
             self.database.close()
+        if self.http is not None:
+            # Last: until here /health answered 503 (stopping), not "connection refused".
+            self.http.close()
 
     def __enter__(self) -> Member:
         return self
@@ -567,6 +626,7 @@ class Member:
             "pid": os.getpid(),
             "mirror_address": str(self.config.me.mirror_address),
             "client_address": str(self.config.me.client_address),
+            "http_address": None if self.http is None else str(self.http.address),
             "ack_level": self.config.ack_level,
             "qos_timeout_ms": self.config.qos_timeout_ms,
         }
@@ -628,7 +688,8 @@ def serve(config_path: str) -> int:
     member = Member(config).start()
     print(
         f"irisrep: member {member.name} of mirror {config.mirror_name} serving as "
-        f"{member.role}: mirror {config.me.mirror_address}, clients {config.me.client_address}",
+        f"{member.role}: mirror {config.me.mirror_address}, clients {config.me.client_address}"
+        + (f", http {member.http.address}" if member.http is not None else ""),
         flush=True,
     )
     try:

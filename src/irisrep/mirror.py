@@ -401,6 +401,7 @@ class Replicator:
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=1000)
         self._on_event = on_event
         self.stats = {"waits": 0, "acked": 0, "alone": 0, "qos_timeouts": 0}
+        self.observe_ack_s = None  # callable(seconds) per acknowledged wait (metrics)
         self._live: tuple[_PeerLink, ...] = ()  # links streaming live, for direct sends
         # With a controller (failover.FailoverDriver), the mirror core decides when the
         # backup stops holding commits back (DropBackup) and when nothing may commit
@@ -691,7 +692,11 @@ class Replicator:
         controller, the core decides when a silent backup stops being Active, and no
         commit returns ALONE while it has stopped commits (In Trouble, fenced): one
         the backup acknowledged is safe on the mirror and returns."""
+        t0 = time.perf_counter()
         if self._wait_ack(position):
+            observe = self.observe_ack_s
+            if observe is not None:
+                observe(time.perf_counter() - t0)
             return
         if position > self.alone_position:
             self.alone_position = position
@@ -887,6 +892,7 @@ class CopyLink:
         self.truncated: list[dict] = []  # tails dropped on a primary's word (report)
         self.on_peer_status = None  # (primary name, PeerStatus): the failover driver
         self.on_truncated = None  # (report dict): the member's history
+        self.on_event = None  # (kind, text): the member's event log (irisrep events)
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._sock: socket.socket | None = None
@@ -961,11 +967,13 @@ class CopyLink:
                         self.last_error = f"{name}: {e}"
                         if self.primary is not None:
                             log.warning("mirror: link to %s ended: %s", name, e)
+                            self._note("link lost", f"link to {name} ended: {e}")
                 except (IrisrepError, ValueError) as e:
                     # A frame that does not verify at our position, a failed fdatasync:
                     # this connection ends; a DurabilityError stops the journal for good.
                     self.last_error = f"{name}: {type(e).__name__}: {e}"
                     log.error("mirror: link to %s ended: %s", name, self.last_error)
+                    self._note("link lost", f"link to {name} ended: {self.last_error}")
                 finally:
                     self.primary = None
                     self.active = False
@@ -1042,6 +1050,7 @@ class CopyLink:
                     self.connected_at = time.monotonic()
                     self.stats["connects"] += 1
                     log.warning("mirror: streaming from %s at position %d", name, start)
+                    self._note("link", f"streaming from {name} at position {start}")
                 self.stats["batches"] += 1
                 unflushed.append((start, data))
                 if self.ack_code == wire.ACK_RECEIVED:
@@ -1061,6 +1070,9 @@ class CopyLink:
                     self.stats["connects"] += 1
                     log.warning(
                         "mirror: connected to %s (caught up at %d)", name, self.journal.end_position
+                    )
+                    self._note(
+                        "link", f"connected to {name} (caught up at {self.journal.end_position})"
                     )
                 self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
             elif f.type == wire.STATUS:
@@ -1091,6 +1103,10 @@ class CopyLink:
                 raise _Stale(f"unexpected {wire.TYPE_NAMES.get(f.type)} frame")
             if self.caught_up_at is None and self.journal.durable_position >= self.primary_end:
                 self.caught_up_at = time.monotonic()
+
+    def _note(self, kind: str, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, text)
 
     def _drop_tail(self, name: str, e: _Diverged) -> None:
         """Undo and cut our tail after the primary's point; the next connection then

@@ -1,12 +1,15 @@
-"""The terminal: an ObjectScript subset behind `irisrep session MEMBER -c "CMDS"`.
+"""The terminal: the ObjectScript subset behind `irisrep session`.
 
 Owns the tokenizer, the recursive-descent parser and the interpreter of one line
 of ObjectScript commands (`docs/terminal.md` lists what is supported), the local
-variables of a session, the locks it holds and the mapping of errors to IRIS
-error words. It runs against a *target*: anything with `globals[name]` (objects
-with `g[subs]`, `g[subs] = v`, `get`, `del`, `zkill`, `data`, `order`, `query`,
-`increment`, `items`, `lock`) and `tstart`, `tcommit`, `trollback`, `tlevel`: a
-local `Database` or a mirror client connection. Nothing else of the target is used.
+variables of a session, the locks it holds, the mapping of errors to IRIS error
+words, and the three ways a session reads its lines: `-c` text (`run_commands`),
+lines piped on stdin (`run_stream`) and the interactive terminal (`interact`:
+prompt, readline editing and history, Ctrl-C, Ctrl-D). It runs against a *target*:
+anything with `globals[name]` (objects with `g[subs]`, `g[subs] = v`, `get`, `del`,
+`zkill`, `data`, `order`, `query`, `increment`, `items`, `lock`) and `tstart`,
+`tcommit`, `trollback`, `tlevel`: a local `Database` or a mirror client connection.
+Nothing else of the target is used.
 
 Promises:
 - a line is parsed whole before it runs: a syntax error runs nothing (`<SYNTAX>`);
@@ -18,24 +21,48 @@ Promises:
   (`.5`, `-1.5`, `10`), arithmetic is decimal with 19 significant digits and
   operators bind strictly left to right;
 - `Session.close()` releases the session's locks and rolls back a transaction it
-  left open (as the end of an IRIS process does); `run_commands` always closes.
+  left open (as the end of an IRIS process does); every runner closes it, except
+  after a lost connection (`ConnectionLostError`: the member already did);
+- interactively, an error is printed and the session goes on; Ctrl-C during a
+  command stops it between two requests (`<INTERRUPT>`), never inside one, so a
+  client connection never loses track of its replies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import decimal
+import os
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import errors
-from .constants import STRING_CHARS_MAX
+from .constants import (
+    STRING_CHARS_MAX,
+    TERMINAL_HISTORY_LINES_MAX,
+    TERMINAL_WAIT_SLICE_S,
+)
+from .database import DEFAULT_DATABASE
 
-__all__ = ["Session", "TerminalError", "run_commands", "ERROR_WORDS"]
+__all__ = [
+    "ERROR_WORDS",
+    "ConnectionLostError",
+    "Session",
+    "TerminalError",
+    "interact",
+    "prompt",
+    "run_commands",
+    "run_session",
+    "run_stream",
+]
 
 
 # --- errors -------------------------------------------------------------------------
@@ -48,6 +75,16 @@ class TerminalError(Exception):
         super().__init__(f"<{word}> {message}".rstrip())
         self.word = word
         self.message = message
+
+
+class ConnectionLostError(TerminalError):
+    """The connection to the member broke (word "ERROR"): the session cannot go on.
+
+    The member released the session's locks and rolled back its transaction when the
+    connection dropped, and the client does not retry (a write may have landed), so
+    an interactive session ends here with status 1 rather than reconnect silently
+    without them.
+    """
 
 
 # irisrep error class -> IRIS word; the first class in an error's MRO found here wins.
@@ -254,7 +291,8 @@ def _sub_value(s: Sub) -> Value:
 
 
 def _show_sub(s: Sub) -> str:
-    return _fmt(s[1]) if s[0] == 0 else '"' + s[1].replace('"', '""') + '"'
+    # A string subscript is never canonical (those are numbers), so _quote quotes it.
+    return _fmt(s[1]) if s[0] == 0 else _quote(s[1])
 
 
 def _ref_text(is_global: bool, name: str, subs: tuple[Sub, ...]) -> str:
@@ -544,6 +582,10 @@ class Parser:
 
     def write_arg(self) -> WriteArg:
         arg = WriteArg()
+        if self.at("*"):  # W *65: the character with that code, an argument of its own
+            self.take()
+            arg.formats.append(("*", self.primary_unary()))
+            return arg
         while True:
             t = self.peek()
             if t.kind == "OP" and t.text in ("!", "#"):
@@ -694,7 +736,14 @@ class _Halt(Exception):
 class Session:
     """One terminal session on a target: its locals, $TEST, locks and output column."""
 
-    def __init__(self, target: Any, *, out: TextIO = sys.stdout, sleep=time.sleep) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        out: TextIO = sys.stdout,
+        sleep=time.sleep,
+        interruptible: bool = False,
+    ) -> None:
         self.target = target
         self.out = out
         self.halted = False
@@ -704,12 +753,17 @@ class Session:
         # (global name, db subscripts, shared) -> entered lock context managers
         self._locks: dict[tuple[str, tuple, bool], list[Any]] = {}
         self._sleep = sleep
+        # Interactive sessions wait (Hang, Lock) in slices so that Ctrl-C can stop a
+        # wait without interrupting a request half-way (see interrupt()).
+        self.interruptible = interruptible
+        self._interrupted = False
 
     # public
     def execute(self, line: str) -> None:
         """Run one line; raises TerminalError at the first error (the rest is not run)."""
         if self.halted:
             return
+        self._interrupted = False
         try:
             with decimal.localcontext(_CTX):
                 for cmd in parse(line):
@@ -721,6 +775,9 @@ class Session:
             raise
         except errors.IrisrepError as exc:
             raise _map_error(exc) from None
+        except ConnectionError as exc:
+            # The client's word for a broken connection (it never retries one).
+            raise ConnectionLostError("ERROR", str(exc) or type(exc).__name__) from None
         except decimal.DivisionByZero:
             raise TerminalError("DIVIDE", "division by zero") from None
         except decimal.Overflow:
@@ -729,6 +786,17 @@ class Session:
             raise TerminalError("ILLEGAL VALUE", f"invalid arithmetic ({exc})") from None
         except OSError as exc:
             raise TerminalError("ERROR", str(exc) or type(exc).__name__) from None
+
+    @property
+    def interrupted(self) -> bool:
+        """A Ctrl-C came since the last line started (execute() clears it)."""
+        return self._interrupted
+
+    def interrupt(self) -> None:
+        """Ask the running line to stop with <INTERRUPT> (Ctrl-C; safe in a signal
+        handler): before its next command, or within TERMINAL_WAIT_SLICE_S of an
+        interruptible Hang or Lock wait. A request already sent runs to its reply."""
+        self._interrupted = True
 
     def close(self) -> None:
         """Release the session's locks and roll back a transaction it left open."""
@@ -747,9 +815,14 @@ class Session:
 
     # commands
     def _command(self, cmd: Command) -> None:
+        self._check_interrupt()
         if cmd.post is not None and not _truth(self._eval(cmd.post)):
             return
         getattr(self, "_cmd_" + cmd.name.lower())(cmd.args)
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted:
+            raise TerminalError("INTERRUPT")
 
     def _cmd_set(self, args: list) -> None:
         for targets, expr in args:
@@ -767,6 +840,10 @@ class Session:
                     self._write("\n")
                 elif f == "#":
                     self._write("\f")
+                elif f[0] == "*":
+                    n = _int(self._eval(f[1]))  # negative codes control devices: none here
+                    if 0 <= n <= 0x10FFFF and not 0xD800 <= n <= 0xDFFF:
+                        self._write(chr(n))
                 else:
                     col = _int(self._eval(f[1]))
                     if col > self.column:
@@ -804,6 +881,7 @@ class Session:
                 continue
             g = self.target.globals[name]
             for dbsubs, value in g.items(prefix=tuple(_sub_to_db(s) for s in subs)):
+                self._check_interrupt()  # between two pages' requests, never inside one
                 ref_text = _ref_text(True, name, tuple(_sub_from_db(s) for s in dbsubs))
                 self._write(f"{ref_text}={_show(_from_db(value))}\n")
 
@@ -863,9 +941,8 @@ class Session:
                     if not held:
                         del self._locks[key]
                 continue
-            cm = self.target.globals[name].lock(dbsubs, timeout=timeout, shared=shared)
             try:
-                cm.__enter__()
+                cm = self._take_lock(name, dbsubs, timeout, shared)
             except errors.LockTimeoutError:
                 if timeout is not None:
                     self.test = 0
@@ -876,6 +953,29 @@ class Session:
             self._locks.setdefault(key, []).append(cm)
             if timeout is not None:
                 self.test = 1
+
+    def _take_lock(self, name: str, dbsubs: tuple, timeout: float | None, shared: bool) -> Any:
+        """The entered lock context manager; LockTimeoutError when not granted in time."""
+        g = self.target.globals[name]
+        if not self.interruptible:
+            cm = g.lock(dbsubs, timeout=timeout, shared=shared)
+            cm.__enter__()
+            return cm
+        # Timed attempts of at most one slice each, so a Ctrl-C is seen between two
+        # requests (a remote lock wait cannot be cut short half-way).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_interrupt()
+            left = TERMINAL_WAIT_SLICE_S
+            if deadline is not None:
+                left = min(left, max(0.0, deadline - time.monotonic()))
+            cm = g.lock(dbsubs, timeout=left, shared=shared)
+            try:
+                cm.__enter__()
+                return cm
+            except errors.LockTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def _release_all(self) -> None:
         locks, self._locks = self._locks, {}
@@ -890,8 +990,17 @@ class Session:
     def _cmd_hang(self, args: list) -> None:
         for expr in args:
             seconds = min(float(_num(self._eval(expr))), _WAIT_MAX_S)
-            if seconds > 0:
+            if seconds <= 0:
+                continue
+            if not self.interruptible:
                 self._sleep(seconds)
+                continue
+            while seconds > 0:  # counted, not timed: tests pass a sleep that returns at once
+                self._check_interrupt()
+                step = min(seconds, TERMINAL_WAIT_SLICE_S)
+                self._sleep(step)
+                seconds -= step
+            self._check_interrupt()
 
     # references
     def _resolve(self, ref: Ref, *, empty_last: bool = False) -> tuple[bool, str, tuple]:
@@ -1048,17 +1157,36 @@ class Session:
         return _sub_value(max(candidates) if reverse else min(candidates))
 
     def _fn_query(self, f: Func) -> Value:
-        is_global, name, subs = self._resolve(f.args[0])
+        """$QUERY: the next (previous) subscripted node with a value, as a reference.
+
+        A last subscript of "" starts, as in $ORDER, before the parent's first
+        descendant (forward: the same as the parent) or after its last one (reverse).
+        The unsubscripted node is never returned (M standard): a reverse scan ends
+        with "" there, as a forward one ends after the last node.
+        """
+        is_global, name, subs = self._resolve(f.args[0], empty_last=True)
         reverse = self._direction(f)
+        to_end = bool(subs) and subs[-1] == (1, "")
+        if to_end:
+            subs = subs[:-1]
         if is_global:
             dbsubs = tuple(_sub_to_db(s) for s in subs)
             g = self.target.globals[name]
-            found = g.query(dbsubs, reverse=True) if reverse else g.query(dbsubs)
+            found = None
+            if reverse and to_end:
+                found = next((k for k, _v in g.items(prefix=dbsubs, reverse=True, batch=1)), None)
             if found is None:
+                found = g.query(dbsubs, reverse=reverse)
+            if not found:  # None, or () the unsubscripted node
                 return ""
             return _ref_text(True, name, tuple(_sub_from_db(s) for s in found))
+        n = len(subs)
         keys = sorted(self.locals.get(name, {}))
-        hits = [k for k in keys if (k < subs if reverse else k > subs)]
+        if reverse:
+            hits = [k for k in keys if k < subs or (to_end and k[:n] == subs)]
+        else:
+            hits = [k for k in keys if k > subs]
+        hits = [k for k in hits if k]
         if not hits:
             return ""
         return _ref_text(False, name, hits[-1] if reverse else hits[0])
@@ -1117,31 +1245,245 @@ class Session:
         return Decimal(ord(s[i - 1]) if 1 <= i <= len(s) else -1)
 
 
+# --- running a session: -c text, piped lines, the interactive terminal -----------------
+
+
+def _finish_line(session: Session, out: TextIO) -> None:
+    """End a partial output line (before a prompt, an error or the exit), as IRIS does."""
+    if session.column:
+        out.write("\n")
+        session.column = 0
+
+
+def _run_lines(
+    session: Session, lines: Iterable[str], out: TextIO, err: TextIO, *, end_lines: bool
+) -> int:
+    """Run lines until the first error (printed to err: 1), the end or Halt (0).
+    end_lines: end a partial output line after each input line (as before a prompt)."""
+    for line in lines:
+        try:
+            session.execute(line)
+        except TerminalError as exc:
+            _finish_line(session, out)
+            out.flush()  # the output before the error comes first on a shared terminal
+            err.write(f"{exc}\n")
+            err.flush()
+            if isinstance(exc, ConnectionLostError):
+                raise
+            return 1
+        if end_lines:
+            _finish_line(session, out)
+        out.flush()
+        if session.halted:
+            break
+    return 0
+
+
+def _run_closing(
+    target: Any, lines: Iterable[str], out: TextIO, err: TextIO, *, end_lines: bool = False
+) -> int:
+    session = Session(target, out=out)
+    lost = False
+    try:
+        return _run_lines(session, lines, out, err, end_lines=end_lines)
+    except ConnectionLostError:
+        lost = True
+        return 1
+    finally:
+        _finish_line(session, out)
+        if not lost:
+            session.close()
+
+
 def run_commands(
     target: Any, text: str, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     """Run each line of `text`; on an error print "<WORD> detail" to err and return 1.
 
     Returns 0 when every line ran (or a Halt ended the session). The session is
-    closed either way: its locks are released and an open transaction rolled back.
+    closed either way (its locks released, an open transaction rolled back), except
+    after a lost connection, where the member did that already.
     """
-    session = Session(target, out=out)
-    status = 0
+    return _run_closing(target, text.splitlines(), out, err)
+
+
+def run_stream(
+    target: Any, stdin: TextIO, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`run_commands` on lines read from stdin one at a time, as they come.
+
+    For `echo 'Write 1' | irisrep session A` and scripts: no prompt; each line's
+    output ends with a newline and is flushed (a program feeding lines reads each
+    answer as a line, as it would see it before a prompt), the first error
+    printed to err ends the session with status 1, so the rest of a script does
+    not run after a failed step.
+    """
+    lines = (line.rstrip("\r\n") for line in iter(stdin.readline, ""))
+    return _run_closing(target, lines, out, err, end_lines=True)
+
+
+def prompt(target: Any, name: str = DEFAULT_DATABASE) -> str:
+    """The IRIS-style prompt: `DB>`, or `TL1:DB>` inside a transaction."""
+    level = target.tlevel
+    return f"TL{level}:{name}>" if level else f"{name}>"
+
+
+class _History:
+    """The readline history file: read at start; at exit this session's new lines are
+    appended (two sessions at once both keep theirs) and the file is cut to its
+    newest TERMINAL_HISTORY_LINES_MAX lines. Created 0600: lines may hold values."""
+
+    def __init__(self, readline: Any, path: Path, err: TextIO) -> None:
+        self.readline = readline
+        self.path = path
+        self.err = err
+        try:
+            readline.read_history_file(str(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            err.write(f"history not read: {path}: {exc.strerror or exc}\n")
+        self.start = readline.get_current_history_length()
+
+    def save(self) -> None:
+        new = self.readline.get_current_history_length() - self.start
+        if new <= 0:
+            return
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            self.readline.append_history_file(new, str(self.path))
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            if len(lines) > TERMINAL_HISTORY_LINES_MAX:
+                tmp = self.path.with_name(self.path.name + ".new")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.writelines(lines[-TERMINAL_HISTORY_LINES_MAX:])
+                os.replace(tmp, self.path)
+        except OSError as exc:
+            self.err.write(f"history not saved: {self.path}: {exc.strerror or exc}\n")
+
+
+def _use_readline(history_file: Path | None, err: TextIO) -> _History | None:
+    """Line editing for input() (importing readline is what turns it on)."""
     try:
-        for line in text.splitlines():
+        import readline
+    except ImportError:  # a Python built without it: plain input() still works
+        return None
+    # Tab inserts a tab (a space to ObjectScript) rather than completing file names.
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I ed-insert")
+    else:
+        readline.parse_and_bind("tab: tab-insert")
+    return _History(readline, history_file, err) if history_file is not None else None
+
+
+def interact(
+    target: Any,
+    *,
+    name: str = DEFAULT_DATABASE,
+    history_file: str | os.PathLike | None = None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    read: Callable[[str], str] | None = None,
+) -> int:
+    """The interactive terminal: prompt (`DB>`, `TL1:DB>`), one line at a time.
+
+    `read(prompt)` returns a line (None: the builtin input() with readline editing,
+    and `history_file` loaded now and saved at the end). An error is printed to err
+    as `<WORD> detail` and the session goes on. Ctrl-C at the prompt drops the line;
+    during a command it stops the line with <INTERRUPT>. Ctrl-D (EOF) or Halt end
+    the session (closed: locks released, a transaction rolled back) with status 0;
+    a lost connection prints one line and returns 1.
+    """
+    history = None
+    if read is None:
+        history = _use_readline(None if history_file is None else Path(history_file), err)
+        read = input
+    session = Session(target, out=out, interruptible=True)
+    lost = False
+    try:
+        while not session.halted:
             try:
-                session.execute(line)
-            except TerminalError as exc:
-                if session.column:
-                    out.write("\n")
-                    session.column = 0
-                err.write(f"{exc}\n")
-                status = 1
+                text = read(prompt(target, name))
+            except KeyboardInterrupt:
+                out.write("\n")  # the typed line is dropped; a fresh prompt
+                continue
+            except EOFError:
+                out.write("\n")
                 break
-            if session.halted:
-                break
+            # A pasted block (bracketed paste) arrives as one text: its lines run in
+            # turn, until an error ends it as Ctrl-C does.
+            with _ctrl_c_interrupts(session):
+                for i, line in enumerate(text.splitlines() or [""]):
+                    if i and session.interrupted:  # Ctrl-C between two pasted lines
+                        break
+                    ok = _interactive_line(session, line, out, err)
+                    if ok is None:
+                        lost = True
+                        return 1
+                    if not ok or session.halted or session.interrupted:
+                        break
+        return 0
     finally:
-        if session.column:
-            out.write("\n")
-        session.close()
-    return status
+        out.flush()
+        if history is not None:
+            history.save()
+        if not lost:
+            session.close()
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts(session: Session):
+    """While lines run, Ctrl-C asks the session to stop (Session.interrupt) instead of
+    raising KeyboardInterrupt wherever the program happens to be: half-way through
+    a request, a client connection would read the wrong reply next."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # only the main thread sets handlers; None: one not set from Python
+        return
+    signal.signal(signal.SIGINT, lambda _sig, _frame: session.interrupt())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interactive_line(session: Session, line: str, out: TextIO, err: TextIO) -> bool | None:
+    """Run one typed line and print its error: True, False after an error, None when
+    the connection is lost (printed as one line)."""
+    try:
+        session.execute(line)
+    except TerminalError as exc:
+        _finish_line(session, out)
+        out.flush()
+        if isinstance(exc, ConnectionLostError):
+            err.write(f"{exc}; the session ends\n")
+            err.flush()
+            return None
+        err.write(f"{exc}\n")
+        err.flush()
+        return False
+    _finish_line(session, out)
+    return True
+
+
+def run_session(
+    target: Any,
+    *,
+    commands: str | None = None,
+    name: str = DEFAULT_DATABASE,
+    history_file: str | os.PathLike | None = None,
+    stdin: TextIO | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """`irisrep session`: `commands` (-c) if given, else the interactive terminal when
+    stdin is a terminal, else the lines of stdin. The exit status."""
+    stdin = stdin if stdin is not None else sys.stdin
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    if commands is not None:
+        return run_commands(target, commands, out=out, err=err)
+    if stdin.isatty():
+        return interact(target, name=name, history_file=history_file, out=out, err=err)
+    return run_stream(target, stdin, out=out, err=err)
