@@ -107,8 +107,9 @@ def test_walkthrough_commands(mirror):
     assert rows["A"]["health"] == "degraded: no Active backup"
     assert "failover NOT safe: A has no Active backup" in run("ps", "--dir", d, "--table").stdout
     run("session", "--dir", d, "A", "-c", "Set ^n=1")
-    run("start", "--dir", d, "B")
-    wait_ps(d, lambda r: r["A"]["active_backup"] == "B", "B Active again")
+    # --wait returns once B has caught up and is Active again.
+    assert "B: caught up (Active backup)" in run("start", "--dir", d, "B", "--wait").stdout
+    assert ps(d)["A"]["active_backup"] == "B"
 
     # The walkthrough: the primary stopped cleanly hands over to its Active backup and,
     # restarted, rejoins as backup; the new primary takes writes, the old refuses them.

@@ -351,6 +351,16 @@ def _rolled(seed, nfiles):
     return fs, list_journal_files(fs, D), i
 
 
+def test_verify_reports_progress_by_file():
+    fs, infos, n = _rolled(3, 3)
+    seen = []
+    rep = verify_dir(D, fs=fs, progress=lambda done, total: seen.append((done, total)))
+    assert rep["ok"] and rep["records"] == n
+    assert len(seen) == len(infos) == 3
+    assert [d for d, _t in seen] == sorted(d for d, _t in seen)
+    assert seen[-1][0] == seen[-1][1] == sum(fs.size(i.path) for i in infos)
+
+
 @pytest.mark.parametrize("which", [-2, 0])
 def test_corrupt_middle_across_files_refused(which):
     fs, infos, n = _rolled(7, 3)

@@ -59,7 +59,9 @@ from .constants import (
     BACKUP_VERSION,
     BACKUP_ZSTD_LEVEL,
     BLOCK_SIZE,
+    JOURNAL_FRAME_ALIGN,
     JOURNAL_FRAME_BYTES_MAX,
+    JOURNAL_FRAME_HEADER_BYTES,
 )
 from .errors import BackupCorruptError, BackupError, CorruptError
 
@@ -89,6 +91,11 @@ _JOURNAL_ENTRY = struct.Struct("<QIIQ")
 assert _BLOCK_ENTRY.size == BACKUP_BLOCK_ENTRY_BYTES
 assert _JOURNAL_ENTRY.size == BACKUP_JOURNAL_ENTRY_BYTES
 _ZERO_IMAGE = bytes(BLOCK_SIZE)
+# A journal chunk holds frames up to BACKUP_JOURNAL_CHUNK_BYTES, or one larger frame.
+_JOURNAL_CHUNK_MAX = max(
+    BACKUP_JOURNAL_CHUNK_BYTES,
+    JOURNAL_FRAME_HEADER_BYTES + JOURNAL_FRAME_BYTES_MAX + JOURNAL_FRAME_ALIGN,
+)
 _xxh3 = xxhash.xxh3_64_intdigest
 
 Progress = Callable[[int], None] | None  # called with the bytes just processed
@@ -298,6 +305,11 @@ class BackupReader:
     def blocks(self, progress: Progress = None) -> Iterator[tuple[int, bytes]]:
         """(block_no, image) of every block entry, in order, each verified: entry bounds,
         decompression to exactly one block, the checksum bound to its number."""
+        for block_no, image, _checksum in self.entries(progress):
+            yield block_no, image
+
+    def entries(self, progress: Progress = None) -> Iterator[tuple[int, bytes, int]]:
+        """blocks(), with each entry's (verified) checksum."""
         info = self.info
         off = BACKUP_HEADER_BYTES
         prev = -1
@@ -333,7 +345,7 @@ class BackupReader:
                         expected=f"{checksum:#018x}",
                         found=f"{actual:#018x}",
                     )
-                yield block_no, image
+                yield block_no, image, checksum
                 prev = block_no
                 n = BACKUP_BLOCK_ENTRY_BYTES + stored_len
                 off += n
@@ -375,7 +387,7 @@ class BackupReader:
                 where = f"journal chunk {i} at byte offset {off} (position {position})"
                 if (
                     position != pos
-                    or not 0 < stored_len <= raw_len <= JOURNAL_FRAME_BYTES_MAX
+                    or not 0 < stored_len <= raw_len <= _JOURNAL_CHUNK_MAX
                     or position + raw_len > info.journal_end
                     or off + BACKUP_JOURNAL_ENTRY_BYTES + stored_len > info.manifest_offset
                 ):

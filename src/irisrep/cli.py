@@ -7,6 +7,7 @@ status: 0 success, 1 the check or command found a problem, 2 bad usage (click).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -27,6 +28,23 @@ err_console = Console(stderr=True, soft_wrap=True)
 @click.version_option(__version__, prog_name="irisrep")
 def main() -> None:
     """irisrep: IRIS-style globals, journaling and mirroring for Python."""
+
+
+@contextlib.contextmanager
+def _progress(what: str, unit: str):
+    """A transient rich progress bar on stderr: (bar, task); the caller updates it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    amount = DownloadColumn() if unit == "bytes" else TextColumn("{task.completed} " + unit)
+    with Progress(
+        TextColumn(f"[bold]{what}[/]"),
+        BarColumn(),
+        amount,
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        yield bar, bar.add_task(what, total=None)
 
 
 @main.command()
@@ -266,7 +284,14 @@ def journal_verify(directory: str, as_json: bool) -> None:
     if os.path.isdir(os.path.join(directory, JOURNAL_DIR_NAME)):
         directory = os.path.join(directory, JOURNAL_DIR_NAME)
     try:
-        report = verify_dir(directory)
+        if as_json or not err_console.is_terminal:
+            report = verify_dir(directory)
+        else:
+            with _progress("journal verify", "bytes") as (bar, task):
+                report = verify_dir(
+                    directory,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     except CorruptError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -501,8 +526,16 @@ def backup_verify(file, as_json) -> None:
     help="Roll forward to this journal position (a frame boundary).",
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be applied.")
+@click.option(
+    "--skip-integrity",
+    is_flag=True,
+    help="No integrity walk of the result (the blocks are still checked against the "
+    "backup's manifest).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def restore(backups, target, journal_dir, until_time, until_position, dry_run, as_json) -> None:
+def restore(
+    backups, target, journal_dir, until_time, until_position, dry_run, skip_integrity, as_json
+) -> None:
     """Restore BACKUPS (a full backup, then its incrementals in order) into --target,
     roll the journal forward (to the end, --until TIME or --until-position N) and
     roll back the transactions open there."""
@@ -529,7 +562,9 @@ def restore(backups, target, journal_dir, until_time, until_position, dry_run, a
             return
         cm, total, advance = _bar("restore", as_json)
         with cm:
-            report = do_restore(plan, progress=advance, progress_total=total)
+            report = do_restore(
+                plan, progress=advance, progress_total=total, integrity=not skip_integrity
+            )
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -538,8 +573,8 @@ def restore(backups, target, journal_dir, until_time, until_position, dry_run, a
     console.print(
         f"restored {report['target']}: {report['blocks_written']} blocks, "
         f"{report['journal_frames']} journal frames, {report['applied_records']} records "
-        f"rolled forward, {report['rolled_back']} transactions rolled back, integrity OK, "
-        f"{report['seconds']:.2f} s",
+        f"rolled forward, {report['rolled_back']} transactions rolled back, integrity "
+        f"{report['integrity']}, {report['seconds']:.2f} s",
         markup=False,
         highlight=False,
     )
@@ -820,14 +855,56 @@ def _member_command(op: str, doc: str):
         if kw.get("restart"):
             st = _deploy_call(member_op, d, member, "start")
         state = f"running (pid {st['pid']})" if st.get("running") else "stopped"
+        if op == "kill" and not st.get("running"):
+            state = "killed (SIGKILL)"
         console.print(f"{member}: {state}")
+        if kw.get("wait") and st.get("running") and member != "arbiter":
+            _wait_caught_up(d, member)
 
     return _cmd
+
+
+def _wait_caught_up(d, member: str) -> None:
+    """Poll MEMBER's catch-up until it is caught up (a backup: Active, or primary) and
+    show it as a bar of bytes received; fail after UP_TIMEOUT_S without progress."""
+    import time
+
+    from .deploy import UP_TIMEOUT_S, caught_up
+
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    first_lag = None
+    bar_cm = _progress(f"{member} catch-up", "bytes") if err_console.is_terminal else None
+    bar = task = None
+    if bar_cm is not None:
+        bar, task = bar_cm.__enter__()
+    try:
+        while True:
+            done, lag, why = _deploy_call(caught_up, d, member)
+            if done:
+                break
+            if lag is not None:
+                first_lag = lag if first_lag is None else max(first_lag, lag)
+                if bar is not None:
+                    bar.update(task, completed=first_lag - lag, total=first_lag)
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"{member} has not caught up: {why}")
+            time.sleep(0.2)
+    finally:
+        if bar_cm is not None:
+            bar_cm.__exit__(None, None, None)
+    console.print(f"{member}: caught up ({why})")
 
 
 _member_command("start", "Start MEMBER (its agent runs `irisrep serve`).")
 _member_command("kill", "Crash MEMBER: SIGKILL, no clean stop.")
 stop = _member_command("stop", "Stop MEMBER cleanly (SIGTERM); --restart starts it again.")
+_wait_option = click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait until it has caught up (a backup: Active), with a progress bar.",
+)
+start = _wait_option(main.commands["start"])
+stop = _wait_option(stop)
 stop = click.option("--restart", is_flag=True, help="Start it again after the stop.")(stop)
 stop = click.option(
     "--nofailover", is_flag=True, help="A primary stops without handing over to its backup."
@@ -984,6 +1061,99 @@ def events(dir_, follow, members, as_json) -> None:
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
+
+
+# --- the cross-member check (datacheck.py; docs/datacheck.md) ----------------------------
+
+
+def _datacheck_default(name: str):
+    """A default from irisrep.constants, read when the command runs (imports stay lazy)."""
+
+    def get():
+        from . import constants
+
+        return getattr(constants, name)
+
+    return get
+
+
+@main.command("check")
+@_dir_option
+@click.option("--against", required=True, help="The member to compare with (B).")
+@click.option("--member", default=None, help="The member compared (A; default: the primary).")
+@click.option(
+    "--leaf-size",
+    type=click.IntRange(min=1),
+    default=_datacheck_default("DATACHECK_LEAF_NODES_DEFAULT"),
+    help="Narrow a differing range down to at most this many nodes before listing them.",
+)
+@click.option(
+    "--rechecks",
+    type=click.IntRange(0, 20),
+    default=_datacheck_default("DATACHECK_RECHECKS_DEFAULT"),
+    help="Recheck rounds for differences (each after the copy caught up).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_cmd(dir_, against, member, leaf_size, rechecks, as_json) -> None:
+    """Compare two members' databases while both run and take writes (IRIS DataCheck):
+    the primary (or --member) against --against, by hashing key ranges on both and
+    narrowing differing ones down; differences are rechecked once the copy has caught
+    up, and only those that persist are reported as unmatched. Exit 0 when everything
+    matches, 1 with the report of what does not."""
+    import contextlib
+
+    from .constants import DATACHECK_LOCK_NODES_MAX
+    from .datacheck import check_members
+    from .deploy import DeployError, deploy_dir, load
+    from .errors import IrisrepError
+
+    if leaf_size > DATACHECK_LOCK_NODES_MAX:
+        raise click.BadParameter(
+            f"{leaf_size} is above {DATACHECK_LOCK_NODES_MAX}", param_hint="'--leaf-size'"
+        )
+    d = deploy_dir(dir_)
+    names = [m["name"] for m in _deploy_call(load, d)["members"]]
+    for opt, who in (("--against", against), ("--member", member)):
+        if who is not None and who not in names:
+            raise click.BadParameter(
+                f"no member {who!r} in {d} (members: {', '.join(names)})", param_hint=f"'{opt}'"
+            )
+    if member == against:
+        raise click.BadParameter(
+            f"{member} cannot be checked against itself", param_hint="'--against'"
+        )
+    bar = progress = None
+    if not as_json and err_console.is_terminal:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("[bold]check[/]"),
+            BarColumn(),
+            TextColumn("{task.completed} ranges checked, {task.fields[nodes]} nodes"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        task = bar.add_task("check", total=None, nodes=0)
+
+        def progress(ranges: int, nodes: int) -> None:
+            bar.update(task, completed=ranges, nodes=nodes)
+
+    try:
+        with bar if bar is not None else contextlib.nullcontext():
+            report = check_members(
+                d, against, member, leaf_nodes=leaf_size, rechecks=rechecks, progress=progress
+            )
+    except DeployError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (IrisrepError, OSError) as exc:
+        raise click.ClickException(f"check stopped: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.lines():
+            console.print(line, markup=False, highlight=False)
+    sys.exit(0 if report.ok else 1)
 
 
 if __name__ == "__main__":

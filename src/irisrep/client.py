@@ -410,6 +410,21 @@ class Connection:
         """Make the connected backup or DR async the primary; the new epoch."""
         return self._request(("promote",), lock_timeout=None)
 
+    # --- the cross-member check (irisrep.datacheck; docs/datacheck.md) ------------------
+
+    def range_hash(self, lo: bytes, hi: bytes | None, limit: int, wait_position=None) -> tuple:
+        """RANGE_HASH: (count, digest, stop, mid, position, exact) of the encoded keys
+        [lo, hi) on the member (datacheck.hash_range)."""
+        return self._request(("range_hash", lo, hi, limit, wait_position))
+
+    def range_items(self, lo: bytes, hi: bytes | None, count: int, wait_position=None) -> tuple:
+        """RANGE_ITEMS: (nodes, more, position), nodes as (key, value) encoded bytes."""
+        return self._request(("range_items", lo, hi, count, wait_position))
+
+    def stream_position(self) -> int:
+        """The member database's journal stream position (a copy: what it applied)."""
+        return self._request(("stream_position",))
+
     def global_(self, name: str) -> RemoteGlobal:
         return RemoteGlobal(self, name)
 

@@ -217,6 +217,7 @@ CLIENT_CONNECTIONS_MAX = 256  # open client connections per member; more are ref
 CLIENT_LOGIN_TIMEOUT_MS = 5_000  # accept to a successful LOGIN
 CLIENT_CONNECT_TIMEOUT_MS = 5_000  # irisrep.connect: one TCP connect
 CLIENT_FAILOVER_WAIT_S = 10.0  # irisrep.connect waits this long for a new primary
+SERVER_PROMOTION_WAIT_S = 5.0  # a write that meets a member mid-promotion waits this long
 CLIENT_ITEMS_PAGE_MAX = 1_000  # nodes in one ITEMS reply; the client pages on
 CLIENT_VALUE_DEPTH_MAX = 64  # nesting of a tagged value (subscript tuples are depth 2)
 CLIENT_USERS_MAX = 1_000
@@ -238,3 +239,15 @@ SCRYPT_MAXMEM_BYTES = 64 * 1024 * 1024  # bound on a stored hash's 128*N*r*p (co
 TERMINAL_HISTORY_FILE_NAME = ".session_history"  # in the deployment (or instance) directory
 TERMINAL_HISTORY_LINES_MAX = 1_000  # lines kept in the history file
 TERMINAL_WAIT_SLICE_S = 0.2  # an interactive Hang or Lock wait checks for Ctrl-C this often
+
+# --- the cross-member check (datacheck.py, irisrep check) -----------------------------
+DATACHECK_RANGE_NODES_MAX = 8_192  # nodes one RANGE_HASH request hashes; past it, a split point
+DATACHECK_RANGE_BYTES_MAX = 32 * 1024 * 1024  # key + value bytes one RANGE_HASH request reads
+DATACHECK_LOCK_NODES_MAX = 512  # nodes read in one hold of the database lock
+DATACHECK_LOCK_BYTES_MAX = 1024 * 1024  # bytes read in one hold (at least one node)
+DATACHECK_BOUND_BYTES_MAX = REFERENCE_BYTES_MAX + 1  # a range bound: a key, or a key + 0x00
+DATACHECK_WAIT_MS_MAX = 2_000  # a request waits this long at most for its position
+DATACHECK_LEAF_NODES_DEFAULT = 32  # a mismatch is narrowed down to ranges this small
+DATACHECK_RECHECKS_DEFAULT = 3  # rounds of rechecks (each after the copy caught up)
+DATACHECK_RECHECK_TRIES = 8  # hash pairs per range in one round before the next round
+DATACHECK_CATCHUP_TIMEOUT_S = 30.0  # a recheck round waits this long for the copy

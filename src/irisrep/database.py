@@ -790,14 +790,17 @@ class Database:
             self._stream_txns = dict(self._open_txns)
             self._open_txns = {}
 
-    def become_primary(self, epoch: int) -> list[int]:
+    def become_primary(self, epoch: int, before_writable=None) -> list[int]:
         """Turn this mirror copy into the primary's database, in epoch `epoch`.
 
         The transactions the old primary left open in the stream can no longer
         commit: they are rolled back from their before-images, journaled (UNDO
         records, then TROLLBACK) in the new epoch and made durable, exactly as crash
-        recovery does. Then the database is writable. Returns the rolled-back
-        transaction ids. The caller has persisted the new epoch first."""
+        recovery does. Then `before_writable()` runs (the member attaches its
+        replicator there: a commit that could land before the journal's hook is in
+        place would be shipped to nobody and waited for by nobody), and only then
+        is the database writable. Returns the rolled-back transaction ids. The
+        caller has persisted the new epoch first."""
         with self._lock:
             self._check_open()
             if not self.mirror_copy:
@@ -821,9 +824,14 @@ class Database:
                 self.committer.log(undo_records)
             self._stream_txns = {}
             self.mirror_copy = False
-            self.tree.protected = False
         if undo_records:
             self.committer.sync_all(mirror=False)
+        if before_writable is not None:
+            before_writable()
+        with self._lock:
+            self._check_open()
+            self.tree.protected = False
+        if undo_records:
             log.warning(
                 "%s: promoted in epoch %d; rolled back %d transactions the old primary left open",
                 self.path,

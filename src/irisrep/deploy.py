@@ -437,6 +437,26 @@ def ps(dirpath: Path) -> list[dict]:
     return rows
 
 
+def caught_up(dirpath: Path, member: str) -> tuple[bool, int | None, str]:
+    """(done, lag_bytes, why) for `irisrep start --wait`: a primary is caught up; a
+    backup when the primary counts it Active; an async when it is connected with no
+    lag."""
+    rows = {r["member"]: r for r in ps(dirpath)}
+    if member not in rows:
+        raise DeployError(f"no member {member!r} in {dirpath}")
+    r = rows[member]
+    if r["role"] == "primary":
+        return True, 0, "it is the primary"
+    lag = r.get("lag_bytes")
+    if r["role"] == "backup":
+        if any(x.get("active_backup") == member for x in rows.values()):
+            return True, 0, "Active backup"
+        return False, lag, f"{r['status']}, lag {r['lag']}"
+    if r["role"] == "async" and r["status"] == "Connected" and not lag:
+        return True, 0, "connected, no lag"
+    return False, lag, f"{r['status']}, lag {r['lag']}"
+
+
 def failover_safety(rows: list[dict]) -> tuple[bool, str]:
     """Whether a failover now would lose nothing, and why, from `ps` rows: the
     primary has an Active backup (it holds every acknowledged commit)."""
@@ -562,6 +582,8 @@ def epochs(history_rows: list[dict]) -> list[dict]:
             primary = e["member"]
             out.append(row)
             by_epoch[e["epoch"]] = row
+        elif e.get("event") == "role" and e.get("from") == "primary" and primary is None:
+            primary = e["member"]  # history from before the first recorded promotion
     for e in history_rows:
         if e.get("event") == "tail undone":
             # In the epoch it was undone in (the latest primary change at or before it).

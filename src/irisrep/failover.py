@@ -195,11 +195,15 @@ class FailoverDriver:
 
     def _do(self, actions) -> None:
         m = self.member
+        why = "the mirror core's decision"
         for a in actions:
             self.actions.append(mc.kebab(type(a).__name__))
             if isinstance(a, mc.Log):
                 log.warning("mirror core %s: %s", m.name, a.text)
                 m.event("core", a.text)
+                # The core logs why just before it promotes: that is the history's reason.
+                if " becomes primary in epoch " in a.text and ": " in a.text:
+                    why = a.text.split(": ", 1)[1]
             elif isinstance(a, mc.AskAgent):
                 self._ask_agent(a.member)
             elif isinstance(a, mc.AskArbiter):
@@ -216,7 +220,7 @@ class FailoverDriver:
             elif isinstance(a, mc.BecomePrimary):
                 if m.role != "primary":
                     m.promote(
-                        reason="the mirror core's decision",
+                        reason=why,
                         epoch=a.epoch,
                         keep_core=True,
                         how="failover",

@@ -1564,10 +1564,11 @@ def dump_lines(
     return lines
 
 
-def verify_dir(dirpath: str, *, fs=None, codec=None) -> dict:
+def verify_dir(dirpath: str, *, fs=None, codec=None, progress=None) -> dict:
     """Read every frame of every file and report (`irisrep journal verify DIR`):
     {"ok", "files": [...], "frames", "records", "end_position", "end_reason",
-     "end_message", "first_problem"}. Never writes."""
+     "end_message", "first_problem"}. Never writes. `progress(done_bytes,
+    total_bytes)` is called after each file (for a progress bar)."""
     from .fileio import default_fs
 
     fs = fs if fs is not None else default_fs()
@@ -1589,8 +1590,11 @@ def verify_dir(dirpath: str, *, fs=None, codec=None) -> dict:
         files = list_journal_files(fs, dirpath)
         if files:
             report["start_position"] = files[0].start_position
+        total_bytes = sum(fs.size(f.path) for f in files) if progress else 0
+        done_bytes = 0
         for k, info in enumerate(files):
             buf = _read_path(fs, info.path)
+            done_bytes += len(buf)
             scan = _FileScan(codec, buf, info)
             entry = {
                 "name": info.name,
@@ -1608,6 +1612,8 @@ def verify_dir(dirpath: str, *, fs=None, codec=None) -> dict:
             entry["end_position"] = scan.end_position
             report["frames"] += entry["frames"]
             report["records"] += entry["records"]
+            if progress is not None:
+                progress(done_bytes, max(total_bytes, done_bytes))
             if k + 1 < len(files):
                 _check_closed_file(info, scan, files[k + 1])
             else:

@@ -269,8 +269,20 @@ class Member:
                 self.event("core", a.text)
         promoted = [a for a in actions if isinstance(a, mc.BecomePrimary)]
         if promoted:
+            old_epoch = self.epoch
             self.epoch = promoted[-1].epoch
             self.role = "primary"
+            # Every start of a primary is a new epoch: in the history, as any other.
+            self._record_history(
+                {
+                    "event": "role",
+                    "epoch": self.epoch,
+                    "from": "primary" if old_epoch else "new",
+                    "to": "primary",
+                    "reason": "restarted as primary" if old_epoch else "first primary",
+                    "journal_end": end,
+                }
+            )
         elif self.role == "primary":
             log.warning(
                 "member %s: it was primary but may not decide alone (its tail was served, "
@@ -424,12 +436,26 @@ class Member:
             epoch = max(seen + 1, epoch or 0)
             self._set_role("primary", epoch, reason)
             self.promotion_counts[how] += 1
-            rolled_back = db.become_primary(epoch)
-            self._start_replicator()
+            # The replicator's hook is on the journal before the first commit can land.
+            rolled_back = db.become_primary(epoch, before_writable=self._start_replicator)
             if rolled_back:
                 self.history[-1]["rolled_back"] = rolled_back
             self._reset_core(keep_core)
             return epoch
+
+    def wait_writable(self, timeout_s: float) -> bool:
+        """While this member is becoming primary (its role says primary, its database
+        is not open for writes yet): wait until it is. False if it stops being primary
+        or the time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            db = self.database
+            if self.role != "primary" or db is None or self.closed:
+                return False
+            if not db.protected:
+                return True
+            time.sleep(0.005)
+        return False
 
     def _on_handover(self, end_position: int, epoch: int) -> bool:
         """The primary hands over (planned): it has stopped committing and this

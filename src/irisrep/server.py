@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Any
 
-from . import _core, errors
+from . import _core, datacheck, errors
 from .auth import parse_hash, verify_password
 from .clientproto import (
     CLOSED,
@@ -61,6 +61,7 @@ from .constants import (
     CLIENT_LOGIN_TIMEOUT_MS,
     CLIENT_REFUSED_PENDING_MAX,
     CLIENT_SEND_TIMEOUT_MS,
+    SERVER_PROMOTION_WAIT_S,
     WIRE_LISTEN_BACKLOG_COUNT,
 )
 from .errors import HandshakeError, IrisrepError, LockTimeoutError
@@ -432,7 +433,15 @@ class ClientListener:
                         return
                     deadline = None
                 else:
-                    reply = self._dispatch(session, req)
+                    try:
+                        reply = self._dispatch(session, req)
+                    except errors.ProtectError:
+                        # A member that is becoming primary says so before its database
+                        # opens for writes (its replicator attaches in between): a
+                        # write that arrives then changed nothing and waits for it.
+                        if not self._wait_writable():
+                            raise
+                        reply = self._dispatch(session, req)
             except _BadRequest as e:
                 log.warning("client %s closed: bad request: %s", session.peer, e)
                 self._send(session, error_reply(ProtocolError("request", str(e))))
@@ -451,6 +460,12 @@ class ClientListener:
                 reply = error_reply(e)
             if not self._send(session, reply):
                 return
+
+    def _wait_writable(self) -> bool:
+        """True once a member in the middle of its promotion is writable (within
+        SERVER_PROMOTION_WAIT_S); False at once if it is not becoming primary."""
+        wait = getattr(self.host, "wait_writable", None)
+        return wait is not None and self.host.role == "primary" and wait(SERVER_PROMOTION_WAIT_S)
 
     def _first_request(self, session: _Session, req: tuple) -> tuple | None:
         """LOGIN (or, with no users configured, any request). None: refused, close."""
@@ -624,6 +639,25 @@ class ClientListener:
         finally:
             it.close()
         return (tuple(nodes), False)
+
+    def _op_range_hash(self, session, req):
+        """(lo, hi, limit, wait_position) -> (count, digest, stop, mid, position, exact):
+        the cross-member check's hash of the encoded keys [lo, hi) (datacheck.py;
+        read only, bounded work, typed errors for bad bounds or limits)."""
+        _arity(req, 4)
+        r = datacheck.hash_range(self.host.database, req[1], req[2], req[3], req[4])
+        return (r.count, r.digest, r.stop, r.mid, r.position, r.exact)
+
+    def _op_range_items(self, session, req):
+        """(lo, hi, count, wait_position) -> (nodes, more, position): the (key, value)
+        pairs of [lo, hi), encoded, for the check's report (datacheck.read_range)."""
+        _arity(req, 4)
+        return datacheck.read_range(self.host.database, req[1], req[2], req[3], req[4])
+
+    def _op_stream_position(self, session, req):
+        """The database's journal stream position (a copy: applied; else the end)."""
+        _arity(req, 0)
+        return datacheck.current_position(self.host.database)
 
     def _op_tstart(self, session, req):
         _arity(req, 0)
