@@ -26,6 +26,7 @@ CASES = {
     "bench_commit.py": ["--seconds=0.2", "--clients=1,2", "--floor-n=20", "--qos-ms=2000"]
     + ["--configs=alone,durable+async"],
     "bench_failover.py": ["--runs=1", "--floor-n=20", "--warmup-s=0.1", "--after-s=0.05"],
+    "bench_backup.py": ["--mb", "2", "--repeat", "1"],
 }
 
 
