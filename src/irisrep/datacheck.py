@@ -73,7 +73,7 @@ ITEMS_PAGE_BYTES = CLIENT_FRAME_BYTES_MAX - 64 * 1024
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _WAIT_POLL_S = 0.0005  # a waiting request looks at the position this often
-_RECHECK_PAUSE_S = 0.02  # between two tries on the same range (times the try number)
+_RECHECK_PAUSE_S = 0.02  # between two tries of a recheck round (times the try number)
 _ROUND_PAUSE_S = 0.2  # between two recheck rounds (times the round number)
 
 
