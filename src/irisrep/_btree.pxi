@@ -681,6 +681,7 @@ cdef class BTree:
                 (<Node>new_root).keys = [MINUS_INF, sep]
                 (<Node>new_root).children = [node.block_no, (<Node>right).block_no]
                 (<Node>new_root).nbytes = 2 * ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
+                _untrack(<Node>new_root)
                 self.root = (<Node>new_root).block_no
                 break
         return old
@@ -723,6 +724,10 @@ cdef class BTree:
             right.nbytes = node.nbytes - acc - PyBytes_GET_SIZE(sep)
         node.nbytes = acc
         right.position = node.position
+        # The slices are new lists, tracked by the collector; a dirty node's next
+        # touch does not untrack them, and a random load would leave thousands of
+        # them for every collection to walk (a cache miss per key).
+        _untrack(right)
         node._changed()
         right._changed()
         self._touch_dirty(node)
@@ -746,6 +751,7 @@ cdef class BTree:
                 root.children = None
                 root.nbytes = 0
                 root._changed()
+                _untrack(root)
                 self._touch_dirty(root)
                 break
             child = self._get(root.children[0])

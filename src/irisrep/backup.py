@@ -14,9 +14,9 @@ Promises:
   backup alone restores to its end, transactions open in it rolled back.
 - Incremental by content: every backup records a manifest, one xxh3 per block of
   the whole database; an incremental stores exactly the blocks whose checksum
-  differs from its parent's manifest (or that are new). Nothing is kept in the
-  database about backups, so there is no change map to lose in a crash; the price
-  is that an incremental reads the whole file (but writes only what changed).
+  differs from its parent's manifest (or that are new). No change map is kept in
+  the database, so there is none to lose in a crash; the price is that an
+  incremental reads the whole file (but writes only what changed).
 - Crash-safe: a backup is written as `NAME.part`, fsynced, renamed, the directory
   fsynced; a crash leaves at most a `.part` that nothing treats as a backup.
 - Every block read from the database is verified (checksum, number, id) before it
@@ -24,6 +24,13 @@ Promises:
   reported with the block and the byte offset of its entry (BackupCorruptError).
 - Streamed: memory stays bounded by a batch of blocks and the manifest (8 bytes
   per block), whatever the database's size.
+- Recorded: once a backup file is complete it is added to the instance's
+  `backups.json` (purge.record_backup), where the journal purge learns where the
+  last good backup rolls forward from; from the window's opening until then the
+  database itself says a backup is being taken (`Database.backups_in_progress`).
+- A running mirror member is backed up in its own process (the client protocol's
+  `backup_create`, `backup_member`); `irisrep backup create --dir D` alone picks
+  the Active backup member, as IRIS prefers, else the primary.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from .constants import (
     JOURNAL_FRAME_HEADER_BYTES,
 )
 from .errors import BackupCorruptError, BackupError, CorruptError
+from .purge import record_backup
 
 __all__ = [
     "BackupInfo",
@@ -74,6 +82,8 @@ __all__ = [
     "verify_backup",
     "read_header",
     "member_data_dir",
+    "choose_member",
+    "backup_member",
 ]
 
 KINDS = {BACKUP_KIND_FULL: "full", BACKUP_KIND_INCREMENTAL: "incremental"}
@@ -188,6 +198,18 @@ class BackupInfo:
         d["chain_id"] = f"{self.chain_id:016x}"
         d["db_id"] = f"{self.db_id:08x}"
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackupInfo:
+        """The inverse of as_dict (a header a member sent back over the client
+        protocol); BackupError if it is not one."""
+        try:
+            kw = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+            for name in ("backup_id", "parent_id", "chain_id", "db_id"):
+                kw[name] = int(kw[name], 16)
+            return cls(**kw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BackupError(f"not a backup header: {e}") from None
 
 
 def _fixed(text: str, size: int, what: str) -> bytes:
@@ -639,6 +661,10 @@ def create_backup(
         if checkpoint:
             db.flush()
         with db.backup_window(marker=marker) as point:
+            # From here until the record below, a purge keeps what this backup needs
+            # (inside the window a purge's checkpoint waits anyway; after it, only this
+            # says so until backups.json does).
+            db.backups_in_progress[backup_id] = min(point.checkpoint, point.txn_floor)
             # Inside the window the file is the image of `point.checkpoint` and stays so.
             store = BlockStore(db.fs, db.file_path)
             try:
@@ -697,7 +723,20 @@ def create_backup(
         writer.finish(info.pack(), final)
     except BaseException:
         writer.abort()
+        db.backups_in_progress.pop(backup_id, None)
         raise
+    # The file is durable under its final name: only now may a record name it (a
+    # crash before this loses the record, never the backup; the purge then keeps
+    # what the older record holds, which is more).
+    try:
+        record_backup(db.path, info)
+    except OSError as e:
+        raise BackupError(
+            f"{final} is complete, but recording it in {db.path}/backups.json failed "
+            f"({e}): the journal purge does not know of it"
+        ) from None
+    finally:
+        db.backups_in_progress.pop(backup_id, None)
     return info
 
 
@@ -797,11 +836,86 @@ def _copy_journal(fs, dirpath, start, end, comp, writer, read_raw_stream) -> Non
 # --- a database by path or by mirror member -----------------------------------------------
 
 
+def _deployment(deploy_dir: str | os.PathLike | None):
+    from .deploy import DeployError, load
+    from .deploy import deploy_dir as resolve
+
+    d = resolve(deploy_dir)
+    try:
+        return d, load(d)
+    except DeployError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def choose_member(deploy_dir: str | os.PathLike | None) -> tuple[str, str]:
+    """The member `irisrep backup create --dir D` backs up, and why: the Active
+    backup (IRIS prefers the backup member: the primary's disk stays for commits,
+    and a copy journals no marker), else the primary. BackupError if neither
+    answers."""
+    from .deploy import member_statuses
+
+    d, _dep = _deployment(deploy_dir)
+    try:
+        statuses = member_statuses(d)
+    except OSError as exc:
+        raise BackupError(f"{d}: cannot ask the members ({exc})") from None
+    by_name = {s.get("member"): s for s in statuses}
+    primary = next((s for s in statuses if s.get("role") == "primary"), None)
+    if primary is not None:
+        active = primary.get("active_backup")
+        if active and by_name.get(active, {}).get("role") == "backup":
+            return active, f"{active} is the Active backup of {primary['member']}"
+        return primary["member"], f"no Active backup: {primary['member']} is the primary"
+    problems = "; ".join(f"{s.get('member')}: {s.get('error') or s.get('role')}" for s in statuses)
+    raise BackupError(f"no member is primary ({problems}): name one with --member")
+
+
+def backup_member(
+    deploy_dir: str | os.PathLike | None,
+    member: str,
+    out_dir: str | os.PathLike,
+    *,
+    incremental: bool = False,
+    progress: Progress = None,
+    progress_total: Callable[[int], None] | None = None,
+) -> BackupInfo:
+    """Back up a deployment member. Running: in its own process, on its own open
+    database, through the client protocol (`backup_create`; the member writes the
+    file, so `out_dir` is made absolute here and must be reachable from it; a copy
+    keeps receiving and acknowledging meanwhile). Stopped: its data directory,
+    opened here as a mirror copy (nothing journaled, nothing rolled back)."""
+    from .client import connect_member
+    from .deploy import agents, credentials
+
+    d, dep = _deployment(deploy_dir)
+    by_name = {m["name"]: m for m in dep["members"]}
+    if member not in by_name:
+        raise BackupError(f"no member {member!r} in {d}; members: {', '.join(by_name)}")
+    st = {a["member"]: a for a in agents(d)}.get(member, {})
+    if not st.get("running"):
+        return backup_instance(
+            member_data_dir(d, member),
+            out_dir,
+            incremental=incremental,
+            mirror_copy=True,
+            progress=progress,
+            progress_total=progress_total,
+        )
+    user, password = credentials(d)
+    out = os.path.abspath(os.fspath(out_dir))
+    # No reply timeout: the member answers when the copy is done, however long.
+    with connect_member(
+        by_name[member]["client_address"], user=user, password=password, request_timeout=None
+    ) as conn:
+        header = conn.backup_create(out, incremental)
+    return BackupInfo.from_dict(header)
+
+
 def member_data_dir(deploy_dir: str | os.PathLike | None, member: str) -> str:
     """The instance directory of a deployment member (its data_dir), refused while the
     member runs: its database is open in that process, and opening it here as well
     would be two instances writing one file (an online backup of a running member
-    runs inside its process, through `create_backup`)."""
+    runs inside its process: `backup_member`)."""
     from .deploy import DeployError, agents, load
     from .deploy import deploy_dir as resolve
 
@@ -817,8 +931,7 @@ def member_data_dir(deploy_dir: str | os.PathLike | None, member: str) -> str:
     if st.get("running"):
         raise BackupError(
             f"member {member} is running (pid {st.get('pid')}): its database is open in "
-            f"that process; stop it (irisrep stop {member}: take the backup member, so the "
-            f"primary keeps running) and run this again"
+            f"that process; back it up there (irisrep backup create --member {member})"
         )
     return by_name[member]["data_dir"]
 

@@ -310,6 +310,64 @@ def journal_verify(directory: str, as_json: bool) -> None:
     sys.exit(0 if report["ok"] else 1)
 
 
+@journal.command("purge")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--member", default=None, help="A running deployment member instead of PATH.")
+@click.option(
+    "--dir",
+    "dir_",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Deployment directory for --member (default: $IRISREP_DIR, else ./irisrep-mirror).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed, and why not more.")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Keep files created less than this many days ago (default 2, JOURNAL_PURGE_DAYS).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def journal_purge(path, member, dir_, dry_run, days, as_json) -> None:
+    """Remove the journal files nothing needs any more, printing why each other file
+    is kept: recovery, an open transaction, the last backup, a mirror member that
+    has not received (or applied) it yet, or its age (docs/backup.md).
+
+    --member M asks the running member (on a primary every other member's position
+    counts); PATH opens a stopped instance here (a mirror member's data directory
+    as a copy, with the member positions its primary last saved)."""
+    from .purge import PurgeDecision
+
+    if (path is None) == (member is None):
+        raise click.UsageError("give PATH or --member M (one of them)")
+    with _backup_errors():
+        if member is not None:
+            from .deploy import DeployError, credentials, deploy_dir, load
+
+            d = deploy_dir(dir_)
+            try:
+                m = {x["name"]: x for x in load(d)["members"]}.get(member)
+            except DeployError as exc:
+                raise click.ClickException(str(exc)) from None
+            if m is None:
+                raise click.ClickException(f"no member {member!r} in {d}")
+            from .client import connect_member
+
+            user, password = credentials(d)
+            with connect_member(m["client_address"], user=user, password=password) as conn:
+                raw = conn.journal_purge(dry_run=dry_run, older_than_days=days)
+            decision = PurgeDecision.from_dict(raw)
+        else:
+            from .purge import purge_instance
+
+            decision = purge_instance(path, dry_run=dry_run, older_than_days=days)
+    if as_json:
+        click.echo(json.dumps(decision.as_dict(), indent=2))
+        return
+    for line in decision.lines():
+        console.print(line, markup=False, highlight=False)
+
+
 # --- backup and restore (backup.py, restore.py; docs/backup.md) ------------------------
 
 
@@ -393,40 +451,56 @@ def backup() -> None:
 @click.option(
     "--member",
     default=None,
-    help="A deployment member's database instead of PATH (the member must be "
-    "stopped; prefer the backup member, so the primary keeps running).",
+    help="A deployment member's database instead of PATH: backed up in the member's "
+    "own process while it runs (its data directory if it is stopped).",
 )
 @click.option(
     "--dir",
     "dir_",
     type=click.Path(file_okay=False),
     default=None,
-    help="Deployment directory for --member (default: $IRISREP_DIR, else ./irisrep-mirror).",
+    help="Deployment directory (default: $IRISREP_DIR, else ./irisrep-mirror); given "
+    "without PATH or --member: back up its Active backup member, else its primary.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the new backup's header as JSON.")
 def backup_create(path, out_dir, incremental, member, dir_, as_json) -> None:
-    """Back up the instance at PATH (a directory as irisrep.open takes) into --out.
+    """Back up the instance at PATH (a directory as irisrep.open takes), or a mirror
+    member (--member M, or --dir D alone: the Active backup, as IRIS prefers), into
+    --out.
 
     The copy is the image of one checkpoint, taken while the instance runs; the
-    file also holds the journal that image needs. A running instance is backed up
-    from inside its own process (irisrep.backup.create_backup)."""
-    from .backup import backup_instance, member_data_dir
+    file also holds the journal that image needs. A running member is backed up in
+    its own process; a local PATH must not be open in another process."""
+    from .backup import backup_instance, backup_member, choose_member
 
-    if (path is None) == (member is None):
-        raise click.UsageError("give PATH or --member M (one of them)")
+    if path is not None and (member is not None or dir_ is not None):
+        raise click.UsageError("give PATH, or --member M / --dir D (not both)")
+    if path is None and member is None and dir_ is None:
+        raise click.UsageError("give PATH, --member M or --dir D")
     cm, total, advance = _bar("backup", as_json)
     with _backup_errors():
-        if member is not None:
-            path = member_data_dir(dir_, member)
-        with cm:
-            info = backup_instance(
-                path,
-                out_dir,
-                incremental=incremental,
-                mirror_copy=member is not None,
-                progress=advance,
-                progress_total=total,
-            )
+        if path is None:
+            if member is None:
+                member, why = choose_member(dir_)
+                err_console.print(f"backing up {member}: {why}", markup=False, highlight=False)
+            with cm:
+                info = backup_member(
+                    dir_,
+                    member,
+                    out_dir,
+                    incremental=incremental,
+                    progress=advance,
+                    progress_total=total,
+                )
+        else:
+            with cm:
+                info = backup_instance(
+                    path,
+                    out_dir,
+                    incremental=incremental,
+                    progress=advance,
+                    progress_total=total,
+                )
     if as_json:
         click.echo(json.dumps(info.as_dict(), indent=2))
         return

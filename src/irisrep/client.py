@@ -410,6 +410,24 @@ class Connection:
         """Make the connected backup or DR async the primary; the new epoch."""
         return self._request(("promote",), lock_timeout=None)
 
+    def backup_create(self, out_dir: str, incremental: bool = False) -> dict:
+        """An online backup of the connected member's database into `out_dir` (an
+        absolute path on the member's host); the new backup's header (as
+        `BackupInfo.as_dict`). Waits as long as the backup takes."""
+        return json.loads(self._request(("backup_create", out_dir, incremental), lock_timeout=None))
+
+    def journal_purge(self, *, dry_run: bool = False, older_than_days: float | None = None) -> dict:
+        """Purge the connected member's journal (dry run: only say); the decision as
+        a dict: `remove`, `removed`, `kept` (each with its reasons), `notes`.
+        `older_than_days` defaults to JOURNAL_PURGE_DAYS."""
+        if older_than_days is None:
+            from .constants import JOURNAL_PURGE_DAYS
+
+            older_than_days = JOURNAL_PURGE_DAYS
+        return json.loads(
+            self._request(("journal_purge", dry_run, older_than_days), lock_timeout=None)
+        )
+
     # --- the cross-member check (irisrep.datacheck; docs/datacheck.md) ------------------
 
     def range_hash(self, lo: bytes, hi: bytes | None, limit: int, wait_position=None) -> tuple:

@@ -20,6 +20,7 @@ import base64
 import binascii
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -41,7 +42,13 @@ from .constants import (
     DIRECT_IO_MODES,
     HOSTNAME_CHARS_MAX,
     HOSTNAME_LABEL_CHARS_MAX,
+    IO_ALIGN,
     JOURNAL_DIR_NAME,
+    JOURNAL_FILE_BYTES,
+    JOURNAL_FILE_BYTES_MAX,
+    JOURNAL_FILE_BYTES_MIN,
+    JOURNAL_PURGE_MEMBER_LIMIT_DAYS,
+    JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX,
     MEMBER_KINDS,
     MIRROR_ASYNC_MEMBERS_MAX,
     MIRROR_FAILOVER_MEMBERS_COUNT,
@@ -219,6 +226,9 @@ class MemberConfig:
     http_address: Address | None = None
     tls: TLSFiles | None = None
     users: tuple[User, ...] = ()  # client users; none: the client listener takes no logins
+    journal_file_bytes: int = JOURNAL_FILE_BYTES  # size of each preallocated journal file
+    # On a primary: a member disconnected longer than this stops holding journal files.
+    journal_purge_member_limit_days: float = JOURNAL_PURGE_MEMBER_LIMIT_DAYS
 
     def __post_init__(self) -> None:
         _validate_config(self)
@@ -264,6 +274,8 @@ class MemberConfig:
             f"direct_io = {_toml_str(self.direct_io)}",
             f"pool_blocks = {self.pool_blocks}",
             f"commit_mode = {_toml_str(self.commit_mode)}",
+            f"journal_file_bytes = {self.journal_file_bytes}",
+            f"journal_purge_member_limit_days = {self.journal_purge_member_limit_days!r}",
         ]
         if self.arbiter_address is not None:
             out.append(f"arbiter_address = {_toml_str(str(self.arbiter_address))}")
@@ -426,10 +438,14 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
         ("direct_io", str),
         ("pool_blocks", int),
         ("commit_mode", str),
+        ("journal_file_bytes", int),
     ):
         value = top.get(name, typ)
         if value is not None:
             kw[name] = value
+    limit = top.get_number("journal_purge_member_limit_days")
+    if limit is not None:
+        kw["journal_purge_member_limit_days"] = limit
     for name, routable in (("arbiter_address", True), ("http_address", False)):
         value = top.get(name, str)
         if value is not None:
@@ -447,6 +463,8 @@ _TOP_KEYS = (
     "direct_io",
     "pool_blocks",
     "commit_mode",
+    "journal_file_bytes",
+    "journal_purge_member_limit_days",
     "arbiter_address",
     "http_address",
     "mirror_key",
@@ -464,6 +482,10 @@ _HINTS = {
     "direct_io": "one of " + ", ".join(f'"{x}"' for x in DIRECT_IO_MODES),
     "pool_blocks": f"an integer in {BUFFER_POOL_BLOCKS_MIN}..{POOL_BLOCKS_MAX} (8 KiB blocks)",
     "commit_mode": "one of " + ", ".join(f'"{x}"' for x in COMMIT_MODES),
+    "journal_file_bytes": f"an integer in {JOURNAL_FILE_BYTES_MIN}..{JOURNAL_FILE_BYTES_MAX}, "
+    f"a multiple of {IO_ALIGN} (bytes)",
+    "journal_purge_member_limit_days": "a number of days in "
+    f"0..{JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX:g} (integer or float)",
     "kind": "one of " + ", ".join(f'"{x}"' for x in MEMBER_KINDS),
 }
 _TYPE_WORDS = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
@@ -494,6 +516,16 @@ class _Table:
         value = self.data[name]
         if not isinstance(value, typ) or isinstance(value, bool):
             expected = _HINTS.get(name.rpartition(".")[2], _TYPE_WORDS[typ])
+            raise _err(self.key(name), f"{_show(value)} is {_kind(value)}; expected {expected}")
+        return value
+
+    def get_number(self, name: str) -> float | None:
+        """An optional integer or float (TOML writes 14 and 14.0 alike)."""
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            expected = _HINTS.get(name, "a number")
             raise _err(self.key(name), f"{_show(value)} is {_kind(value)}; expected {expected}")
         return value
 
@@ -632,6 +664,26 @@ def _validate_config(c: MemberConfig) -> None:
     _check_choice("direct_io", c.direct_io, DIRECT_IO_MODES)
     _check_int("pool_blocks", c.pool_blocks, BUFFER_POOL_BLOCKS_MIN, POOL_BLOCKS_MAX)
     _check_choice("commit_mode", c.commit_mode, COMMIT_MODES)
+    _check_int(
+        "journal_file_bytes", c.journal_file_bytes, JOURNAL_FILE_BYTES_MIN, JOURNAL_FILE_BYTES_MAX
+    )
+    if c.journal_file_bytes % IO_ALIGN:
+        raise _err(
+            "journal_file_bytes",
+            f"{c.journal_file_bytes} is not a multiple of {IO_ALIGN} (the I/O alignment)",
+        )
+    limit = c.journal_purge_member_limit_days
+    if (
+        not isinstance(limit, (int, float))
+        or isinstance(limit, bool)
+        or not math.isfinite(limit)
+        or not 0 <= limit <= JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX
+    ):
+        raise _err(
+            "journal_purge_member_limit_days",
+            f"{_show(limit)} is not a number of days in 0..{JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX:g}",
+        )
+    _set(c, "journal_purge_member_limit_days", float(limit))
     _set(c, "data_dir", _check_abs_path("data_dir", c.data_dir))
     journal_dir = c.data_dir / JOURNAL_DIR_NAME if c.journal_dir is None else c.journal_dir
     _set(c, "journal_dir", _check_abs_path("journal_dir", journal_dir))

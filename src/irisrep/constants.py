@@ -89,6 +89,24 @@ JOURNAL_GROUP_COMMIT_RECORDS_MAX = 65_536  # records in one group (one write, on
 JOURNAL_KILL_BEFORE_BYTES_MAX = 8 * 1024 * 1024  # a larger KILL splits into several records
 TLEVEL_MAX = 255
 JOURNAL_PURGE_DAYS = 2.0  # purge keeps files younger than this even when not needed
+# --- journal purge (purge.py; docs/backup.md "Journal purge") ----------------------------
+JOURNAL_PURGE_DAYS_MAX = 36_500.0  # an older_than_days argument above this is refused
+# A mirror member disconnected longer than this stops holding the primary's journal
+# files back (IRIS's default; config key journal_purge_member_limit_days).
+JOURNAL_PURGE_MEMBER_LIMIT_DAYS = 14.0
+JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX = 3_650.0
+JOURNAL_PURGE_INTERVAL_S = 3_600.0  # a running member purges its journal this often
+JOURNAL_FILE_BYTES_MIN = 64 * 1024  # config journal_file_bytes (tests use small files)
+JOURNAL_FILE_BYTES_MAX = 1024 * 1024 * 1024  # opening scans the last file whole
+BACKUPS_FILE_NAME = "backups.json"  # in the instance directory: the good backups taken of it
+BACKUP_RECORDS_MAX = 64  # entries kept in backups.json (the newest)
+BACKUP_OUT_DIR_CHARS_MAX = 4_096  # backup_create's out_dir (client protocol), as PATH_MAX
+MIRROR_MEMBERS_FILE_NAME = "mirror-members.json"  # a primary's last word on each member
+MIRROR_MEMBERS_SAVE_MS = 1_000  # the primary looks at its members' positions this often
+MIRROR_MEMBERS_REFRESH_S = 60.0  # and rewrites the file at least this often while any is seen
+# A copy's catch-up from its own journal (after a backup held dejournaling back) applies
+# this many records per hold of the database lock.
+DEJOURNAL_SLICE_RECORDS = 4_096
 # A database's journal starts a frame with a MARKER "time=<unix ns>" record when this
 # long has passed since the last one: what `irisrep restore --until TIME` reads.
 JOURNAL_TIME_MARK_MS = 10

@@ -19,7 +19,12 @@ Promises:
   says why (`DurabilityError`); it never retries and pretends;
 - after `close()` returns, everything written is durable in the database file;
 - `backup_window()` holds cycles off so that the database file is one consistent
-  image at a checkpoint while an online backup copies it (`irisrep.backup`).
+  image at a checkpoint while an online backup copies it (`irisrep.backup`); on a
+  mirror copy, whose changes arrive by dejournaling, the link's apply stops at a
+  frame boundary instead of waiting for the window (the frames stay durable in its
+  journal and are applied after it), so a backup never holds the primary's acks;
+- `journal_purge()` removes only the oldest journal files that every rule of
+  `irisrep.purge` lets go (recovery, open transactions, backups, mirror members).
 Until the journal exists, what was written since the last cycle is lost by a crash
 (the tree stays sound); `flush()` is the checkpoint that makes it durable.
 """
@@ -43,12 +48,16 @@ from .constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
     COMMIT_MODES,
+    DEJOURNAL_SLICE_RECORDS,
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
     JOURNAL_DIR_NAME,
     JOURNAL_FILE_BYTES,
     JOURNAL_FLUSH_MS,
     JOURNAL_PURGE_DAYS,
+    JOURNAL_PURGE_DAYS_MAX,
+    JOURNAL_PURGE_MEMBER_LIMIT_DAYS,
+    JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX,
     JOURNAL_TIME_MARK_MS,
     LOCK_TIMEOUT_DEFAULT_S,
     TLEVEL_MAX,
@@ -185,6 +194,12 @@ class Database:
         self._stopping = False
         self._inflight = False  # a daemon cycle is writing (outside the lock)
         self._backup_hold = False  # backup_window(): no cycle may start (see there)
+        # The journal start of each backup being taken (backup.create_backup sets it
+        # inside the window and clears it once the backup is recorded in backups.json):
+        # the purge keeps its files in between, when neither the window (purge's
+        # checkpoint waits for it) nor the record holds them yet.
+        self.backups_in_progress: dict[int, int] = {}  # backup id -> journal start
+        self._purge_lock = threading.Lock()  # one purge at a time (periodic, operator)
         self._failure: BaseException | None = None
         # Recovery on open, step 1 (rule 3): finish or discard the WIJ's last cycle
         # before anything reads a database block. Journal roll-forward joins later.
@@ -658,16 +673,27 @@ class Database:
         with self._lock:
             self.tree.protected = bool(on)
 
-    def apply_frames(self, frames: list, end_position: int) -> int:
+    def apply_frames(
+        self, frames: list, end_position: int, *, yield_to_backup: bool = False
+    ) -> int:
         """Dejournaling on a mirror copy: apply decoded frames, in stream order.
 
         `frames` is a list of (position, records) of frames already durable in this
         member's journal; `end_position` is the stream position after the last.
         Replay is idempotent, so frames applied again after a crash change nothing.
-        Returns the number of data records applied."""
+        Returns the number of data records applied.
+
+        `yield_to_backup` (the copy's link thread, which also acknowledges the
+        primary's frames and must never wait for a backup): while a backup window
+        holds cycles off, applying stops at a frame boundary once the dirty blocks
+        reach `dirty_limit`, instead of waiting past `dirty_hard_limit` for the
+        window to close. `applied_position` then says where it stopped; the rest is
+        durable in the journal and `apply_from_journal` applies it later. The dirty
+        count passes `dirty_limit` by at most one frame's blocks."""
         if not self.mirror_copy:
             raise TransactionError("apply_frames: this database is not a mirror copy")
         n = 0
+        stopped = False
         with self._lock:
             self._check_open()
             if end_position <= self.applied_position:
@@ -683,6 +709,16 @@ class Database:
             for pos, records in frames:
                 if pos < self.applied_position:
                     continue  # already applied (a catch-up overlapping the live stream)
+                if (
+                    yield_to_backup
+                    and self._backup_hold
+                    and self._dirty_count() >= self.dirty_limit
+                ):
+                    # A frame boundary: the blocks and `applied_position` (the next
+                    # snapshot's checkpoint) agree exactly, as after a whole batch.
+                    self.applied_position = pos
+                    stopped = True
+                    break
                 for rec in records:
                     t = rec[0]
                     if t in replay.DATA_TYPES:
@@ -694,8 +730,50 @@ class Database:
                         txns.pop(rec[3], None)
             if n:
                 tree.mod_count += 1
+            if stopped:
+                return n
             self.applied_position = end_position
+            if yield_to_backup and self._backup_hold:
+                # Held: no cycle can bring the count down before the window closes;
+                # the next batch stops early instead of waiting here (see above).
+                return n
             self._after_write()
+        return n
+
+    def apply_from_journal(self, to_position: int | None = None) -> int:
+        """On a mirror copy: apply the durable frames of this member's own journal
+        from `applied_position` up to `to_position` (default: the durable end), in
+        slices of about DEJOURNAL_SLICE_RECORDS records, each under one hold of the
+        lock and yielding to a backup window as `apply_frames(yield_to_backup=True)`
+        does. What a backup held back is applied this way once it is over. Returns
+        the data records applied; `applied_position` says how far it got."""
+        if not self.mirror_copy:
+            return 0
+        with self._lock:
+            self._check_open()
+            if self._backup_hold and self._dirty_count() >= self.dirty_limit:
+                return 0  # still held: not even worth reading the journal
+            start = self.applied_position
+        end = self.journal.durable_position
+        if to_position is not None:
+            end = min(end, to_position)
+        if start >= end:
+            return 0
+        n = 0
+        batch: list = []
+        count = 0
+        # `end` is a frame boundary (a durable end, or the start of a batch the link
+        # received), so the frames before it end exactly there.
+        for pos, _h, records in self.journal.read(from_position=start):
+            if pos >= end or count >= DEJOURNAL_SLICE_RECORDS:
+                n += self.apply_frames(batch, pos, yield_to_backup=True)
+                batch, count = [], 0
+                if pos >= end or self.applied_position < pos:
+                    return n  # done, or a backup window holds dejournaling back
+            batch.append((pos, records))
+            count += len(records)
+        if batch:
+            n += self.apply_frames(batch, end, yield_to_backup=True)
         return n
 
     def apply_rest_of_journal(self) -> int:
@@ -847,20 +925,71 @@ class Database:
             )
 
     def purge_journal(self, older_than_days: float = JOURNAL_PURGE_DAYS) -> list[str]:
-        """Remove journal files no longer needed for recovery and older than N days.
+        """Remove the journal files every purge rule lets go (`journal_purge`, no
+        mirror members); returns their names."""
+        return self.journal_purge(older_than_days=older_than_days).removed
 
-        Needed: everything from the smaller of the checkpoint and the transaction
-        floor on (an open transaction may need rolling back). Takes a checkpoint
-        first so that the files before it really are no longer needed.
-        """
-        self.flush()
-        with self._lock:
-            keep = min(
-                self.store.checkpoint,
-                self.store.txn_floor,
-                min(self._open_txns.values(), default=self.store.checkpoint),
+    def journal_purge(
+        self,
+        *,
+        older_than_days: float = JOURNAL_PURGE_DAYS,
+        members=(),
+        member_limit_days: float = JOURNAL_PURGE_MEMBER_LIMIT_DAYS,
+        dry_run: bool = False,
+        now_ns: int | None = None,
+    ):
+        """Decide which journal files may go and (unless `dry_run`) remove them;
+        returns the `purge.PurgeDecision` (removed files, and why each other stays).
+
+        The rules are `purge.decide_purge`'s: recovery on open (the checkpoint and the
+        transaction floor), the oldest open transaction (on a copy: open in the
+        stream), the last good backup in this instance's backups.json and a backup
+        being taken, `members` (`purge.MemberPosition`: a mirror primary passes every
+        other member), and the age rule. A checkpoint is taken first (a dry run too,
+        so that it says what a purge would do): files before it are then really no
+        longer needed for recovery."""
+        from . import purge
+
+        # Checked before the checkpoint: bad input changes nothing.
+        purge.check_days("older_than_days", older_than_days, JOURNAL_PURGE_DAYS_MAX)
+        purge.check_days(
+            "member_limit_days", member_limit_days, JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX
+        )
+        members = list(members)
+        with self._purge_lock:
+            self.flush()
+            with self._lock:
+                self._check_open()
+                recovery_from = min(self.store.checkpoint, self.store.txn_floor)
+                txns = self._stream_txns if self.mirror_copy else self._open_txns
+                oldest_txn = min(txns.values(), default=None)
+                running = min(self.backups_in_progress.values(), default=None)
+            # Read after the positions: a file listed later is only newer (kept).
+            files = self.journal.files()
+            spans = [
+                purge.JournalFileSpan(
+                    f.name,
+                    f.start_position,
+                    nxt.start_position if nxt is not None else None,
+                    f.created,
+                )
+                for f, nxt in zip(files, [*files[1:], None], strict=True)
+            ]
+            decision = purge.decide_purge(
+                spans,
+                now_ns=self.journal.clock() if now_ns is None else now_ns,
+                older_than_days=older_than_days,
+                recovery_from=recovery_from,
+                backup=purge.last_backup(self.path, self.db_id),
+                backup_running_start=running,
+                members=members,
+                member_limit_days=member_limit_days,
+                oldest_open_txn=oldest_txn,
             )
-        return self.journal.purge(keep, older_than_days)
+            decision.dry_run = dry_run
+            if not dry_run and decision.remove:
+                decision.removed = self.journal.remove_files(decision.remove)
+        return decision
 
     # --- journaling the changes ------------------------------------------------------
 

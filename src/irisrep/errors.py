@@ -206,6 +206,11 @@ class BackupCorruptError(CorruptError, BackupError):
         self.block = block
 
 
+class JournalPurgeError(IrisrepError):
+    """A journal purge refused what it was asked (a bad limit, or files that are not
+    the oldest of the chain): nothing was removed."""
+
+
 class ConfigError(IrisrepError, ValueError):
     """A bad setting: names the key and says what is allowed."""
 
@@ -237,6 +242,7 @@ __all__ = [
     "BackupError",
     "BackupChainError",
     "BackupCorruptError",
+    "JournalPurgeError",
     "ConfigError",
     "ClosedError",
 ]

@@ -63,7 +63,7 @@ from .constants import (
     JOURNAL_RECORD_HEADER_BYTES,
     JOURNAL_VERSION,
 )
-from .errors import DurabilityError, IrisrepError, JournalCorruptError
+from .errors import DurabilityError, IrisrepError, JournalCorruptError, JournalPurgeError
 
 log = logging.getLogger("irisrep.journal")
 
@@ -600,7 +600,19 @@ def common_prefix(
 ) -> int:
     """The end of the longest stream prefix two journals share, from their epoch runs
     (`epoch_runs`): they agree while their runs start at the same positions with the
-    same epochs; they part where a run's epoch or extent first differs."""
+    same epochs; they part where a run's epoch or extent first differs.
+
+    A purged journal's runs start at its first file, not at 0: before the later of
+    the two first positions nothing can be compared, and a missing prefix is not a
+    difference (taking it for one would cut a member's whole journal). Both are
+    compared from there, each run covering it clipped to start there: the same epoch
+    at the same position means the same stream up to it (log matching). When they
+    hold no position in common, nothing says they differ: the shorter end."""
+    if a_runs and b_runs:
+        base = max(a_runs[0][0], b_runs[0][0])
+        if base >= min(a_end, b_end):
+            return min(a_end, b_end)
+        a_runs, b_runs = _runs_from(a_runs, base), _runs_from(b_runs, base)
     n = min(len(a_runs), len(b_runs))
     for i in range(n):
         (a_start, a_epoch), (b_start, b_epoch) = a_runs[i], b_runs[i]
@@ -616,6 +628,16 @@ def common_prefix(
         # One has more runs: the shorter one ended where the other's next run starts.
         return min(a_end, b_end)
     return min(a_end, b_end)
+
+
+def _runs_from(runs: list[tuple[int, int]], base: int) -> list[tuple[int, int]]:
+    """The runs at and after `base`, the one covering it starting at `base`."""
+    out = []
+    for i, (start, epoch) in enumerate(runs):
+        if i + 1 < len(runs) and runs[i + 1][0] <= base:
+            continue  # wholly before base
+        out.append((max(start, base), epoch))
+    return out
 
 
 def stream_end(fs, dirpath: str, *, codec=None) -> int:
@@ -1397,6 +1419,35 @@ class Journal:
                 "%s: purged journal file %s (ends at %d)", self.dirpath, a.name, b.start_position
             )
         return removed
+
+    def remove_files(self, names) -> list[str]:
+        """Remove the named files (a purge decided on them: purge.decide_purge). They
+        must be the oldest files of the chain, in order, and not the current one;
+        otherwise JournalPurgeError and nothing is removed (the chain changed since
+        the decision, or the decision was wrong).
+
+        Oldest first, each removal durable (the directory fsynced) before the next:
+        a crash leaves the chain whole, only a shorter prefix of it gone, so the next
+        open finds consecutive files."""
+        self._check()
+        names = list(names)
+        files = list_journal_files(self.fs, self.dirpath)
+        head = files[: len(names)]
+        if (
+            [f.name for f in head] != names
+            or len(head) >= len(files)
+            or any(f.path == self._info.path for f in head)
+        ):
+            raise JournalPurgeError(
+                f"{self.dirpath}: {', '.join(names)} are not the oldest files of the chain "
+                f"({', '.join(f.name for f in files[: len(names) + 1])}...): nothing removed"
+            )
+        for f in head:
+            self.fs.remove(f.path)
+            log.info(
+                "%s: purged journal file %s (started at %d)", self.dirpath, f.name, f.start_position
+            )
+        return names
 
     def verify(self) -> dict:
         """verify_dir() of this journal (frames durable so far)."""

@@ -17,6 +17,14 @@ role it had. Which member starts as primary: the first failover member of the
 config's list (`+` in `irisrep inventory`). Deciding failover is the mirror core's
 job (a later issue); `role` is an attribute that changes when the role changes, and
 `on_role` callbacks hear about it.
+
+Housekeeping (one thread): on a primary, every MIRROR_MEMBERS_SAVE_MS, each other
+member's position and last-seen time go to `DATA_DIR/mirror-members.json`
+(purge.py) when they changed, so a restarted primary still holds journal files back
+for a member that was lagging; every JOURNAL_PURGE_INTERVAL_S the journal is purged
+(`journal_purge`: recovery, open transactions, backups, members, age). Online
+backups of this member's database run in this process (`backup_create`, the client
+protocol's `backup_create`).
 """
 
 from __future__ import annotations
@@ -32,9 +40,13 @@ from . import wire
 from .config import MemberConfig
 from .constants import (
     JOURNAL_DIR_NAME,
+    JOURNAL_PURGE_DAYS,
+    JOURNAL_PURGE_INTERVAL_S,
     MEMBER_SWITCH_INTERVAL_S,
     MIRROR_EPOCH_FIRST,
     MIRROR_HISTORY_FILE_NAME,
+    MIRROR_MEMBERS_REFRESH_S,
+    MIRROR_MEMBERS_SAVE_MS,
     MIRROR_PROMOTION_KINDS,
     MIRROR_ROLES,
     MIRROR_STATE_FILE_NAME,
@@ -166,6 +178,12 @@ class Member:
         self.role_change_counts: dict[tuple[str, str], int] = {}
         self.metrics = MemberMetrics(self)
         self.http: HttpServer | None = None  # on config.http_address, from start()
+        # Housekeeping: the members' positions (a primary) and the periodic purge.
+        self._members_lock = threading.Lock()
+        self._member_records: dict[str, dict] | None = None  # as last saved (None: not read)
+        self._members_saved_ns = 0
+        self._housekeeping_stop = threading.Event()
+        self._housekeeper: threading.Thread | None = None
 
     def _initial_role(self) -> str:
         if self.kind != "failover":
@@ -196,6 +214,7 @@ class Member:
             mirror_copy=not primary,
             epoch=self.epoch,
             journal_dir=None if c.journal_dir is None else str(c.journal_dir),
+            journal_file_bytes=c.journal_file_bytes,
             name=DEFAULT_DATABASE,
         )
         self.database.committer.observe_commit_s = self.metrics.commit_latency.observe
@@ -225,6 +244,10 @@ class Member:
                 from .failover import FailoverDriver
 
                 self.driver = FailoverDriver(self, self.core).start()
+            self._housekeeper = threading.Thread(
+                target=self._housekeep, name=f"irisrep-housekeeping {self.name}", daemon=True
+            )
+            self._housekeeper.start()
             if c.http_address is not None:
                 # Last: a health check that answers 200 finds everything running.
                 self.http = HttpServer(self, c.http_address).start()
@@ -614,9 +637,14 @@ class Member:
             self.mirror_listener.close()
         if self.driver is not None:
             self.driver.close()
+        self._housekeeping_stop.set()
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=30)
         if self.copy is not None:
             self.copy.close()
         if self.replicator is not None:
+            # The members' last positions, while the links still say them.
+            self._save_members_quietly(force=True)
             self.replicator.close()
         if self.database is not None:
             self.database.close()
@@ -629,6 +657,118 @@ class Member:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # --- housekeeping: members' positions, journal purge; online backups ---------------
+
+    def member_positions(self, *, save: bool = True, force: bool = False) -> list:
+        """On a primary: every other member of the config as the journal purge sees it
+        (purge.member_positions: streaming now, else its last saved position and
+        time, else never connected), saved to mirror-members.json when a position
+        changed (or `force`, or MIRROR_MEMBERS_REFRESH_S passed while one streams).
+        On a backup or async: [] (it does not know the others' positions).
+        JournalPurgeError if the saved file is damaged (never overwritten then)."""
+        from . import purge
+
+        rep = self.replicator
+        if self.role != "primary" or rep is None:
+            return []
+        c = self.config
+        others = [(m.name, m.kind) for m in c.members if m.name != self.name]
+        with self._members_lock:
+            if self._member_records is None:
+                self._member_records = purge.load_member_records(c.data_dir)
+            old = self._member_records
+            now = time.time_ns()
+            positions, new = purge.member_positions(others, rep.peers(), old, now)
+            if save:
+                moved = {k: (r["kind"], r["position"]) for k, r in new.items()} != {
+                    k: (r.get("kind"), r["position"]) for k, r in old.items()
+                }
+                stale = (
+                    any(p.connected for p in positions)
+                    and now - self._members_saved_ns > MIRROR_MEMBERS_REFRESH_S * 1e9
+                )
+                if moved or stale or force:
+                    purge.save_member_records(c.data_dir, new)
+                    self._members_saved_ns = now
+                    self._member_records = new
+        return positions
+
+    def _save_members_quietly(self, *, force: bool = False) -> bool:
+        try:
+            self.member_positions(force=force)
+            return True
+        except (IrisrepError, OSError) as e:
+            log.error("member %s: cannot save the members' positions: %s", self.name, e)
+            return False
+
+    def journal_purge(self, *, dry_run: bool = False, older_than_days: float = JOURNAL_PURGE_DAYS):
+        """Purge this member's journal (Database.journal_purge) with every other
+        member's position on a primary; returns the purge.PurgeDecision."""
+        db = self.database
+        if db is None:
+            raise IrisrepError(f"member {self.name} has no open database")
+        members = self.member_positions()
+        decision = db.journal_purge(
+            older_than_days=older_than_days,
+            members=members,
+            member_limit_days=self.config.journal_purge_member_limit_days,
+            dry_run=dry_run,
+        )
+        if self.role != "primary":
+            decision.notes.append(
+                f"{self.name} is {self.role}: the other members' positions are known on "
+                f"the primary only, so none holds files back here"
+            )
+        if decision.removed:
+            self.event(
+                "journal purge",
+                f"removed {len(decision.removed)} journal files: {', '.join(decision.removed)}",
+            )
+        return decision
+
+    def _housekeep(self) -> None:
+        """The members' positions every MIRROR_MEMBERS_SAVE_MS (a primary), a purge
+        every JOURNAL_PURGE_INTERVAL_S; a failure is logged once and retried."""
+        next_purge = time.monotonic() + JOURNAL_PURGE_INTERVAL_S
+        warned = False
+        while not self._housekeeping_stop.wait(MIRROR_MEMBERS_SAVE_MS / 1000):
+            try:
+                self.member_positions()
+                warned = False
+            except (IrisrepError, OSError) as e:
+                # A damaged file is never overwritten (purges refuse and say why);
+                # a full disk may pass: retried every round, logged once.
+                if not warned:
+                    log.error("member %s: cannot save the members' positions: %s", self.name, e)
+                    warned = True
+            if time.monotonic() < next_purge:
+                continue
+            next_purge = time.monotonic() + JOURNAL_PURGE_INTERVAL_S
+            try:
+                self.journal_purge()
+            except (IrisrepError, OSError) as e:
+                if not self._housekeeping_stop.is_set():
+                    log.error("member %s: journal purge failed: %s", self.name, e)
+
+    def backup_create(self, out_dir: str, incremental: bool = False):
+        """An online backup of this member's database into `out_dir` (on this host),
+        taken in this process while everything runs (backup.create_backup); returns
+        the BackupInfo. On a backup or async the image is a mirror copy's: nothing
+        is journaled, and dejournaling yields to the backup instead of stalling the
+        link (Database.apply_frames)."""
+        from .backup import create_backup
+
+        db = self.database
+        if db is None:
+            raise IrisrepError(f"member {self.name} has no open database")
+        info = create_backup(db, out_dir, incremental=incremental)
+        self.event(
+            "backup",
+            f"{info.kind} backup {info.name} as {self.role}: journal "
+            f"{info.journal_start}..{info.journal_end}",
+        )
+        return info
 
     # --- what the client listener and `irisrep ps` use ----------------------------------
 

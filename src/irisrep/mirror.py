@@ -24,7 +24,10 @@ Promises:
 - A copy applies only frames that are durable in its own journal, so its database
   never runs ahead of its journal (rule 2); its checkpoint is the applied position.
   A slow apply slows the link's reading, so the primary's QoS decides whether it
-  waits for such a backup (memory stays bounded: nothing queues unapplied).
+  waits for such a backup (memory stays bounded: nothing queues unapplied). An
+  online backup of a copy never stalls its link: while the backup holds the write
+  daemon off, dejournaling stops at a frame boundary (receiving, fdatasync and acks
+  go on) and resumes from the copy's own journal after it.
 
 Threads: on the primary, per connected member one sender (ring/files -> socket; the
 group leader sends directly when the link is live and idle) and one reader (acks,
@@ -801,6 +804,12 @@ class Replicator:
                     "applied": st.applied,
                     "lag_bytes": behind,
                     "lag_s": round(self.ring.seconds_behind(acked), 3),
+                    # For the journal purge (purge.member_positions): positions are
+                    # known once the member asked where to start; a copy's heartbeat
+                    # carries the position its database has applied.
+                    "started": link._started.is_set(),
+                    "applied_seen": st.applied_seen,
+                    "last_heard_ago_s": round(max(0.0, time.monotonic() - st.last_heard), 3),
                     "dejournaling": "Caught up"
                     if st.applied >= end
                     else f"{max(0, end - st.applied)} bytes behind",
@@ -895,6 +904,7 @@ class CopyLink:
         self.on_event = None  # (kind, text): the member's event log (irisrep events)
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
         self._behind_since: float | None = None  # when the lag last became nonzero
+        self._applied_told = 0.0  # when the primary last heard our applied position
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self.stats = {"connects": 0, "batches": 0, "flushes": 0, "applied_records": 0}
@@ -1027,8 +1037,21 @@ class CopyLink:
         unflushed.clear()
         self._apply(chunks)
         if self.ack_code == wire.ACK_APPLIED:
-            self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_APPLIED))
+            # Only what was applied: a backup of this member may hold dejournaling
+            # back (then the primary's QoS decides, as for any slow apply).
+            applied = min(end, self.db.applied_position)
+            self._send(sock, wire.ACK, wire.encode_ack(applied, wire.ACK_APPLIED))
+        elif time.monotonic() - self._applied_told >= MIRROR_HEARTBEAT_MS / 1000.0:
+            # The applied position, at most every heartbeat interval even while the
+            # stream is busy (the primary's heartbeats, which we answer with it, only
+            # flow when it is idle): the journal purge holds files for what a copy
+            # has applied, and a stale position would hold more than needed.
+            self._tell_applied(sock)
         self.primary_end = max(self.primary_end, end)
+
+    def _tell_applied(self, sock) -> None:
+        self._applied_told = time.monotonic()
+        self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
 
     def _stream(self, sock, name: str, unflushed: list) -> None:
         reader = wire.FrameReader(sock)
@@ -1063,6 +1086,9 @@ class CopyLink:
                 continue
             self._sync_and_ack(sock, unflushed)
             if f.type == wire.HEARTBEAT:
+                if self.db.applied_position < self.journal.durable_position:
+                    # An idle stream: apply what a backup of this member held back.
+                    self._catch_up(sock)
                 self.primary_end = wire.decode_u64(f.payload)
                 if self.primary is None:
                     self.primary = name
@@ -1074,7 +1100,7 @@ class CopyLink:
                     self._note(
                         "link", f"connected to {name} (caught up at {self.journal.end_position})"
                     )
-                self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
+                self._tell_applied(sock)
             elif f.type == wire.STATUS:
                 try:
                     st = json.loads(f.payload)
@@ -1144,11 +1170,31 @@ class CopyLink:
 
     # --- applying (dejournaling) ----------------------------------------------------------
 
+    def _catch_up(self, sock) -> None:
+        """Apply the durable frames dejournaling left behind (a backup window held it
+        back), from this member's own journal."""
+        self.stats["applied_records"] += self.db.apply_from_journal()
+        if self.ack_code == wire.ACK_APPLIED:
+            self._send(sock, wire.ACK, wire.encode_ack(self.db.applied_position, wire.ACK_APPLIED))
+
     def _apply(self, chunks) -> None:
         """Apply durable chunks to the database, in order, on the link's own thread,
         right after their ACK went out: the primary is busy with the ack meanwhile,
         and a separate applier thread would only fight this one for the GIL when
-        the next frame arrives. At ack level `applied` the ACK follows the apply."""
+        the next frame arrives. At ack level `applied` the ACK follows the apply.
+
+        This thread never waits for a backup of this member: inside a backup window
+        the apply stops at a frame boundary once the dirty blocks reach the soft
+        limit (`apply_frames(yield_to_backup=True)`). Everything not applied is
+        durable in the journal; the next batch, or the next heartbeat of an idle
+        stream, first applies it from there (`apply_from_journal`), in order, and
+        these chunks only then (they may have been applied from the journal too)."""
+        db = self.db
+        first = chunks[0][0]
+        if db.applied_position < first:
+            self.stats["applied_records"] += db.apply_from_journal(first)
+            if db.applied_position < first:
+                return  # still held back: these chunks are in the journal as well
         codec = self.codec
         frames = []
         for start, data in chunks:
@@ -1158,7 +1204,7 @@ class CopyLink:
                 frames.append((start + off, codec.decode_records(raw, header.count)))
                 off = nxt
         end = chunks[-1][0] + len(chunks[-1][1])
-        self.stats["applied_records"] += self.db.apply_frames(frames, end)
+        self.stats["applied_records"] += db.apply_frames(frames, end, yield_to_backup=True)
 
     def wait_applied(self, position: int, timeout_s: float) -> bool:
         """Tests and tools: wait until the database has applied up to `position`."""

@@ -549,6 +549,55 @@ class ClientListener:
             raise IrisrepError("this member cannot be promoted (not a mirror member)")
         return fn(reason="promoted by an operator")
 
+    def _op_backup_create(self, session, req):
+        """(out_dir, incremental) -> JSON text of the new backup's header (admin): an
+        online backup of this member's database into `out_dir` on the member's host,
+        taken in this process while it runs (backup.create_backup). `out_dir` must be
+        an absolute path of at most BACKUP_OUT_DIR_CHARS_MAX characters."""
+        import os
+
+        from .backup import create_backup
+        from .constants import BACKUP_OUT_DIR_CHARS_MAX
+
+        _arity(req, 2)
+        out_dir = _str(req[1], "out_dir")
+        incremental = _bool(req[2], "incremental")
+        if len(out_dir) > BACKUP_OUT_DIR_CHARS_MAX:
+            raise _BadRequest(f"out_dir is longer than {BACKUP_OUT_DIR_CHARS_MAX} characters")
+        if not out_dir or "\0" in out_dir or not os.path.isabs(out_dir):
+            raise errors.BackupError(
+                f"out_dir {out_dir[:200]!r}: give an absolute path on the member's host"
+            )
+        fn = getattr(self.host, "backup_create", None)
+        try:
+            if fn is not None:
+                info = fn(out_dir, incremental)
+            else:
+                info = create_backup(self.host.database, out_dir, incremental=incremental)
+        except OSError as e:  # the member's file system said no: a reply, not a bug
+            raise errors.BackupError(
+                f"{e.filename or out_dir}: {e.strerror or e} (on the member's host)"
+            ) from None
+        return json.dumps(info.as_dict(), sort_keys=True)
+
+    def _op_journal_purge(self, session, req):
+        """(dry_run, older_than_days) -> JSON text of the purge decision (admin): which
+        journal files go (or would go) and why each other one stays (purge.py)."""
+        _arity(req, 2)
+        dry_run = _bool(req[1], "dry_run")
+        days = req[2]
+        if type(days) not in (int, float):
+            raise _BadRequest(f"older_than_days must be a number, not {type(days).__name__}")
+        fn = getattr(self.host, "journal_purge", None)
+        try:
+            if fn is not None:
+                decision = fn(dry_run=dry_run, older_than_days=days)
+            else:
+                decision = self.host.database.journal_purge(older_than_days=days, dry_run=dry_run)
+        except OSError as e:
+            raise errors.JournalPurgeError(f"{e.filename or ''}: {e.strerror or e}") from None
+        return json.dumps(decision.as_dict(), sort_keys=True)
+
     def _op_globals(self, session, req):
         _arity(req, 0)
         return self.host.database.global_names()

@@ -1,0 +1,223 @@
+"""Online backups of a running mirror member (issue 8 item 1, "prefer the backup").
+
+First the rule that makes a backup of a copy safe: inside a backup window the
+copy's dejournaling stops at a frame boundary instead of waiting for the window
+(its link would otherwise stop acknowledging the primary), the file stays the
+checkpoint's image, and everything is applied from the copy's own journal after.
+
+Then with real processes (`irisrep up`): a writer commits on the primary (single
+SETs and transactions) while `irisrep backup create --dir D` picks the Active backup
+member and backs it up in its own process, then an incremental of it; the backups
+restore (`irisrep restore`, the journal from the member's journal directory) to
+exactly the primary's committed state at the backup's end position (read from the
+primary's own journal, open transactions left out) and, after the writer stops, to
+the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from mirrorkit import cli, dump, ps_rows, wait_for
+
+import irisrep
+from irisrep import replay
+from irisrep.backup import F_MARKER, F_MIRROR_COPY, create_backup
+from irisrep.blockstore import BlockStore
+from irisrep.constants import BACKUPS_FILE_NAME
+from irisrep.deploy import credentials, load
+from irisrep.fileio import RealFS
+from irisrep.journal import read_stream
+
+# --- the copy's apply yields to a backup window ------------------------------------------
+
+
+def test_copy_dejournaling_yields_to_a_backup_window(tmp_path):
+    with irisrep.open(tmp_path / "p") as prim:
+        g = prim.globals["k"]
+        for i in range(1500):
+            g[(i * 7919) % 1500] = os.urandom(500)  # one frame each, spread over leaves
+        end = prim.journal.durable_position
+        raw = prim.journal.read_raw(0, end, 1 << 30)
+        want = dump(prim)
+    copy = irisrep.open(tmp_path / "c", mirror_copy=True, pool_blocks=64)
+    try:
+        start, stop = copy.journal.append_frames(raw)
+        copy.journal.flush()
+        assert (start, stop) == (0, end)
+        frames = [(pos, recs) for pos, _h, recs in copy.journal.read(from_position=0)]
+        with copy.backup_window() as point:
+            t0 = time.monotonic()
+            copy.apply_frames(frames, end, yield_to_backup=True)  # returns, never waits
+            assert time.monotonic() - t0 < 5
+            stopped = copy.applied_position
+            assert 0 < stopped < end and stopped in {p for p, _r in frames}
+            assert copy._dirty_count() <= copy.dirty_hard_limit
+            assert copy.apply_from_journal() == 0 and copy.applied_position == stopped
+            # the file is still the image of the checkpoint the window opened on
+            store = BlockStore(copy.fs, copy.file_path)
+            try:
+                assert (store.checkpoint, store.generation) == (point.checkpoint, point.generation)
+            finally:
+                store.close()
+        assert copy.apply_from_journal() > 0
+        assert copy.applied_position == end
+        assert dump(copy) == want
+    finally:
+        copy.close()
+    with irisrep.open(tmp_path / "c", mirror_copy=True) as again:  # recovers the same
+        assert dump(again) == want
+
+
+def test_backup_of_a_copy_is_recorded_and_marks_nothing(tmp_path):
+    with irisrep.open(tmp_path / "p") as prim:
+        for i in range(300):
+            prim.globals["k"][i] = i
+        raw = prim.journal.read_raw(0, prim.journal.durable_position, 1 << 30)
+    with irisrep.open(tmp_path / "c", mirror_copy=True) as copy:
+        copy.journal.append_frames(raw)
+        copy.journal.flush()
+        copy.apply_from_journal()
+        end = copy.journal.end_position
+        info = create_backup(copy, tmp_path / "bk")
+        assert info.flags == F_MIRROR_COPY and copy.journal.end_position == end
+        rec = json.loads((tmp_path / "c" / BACKUPS_FILE_NAME).read_text())["backups"]
+        assert [r["name"] for r in rec] == [info.name]
+        assert rec[0]["journal_start"] == info.journal_start
+
+
+# --- a running mirror ----------------------------------------------------------------------
+
+
+class _Writer(threading.Thread):
+    """Commits on the primary until stopped: ^w(i) alone, every fifth i a transaction
+    setting ^t(i, 0..2)."""
+
+    def __init__(self, addresses, user, password):
+        super().__init__(daemon=True)
+        self.conn = irisrep.connect(addresses, user=user, password=password)
+        self.stop = threading.Event()
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def run(self):
+        w, t = self.conn.globals["w"], self.conn.globals["t"]
+        try:
+            while not self.stop.is_set():
+                i = self.count
+                if i % 5 == 0:
+                    with self.conn.transaction():
+                        for j in range(3):
+                            t[i, j] = f"{i}.{j}"
+                else:
+                    w[i] = os.urandom(64)
+                self.count += 1
+        except BaseException as e:  # reported by the test
+            self.error = e
+        finally:
+            self.conn.close()
+
+
+def committed_at(data_dir, position=None) -> dict:
+    """The committed state of the primary at `position` (default: its end), from its
+    own journal: SETs outside transactions, and those of transactions whose TCOMMIT
+    lies before it (the others are what a restore there rolls back)."""
+    state: dict[bytes, bytes] = {}
+    open_txns: dict[int, list] = {}
+    for _pos, _h, records in read_stream(RealFS(), str(data_dir / "journal"), to_position=position):
+        for r in records:
+            kind, txn = r[0], r[3]
+            if kind == replay.TSTART:
+                open_txns[txn] = []
+            elif kind == replay.TCOMMIT:
+                for k, v in open_txns.pop(txn):
+                    state[k] = v
+            elif kind == replay.TROLLBACK:
+                open_txns.pop(txn, None)
+            elif kind == replay.SET:
+                (open_txns[txn].append if txn else lambda kv: state.__setitem__(*kv))(
+                    (bytes(r[4]), bytes(r[5]))
+                )
+            else:
+                assert kind == replay.MARKER, f"unexpected record {kind}"
+    return state
+
+
+def restored_state(path) -> dict:
+    with irisrep.open(path, create=False) as db:
+        return dict(dump(db))
+
+
+def test_backup_of_the_running_backup_member_restores_exactly(tmp_path):
+    d = str(tmp_path / "m")
+    cli("up", "--dir", d, "--qos-ms", "1000")
+    try:
+        dep = load(tmp_path / "m")
+        members = {m["name"]: m for m in dep["members"]}
+        a_data = tmp_path / "m" / "A" / "data"
+        b_data = tmp_path / "m" / "B" / "data"
+        user, password = credentials(tmp_path / "m")
+        writer = _Writer([members["A"]["client_address"]], user, password)
+        writer.start()
+        wait_for(lambda: writer.count > 300 or writer.error, 30, "writes")
+        out = tmp_path / "bk"
+        p = cli("backup", "create", "--dir", d, "--out", str(out), "--json")
+        assert "backing up B: B is the Active backup of A" in p.stderr
+        full = json.loads(p.stdout)
+        assert full["flags"] & F_MIRROR_COPY and not full["flags"] & F_MARKER
+        assert full["source"] == str(b_data) and full["kind"] == "full"
+        n = writer.count
+        wait_for(lambda: writer.count > n + 200 or writer.error, 30, "more writes")
+        p = cli(
+            "backup",
+            "create",
+            "--member",
+            "B",
+            "--dir",
+            d,
+            "--out",
+            str(out),
+            "--incremental",
+            "--json",
+        )
+        inc = json.loads(p.stdout)
+        assert inc["kind"] == "incremental" and inc["parent_name"] == full["name"]
+        wait_for(lambda: writer.count > n + 400 or writer.error, 30, "more writes")
+        writer.stop.set()
+        writer.join(30)
+        assert writer.error is None, writer.error
+        # B stayed the Active backup throughout (the backups never held its acks up).
+        rows = ps_rows(d)
+        assert rows["A"]["active_backup"] == "B"
+        # B recorded its backups for its journal purge.
+        recs = json.loads((b_data / BACKUPS_FILE_NAME).read_text())["backups"]
+        assert [r["name"] for r in recs] == [full["name"], inc["name"]]
+
+        # To the incremental's end position, with B's journal: exactly what A had
+        # committed there.
+        e = inc["journal_end"]
+        files = [full["path"], inc["path"]]
+        cli("restore", *files, "--target", str(tmp_path / "r1"), "--journal", str(b_data),
+            "--until-position", str(e))  # fmt: skip
+        want = committed_at(a_data, e)
+        assert len(want) > 300
+        assert restored_state(tmp_path / "r1") == want
+
+        # To the end, once B has everything A wrote.
+        wait_for(lambda: ps_rows(d)["B"]["lag"] == "caught up", 30, "B to catch up")
+        p = cli("restore", *files, "--target", str(tmp_path / "r2"), "--journal", str(b_data),
+                "--json")  # fmt: skip
+        assert json.loads(p.stdout)["integrity"] == "ok"
+        final = committed_at(a_data)
+        assert len(final) > len(want)
+        assert restored_state(tmp_path / "r2") == final
+
+        # The purge on the primary says why it keeps what it keeps (a dry run).
+        p = cli("journal", "purge", "--member", "A", "--dir", d, "--dry-run", "--days", "0")
+        assert p.stdout.startswith("would remove") and "the current file" in p.stdout
+        assert "no backup recorded" in p.stdout  # the backups are B's
+    finally:
+        cli("down", "--dir", d, check=False)
