@@ -151,7 +151,7 @@ def restored_state(path) -> dict:
         return dict(dump(db))
 
 
-def test_backup_of_the_running_backup_member_restores_exactly(tmp_path):
+def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypatch):
     d = str(tmp_path / "m")
     cli("up", "--dir", d, "--qos-ms", "1000")
     try:
@@ -164,7 +164,10 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path):
         writer.start()
         wait_for(lambda: writer.count > 300 or writer.error, 30, "writes")
         out = tmp_path / "bk"
-        p = cli("backup", "create", "--dir", d, "--out", str(out), "--json")
+        # No PATH, --member or --dir: the deployment of $IRISREP_DIR, as every command.
+        monkeypatch.setenv("IRISREP_DIR", d)
+        p = cli("backup", "create", "--out", str(out), "--json")
+        monkeypatch.delenv("IRISREP_DIR")
         assert "backing up B: B is the Active backup of A" in p.stderr
         full = json.loads(p.stdout)
         assert full["flags"] & F_MIRROR_COPY and not full["flags"] & F_MARKER

@@ -476,7 +476,14 @@ def backup_create(path, out_dir, incremental, member, dir_, as_json) -> None:
     if path is not None and (member is not None or dir_ is not None):
         raise click.UsageError("give PATH, or --member M / --dir D (not both)")
     if path is None and member is None and dir_ is None:
-        raise click.UsageError("give PATH, --member M or --dir D")
+        # As every deployment command: $IRISREP_DIR, else ./irisrep-mirror, if there.
+        from .deploy import DEPLOY_FILE, deploy_dir
+
+        if not (deploy_dir(None) / DEPLOY_FILE).exists():
+            raise click.UsageError(
+                f"give PATH, --member M or --dir D (no deployment in {deploy_dir(None)})"
+            )
+        dir_ = str(deploy_dir(None))
     cm, total, advance = _bar("backup", as_json)
     with _backup_errors():
         if path is None:
