@@ -153,7 +153,7 @@ def restored_state(path) -> dict:
 
 def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypatch):
     d = str(tmp_path / "m")
-    cli("up", "--dir", d, "--qos-ms", "1000")
+    cli("up", "--dir", d, "--qos-ms", "2000")
     try:
         dep = load(tmp_path / "m")
         members = {m["name"]: m for m in dep["members"]}

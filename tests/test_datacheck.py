@@ -460,7 +460,7 @@ def test_random_range_requests_never_hit_a_bug(served, caplog):
 @pytest.fixture
 def mirror(tmp_path):
     d = str(tmp_path / "m")
-    cli("up", "--dir", d, "--qos-ms", "300", "--no-arbiter")
+    cli("up", "--dir", d, "--qos-ms", "2000", "--no-arbiter")
     yield d
     cli("down", "--dir", d, check=False)
 

@@ -36,7 +36,7 @@ CTRL_A, CTRL_C, BACKSPACE = "\x01", "\x03", "\x7f"
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("pty") / "m")
-    cli("up", "--dir", d, "--qos-ms", "300")
+    cli("up", "--dir", d, "--qos-ms", "2000")
     yield d
     cli("down", "--dir", d, check=False)
 
