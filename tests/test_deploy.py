@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -235,3 +236,33 @@ def test_promote_a_dr_async_by_hand(mirror):
     assert "C1 is primary in epoch" in p.stdout
     run("session", "--dir", d, "C1", "-c", "Set ^dr=2")
     assert run("session", "--dir", d, "C1", "-c", "Write ^dr").stdout.strip() == "2"
+
+
+def test_two_ups_at_once_get_their_own_ports(tmp_path):
+    # Each `up` picks free ports and then starts members that bind them: two at once
+    # must not pick the same ones (a machine-wide lock covers pick and start).
+    from irisrep.deploy import down, up
+
+    done: dict = {}
+
+    def go(name):
+        try:
+            done[name] = up(tmp_path / name, qos_timeout_ms=2000)
+        except Exception as e:  # noqa: BLE001 - reported below
+            done[name] = e
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in ("x", "y")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert all(isinstance(d, dict) for d in done.values()), done
+        ports = [
+            {m[k] for m in done[n]["members"] for k in ("mirror_address", "client_address")}
+            for n in ("x", "y")
+        ]
+        assert not ports[0] & ports[1]
+    finally:
+        for n in ("x", "y"):
+            down(tmp_path / n)

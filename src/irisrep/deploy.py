@@ -43,6 +43,7 @@ USER_NAME = "admin"
 BASE_PORT_DEFAULT = 7100
 QOS_TIMEOUT_LOCAL_MS = 2000  # a local mirror: members share one machine
 UP_TIMEOUT_S = 60.0
+DEPLOY_PORTS_LOCK_NAME = "irisrep-up-ports.lock"  # in the system's temp directory
 
 
 class DeployError(Exception):
@@ -124,6 +125,51 @@ def up(
     `asyncs` DR asyncs and (unless `arbiter=False`) an arbiter; return the deployment
     once the backup is Active."""
     say = progress or (lambda _msg: None)
+    # Two `irisrep up` at once on one machine could pick the same free ports before
+    # either binds them: the pick and the start run under one machine-wide lock,
+    # held until the members listen (their backup is Active).
+    with _ports_lock():
+        return _up(
+            dirpath,
+            say,
+            asyncs=asyncs,
+            base_port=base_port,
+            qos_timeout_ms=qos_timeout_ms,
+            ack_level=ack_level,
+            timeout_s=timeout_s,
+            addresses=addresses,
+            arbiter=arbiter,
+            arbiter_host=arbiter_host,
+        )
+
+
+@contextlib.contextmanager
+def _ports_lock():
+    import fcntl
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), DEPLOY_PORTS_LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _up(
+    dirpath: Path,
+    say,
+    *,
+    asyncs: int,
+    base_port: int | None,
+    qos_timeout_ms: int,
+    ack_level: str,
+    timeout_s: float,
+    addresses: list[str] | None,
+    arbiter: bool,
+    arbiter_host: str,
+) -> dict:
     if (dirpath / DEPLOY_FILE).exists():
         st = [s for s in agents(dirpath) if s.get("agent_running")]
         if st:
