@@ -44,3 +44,42 @@ def test_bench_script_runs(tmp_path, script):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not (BENCH / "bench_peers.py").is_file(), reason="no bench/bench_peers.py")
+def test_irisrep_bench_smoke(tmp_path):
+    """`irisrep bench --smoke`: irisrep only (no peers), every part of the comparison
+    run tiny: the table's points, failover, catch-up, the JSON (and the plot when
+    matplotlib is there)."""
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    env = dict(os.environ, IRISREP_BENCH_DIR=str(BENCH))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irisrep",
+            "bench",
+            "--smoke",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for name in ("irisrep-durable", "embedded-durable"):
+        rows = res["systems"][name]["median"]
+        assert {(r["workload"], r["clients"]) for r in rows} == {
+            (w, n) for w in ("one", "tx10") for n in (1, 2)
+        }
+        assert all(r["commits_s"] > 0 and r["p50_us"] > 0 for r in rows)
+    assert res["failover"]["irisrep"]["crash_takeover_s"]["n"] == 1
+    assert res["catchup"]["irisrep"]["active_s"] > 0
+    assert "postgres-on" not in res["systems"] and "redis" not in res["systems"]
+    assert "irisrep-durable" in proc.stdout

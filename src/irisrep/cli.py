@@ -1237,5 +1237,39 @@ def check_cmd(dir_, against, member, leaf_size, rechecks, as_json) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.command()
+@click.option("--clients", default=None, help="Client counts, e.g. 1,4,16,64 (the default).")
+@click.option("--seconds", type=float, default=None, help="Seconds per point (2).")
+@click.option("--repeat", type=int, default=None, help="Repeats; medians reported (3).")
+@click.option(
+    "--systems",
+    default=None,
+    help="Subset of irisrep-durable,irisrep-received,postgres-on,postgres-remote_write,redis.",
+)
+@click.option("--workloads", default=None, help="one,tx10 (the default) or one of them.")
+@click.option("--embedded/--no-embedded", default=True, help="Also the in-process primary.")
+@click.option("--failover-runs", type=int, default=None, help="Failover runs each (5; 0: none).")
+@click.option("--catchup-bytes", default=None, help="Journal/WAL a copy misses (1G; 0: none).")
+@click.option("--client-mode", type=click.Choice(["threads", "processes"]), default=None)
+@click.option("--install-peers", is_flag=True, help="apt-get install postgresql redis-server.")
+@click.option("--json", "json_path", default="irisrep-bench.json", show_default=True)
+@click.option("--plot", "plot_path", default="irisrep-bench.png", show_default=True)
+@click.option("--smoke", is_flag=True, help="Seconds long: irisrep only, no peers.")
+@click.option("--dir", "dir_", default=None, help="Parent of the scratch directory (.).")
+@click.option("--keep", is_flag=True, help="Keep the scratch directory.")
+def bench(**opts) -> None:
+    """Commit latency, throughput, failover and catch-up beside PostgreSQL and Redis.
+
+    Starts each system on 127.0.0.1 itself (a primary and one synchronous copy),
+    prints the table, writes the JSON and the plot (docs/bench.md).
+    """
+    from .benchcmd import BenchNotFound, argv_of, run
+
+    try:
+        sys.exit(run(argv_of(**opts)))
+    except BenchNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 if __name__ == "__main__":
     main()
