@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from irisrep.clientproto import (
     CLOSED,
     PROTOCOL_ERROR_REASONS,
+    MessageStream,
     ProtocolError,
     check_response,
     decode_value,
@@ -295,3 +296,84 @@ def test_random_frames_only_protocol_error(payload):
     finally:
         a.close()
         b.close()
+
+
+# --- MessageStream: the buffered form the client and the listener use ---------------------
+
+
+def test_stream_frames_arriving_together_come_out_one_by_one(pair):
+    a, b = pair
+    # Three frames in one send (a pipelining peer): one recv, three messages, in order.
+    a.sendall(encode_frame(("a",)) + encode_frame(("b", 1)) + encode_frame(("c", b"x" * 5000)))
+    s = MessageStream(b)
+    assert s.recv() == ("a",)
+    assert s.recv() == ("b", 1)
+    assert s.recv() == ("c", b"x" * 5000)
+    a.close()
+    assert s.recv() is CLOSED
+
+
+def test_stream_round_trip_and_large_frames(pair):
+    a, b = pair
+    sa, sb = MessageStream(a), MessageStream(b)
+    big = ("items", [("k" * 100, "v" * 1000)] * 300)  # several read chunks
+    t = threading.Thread(target=lambda: sa.send(big))
+    t.start()
+    assert sb.recv() == big
+    t.join()
+    sb.send(("ok", None))
+    assert sa.recv() == ("ok", None)
+
+
+def test_stream_length_refused_before_the_payload(pair):
+    a, b = pair
+    a.sendall(struct.pack("<I", CLIENT_FRAME_BYTES_MAX + 1))  # and nothing more
+    t = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        MessageStream(b).recv(frame_timeout_ms=5000)
+    assert info.value.reason == "length" and time.monotonic() - t < 1
+
+
+def test_stream_truncated_and_trickling(pair):
+    a, b = pair
+    a.sendall(struct.pack("<I", 10) + b"ab")
+    t = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        MessageStream(b).recv(frame_timeout_ms=200)
+    assert info.value.reason == "timeout" and time.monotonic() - t < 2
+    a2, b2 = socket.socketpair()
+    a2.sendall(b"\x05\x00")
+    a2.close()
+    with pytest.raises(ProtocolError, match="truncated"):
+        MessageStream(b2).recv()
+    b2.close()
+
+
+def test_stream_idle_deadline_then_still_usable(pair):
+    a, b = pair
+    s = MessageStream(b, steady_s=5.0)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        s.recv(idle_deadline=time.monotonic() + 0.1)
+    assert time.monotonic() - t < 2  # the deadline, not the steady timeout
+    # Nothing was lost or half-read: the next frame comes whole, with no deadline
+    # (waiting past the steady timeout is not an error then).
+    threading.Timer(0.3, lambda: a.sendall(encode_frame(("late",)))).start()
+    s2 = MessageStream(b, steady_s=0.1)
+    assert s2.recv() == ("late",)
+
+
+def test_stream_frame_whole_from_pieces(pair):
+    a, b = pair
+    frame = encode_frame(("ping", "x" * 50)) * 2
+
+    def trickle():
+        for i in range(len(frame)):
+            a.sendall(frame[i : i + 1])
+            time.sleep(0.001)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    s = MessageStream(b)
+    assert s.recv() == ("ping", "x" * 50) and s.recv() == ("ping", "x" * 50)
+    t.join()

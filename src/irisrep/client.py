@@ -35,6 +35,7 @@ from typing import Any
 from . import _core, errors
 from .clientproto import (
     CLOSED,
+    MessageStream,
     ProtocolError,
     check_response,
     encode_frame,
@@ -143,6 +144,7 @@ class Connection:
         self._follow = follow_primary
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._stream: MessageStream | None = None  # self._sock's buffered frames
         self._member: tuple[str, int] | None = None
         self._role: str | None = None
         self._generation = 0  # one more each time the connection breaks
@@ -281,6 +283,7 @@ class Connection:
 
     def _use(self, sock: socket.socket, addr: tuple[str, int], role: str) -> None:
         self._sock = sock
+        self._stream = MessageStream(sock)
         self._member = addr
         self._role = role
         self._tlevel = 0
@@ -291,6 +294,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+            self._stream = None
             self._generation += 1
             if self._tlevel:
                 self._lost_level = self._tlevel
@@ -341,15 +345,14 @@ class Connection:
         """Under the lock: one request on the current connection, its checked reply.
         A broken connection is dropped and raises ConnectionError (never retried: the
         request may have been carried out)."""
-        sock = self._sock
+        stream = self._stream
         timeout = self._request_timeout
         if timeout is not None:
             timeout = None if lock_timeout is None else timeout + lock_timeout
         try:
-            sock.settimeout(timeout)
-            sock.sendall(data)
+            stream.send_frame(data, timeout)
             deadline = None if timeout is None else time.monotonic() + timeout
-            resp = recv_message(sock, idle_deadline=deadline)
+            resp = stream.recv(idle_deadline=deadline)
             if resp is CLOSED:
                 raise ConnectionResetError("the member closed the connection")
             resp = check_response(resp)

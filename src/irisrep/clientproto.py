@@ -31,6 +31,7 @@ from .constants import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_FRAME_TIMEOUT_MS,
     CLIENT_INT_BYTES_MAX,
+    CLIENT_READ_CHUNK_BYTES,
     CLIENT_SEND_TIMEOUT_MS,
     CLIENT_VALUE_DEPTH_MAX,
     CLIENT_VALUE_ITEMS_MAX,
@@ -47,6 +48,7 @@ __all__ = [
     "recv_frame",
     "send_message",
     "recv_message",
+    "MessageStream",
     "check_response",
     "CLOSED",
     "ok",
@@ -317,6 +319,108 @@ def recv_message(
     if payload is None:
         return CLOSED
     return decode_value(payload)
+
+
+class MessageStream:
+    """One connection's frames through a buffer: the long-lived form of
+    `recv_message` / `send_message` that the client and the member's listener use.
+
+    Why: reading a frame as 1 + 3 + payload bytes, with a `settimeout` before each
+    call (each an ioctl, and a poll per read), cost about ten syscalls per request
+    and as many chances for the GIL to change hands (bench/profile_member.py). Here
+    the socket stays in one timeout mode at `steady_s` (changed only when a deadline
+    is nearer than that, which is rare), a read takes whatever has arrived (usually
+    the whole frame, often in one recv), and a send is one sendall: about four
+    syscalls per request in the steady state.
+
+    The same promises as the functions: the length is checked before the payload
+    is waited for; a frame must arrive whole within `frame_timeout_ms` of its first
+    byte; the idle deadline bounds only the wait for the first byte. The buffer holds
+    at most one frame (bounded by CLIENT_FRAME_BYTES_MAX) and one read chunk."""
+
+    __slots__ = ("sock", "_buf", "_timeout_s", "_steady_s")
+
+    def __init__(self, sock, *, steady_s: float = CLIENT_SEND_TIMEOUT_MS / 1000.0) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+        self._steady_s = steady_s
+        sock.settimeout(steady_s)
+        self._timeout_s = steady_s
+
+    def _set_timeout(self, t: float) -> None:
+        if t != self._timeout_s:
+            self.sock.settimeout(t)
+            self._timeout_s = t
+
+    def _read_more(self, deadline: float | None, boundary: bool) -> bool:
+        """One recv appended to the buffer; False on a clean close at a boundary."""
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if boundary and not self._buf:
+                        raise TimeoutError("no request before the deadline")
+                    raise ProtocolError(
+                        "timeout", f"{len(self._buf)} bytes of a frame before the deadline"
+                    )
+                if remaining < self._timeout_s:
+                    self._set_timeout(remaining)
+            elif self._timeout_s != self._steady_s:
+                self._set_timeout(self._steady_s)
+            try:
+                data = self.sock.recv(CLIENT_READ_CHUNK_BYTES)
+            except TimeoutError:
+                continue  # the deadline (if any) is looked at again above
+            except (ConnectionResetError, ConnectionAbortedError):
+                data = b""  # an abrupt close is a close
+            if not data:
+                if boundary and not self._buf:
+                    return False
+                raise ProtocolError(
+                    "truncated", f"connection closed after {len(self._buf)} bytes of a frame"
+                )
+            self._buf += data
+            return True
+
+    def recv_frame(
+        self, *, idle_deadline: float | None = None, frame_timeout_ms: int = CLIENT_FRAME_TIMEOUT_MS
+    ) -> bytes | None:
+        """The next frame's payload, or None when the peer closed between frames."""
+        buf = self._buf
+        if not buf and not self._read_more(idle_deadline, True):
+            return None
+        frame_deadline = time.monotonic() + frame_timeout_ms / 1000.0
+        while len(buf) < FRAME_HEADER_BYTES:
+            self._read_more(frame_deadline, False)
+        (length,) = _U32.unpack_from(buf)
+        if length > CLIENT_FRAME_BYTES_MAX:
+            raise ProtocolError(
+                "length", f"frame of {length} bytes: the most is {CLIENT_FRAME_BYTES_MAX}"
+            )
+        end = FRAME_HEADER_BYTES + length
+        while len(buf) < end:
+            self._read_more(frame_deadline, False)
+        payload = bytes(buf[FRAME_HEADER_BYTES:end])
+        del buf[:end]
+        return payload
+
+    def recv(
+        self, *, idle_deadline: float | None = None, frame_timeout_ms: int = CLIENT_FRAME_TIMEOUT_MS
+    ) -> object:
+        """The next frame decoded, or `CLOSED` when the peer closed between frames."""
+        payload = self.recv_frame(idle_deadline=idle_deadline, frame_timeout_ms=frame_timeout_ms)
+        if payload is None:
+            return CLOSED
+        return decode_value(payload)
+
+    def send_frame(self, data: bytes, timeout_s: float | None = None) -> None:
+        """Send one encoded frame whole (TimeoutError past timeout_s, default the
+        steady timeout)."""
+        self._set_timeout(self._steady_s if timeout_s is None else timeout_s)
+        self.sock.sendall(data)
+
+    def send(self, value: object, timeout_s: float | None = None) -> None:
+        self.send_frame(encode_frame(value), timeout_s)
 
 
 class _Closed:

@@ -248,6 +248,7 @@ CLIENT_INT_BYTES_MAX = 2048  # magnitude of an int on the wire (~4900 digits; va
 CLIENT_VALUE_ITEMS_MAX = 1 << 20  # values (containers included) decoded from one frame
 CLIENT_FRAME_TIMEOUT_MS = 10_000  # one frame, first byte to last, however it trickles
 CLIENT_SEND_TIMEOUT_MS = 10_000  # one response sent whole (a client that stops reading)
+CLIENT_READ_CHUNK_BYTES = 64 * 1024  # one recv of a connection's buffered reader
 CLIENT_REQUEST_TIMEOUT_S = 60.0  # irisrep.connect: default wait for one reply (plus a lock's)
 CLIENT_LOCK_WAIT_SLICE_MS = 1_000  # a long lock wait rechecks that its client is still there
 CLIENT_REFUSED_PENDING_MAX = 64  # refused connections kept open briefly so the refusal is read

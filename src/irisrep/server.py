@@ -46,10 +46,10 @@ from . import _core, datacheck, errors
 from .auth import parse_hash, verify_password
 from .clientproto import (
     CLOSED,
+    MessageStream,
     ProtocolError,
     err,
     ok,
-    recv_message,
     send_message,
 )
 from .constants import (
@@ -159,10 +159,11 @@ def _bool(v: object, what: str) -> bool:
 class _Session:
     """One client connection and the thread serving it."""
 
-    __slots__ = ("sock", "peer", "accepted", "logged_in", "user", "thread", "closed")
+    __slots__ = ("sock", "stream", "peer", "accepted", "logged_in", "user", "thread", "closed")
 
-    def __init__(self, sock: socket.socket, peer: Any) -> None:
+    def __init__(self, sock: socket.socket, peer: Any, send_timeout_ms: int) -> None:
         self.sock = sock
+        self.stream = MessageStream(sock, steady_s=send_timeout_ms / 1000.0)
         self.peer = peer
         self.accepted = time.monotonic()
         self.logged_in = False
@@ -281,7 +282,7 @@ class ClientListener:
 
     def _admit(self, conn: socket.socket, peer: Any) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = _Session(conn, peer)
+        session = _Session(conn, peer, self._send_timeout_ms)
         victim = None
         with self._lock:
             if len(self._sessions) >= self._connections_max:
@@ -390,7 +391,7 @@ class ClientListener:
 
     def _send(self, session: _Session, reply: tuple) -> bool:
         try:
-            send_message(session.sock, reply, timeout_ms=self._send_timeout_ms)
+            session.stream.send(reply)
         except ValueError as e:  # the reply cannot be encoded: say so instead
             fallback = err("IllegalValueError", f"<ILLEGAL VALUE> the reply cannot be sent: {e}")
             return self._send(session, fallback) if reply[0] == "ok" else False
@@ -400,12 +401,11 @@ class ClientListener:
         return True
 
     def _serve_requests(self, session: _Session) -> None:
-        sock = session.sock
         deadline: float | None = session.accepted + self._login_timeout
         while True:
             try:
-                req = recv_message(
-                    sock, idle_deadline=deadline, frame_timeout_ms=self._frame_timeout_ms
+                req = session.stream.recv(
+                    idle_deadline=deadline, frame_timeout_ms=self._frame_timeout_ms
                 )
             except TimeoutError:
                 log.warning(
