@@ -53,6 +53,10 @@ cdef class Node:
     cdef Py_ssize_t fp_n
     cdef Py_ssize_t fp_base         # 1 for internal nodes (keys[0] is -inf), 0 for leaves
     cdef bytes fp_prefix            # the common prefix of keys[fp_base:]
+    cdef Py_ssize_t fp_lcp          # its length
+    # A copy of it inside the node when short (most are): a search then reads no
+    # other object before the fingerprints (each one a likely cache miss).
+    cdef unsigned char fp_pfx[32]  # FP_PREFIX_INLINE in _btree.pxi
     cdef int fp_reads               # searches since the last change
     cdef Py_ssize_t fp_cap          # allocated slots in fp and fp_len
     cdef void _changed(self)
@@ -70,6 +74,14 @@ cdef class BTree:
     cdef public uint64_t mod_count  # bumped by every structural or value change
     cdef public bint closed         # set by Database.close(); every API call checks it
     cdef public bint protected      # a mirrored database on a non-primary: writes refused
+    # The leaf of the last set() and its key range [lo, hi) (None: unbounded), so that
+    # keys arriving in order skip the descent. Trusted only while the leaf is dirty
+    # (never evicted, never freed), the root and the tree's shape are unchanged.
+    cdef Node _hint
+    cdef bytes _hint_lo, _hint_hi
+    cdef uint32_t _hint_root
+    cdef uint64_t _hint_shape
+    cdef uint64_t _shape            # bumped by every split, merge, free and range kill
     cpdef object get(self, bytes key)
     cpdef object set(self, bytes key, bytes value, uint64_t position=*, bint want_old=*)
     cpdef object load_value(self, bytes stored)
@@ -79,6 +91,7 @@ cdef class BTree:
     cdef Node _new_node(self, int level)
     cdef void _free_node(self, Node node)
     cdef object _split(self, Node node, bint appending)
+    cdef int _split_up(self, Node leaf, bytes key, Py_ssize_t i) except -1
     cdef void _free_value(self, bytes stored)
     cdef void _free_subtree(self, uint32_t block_no)
     cdef bint _kill_range(self, Node node, bytes lo, bytes hi)

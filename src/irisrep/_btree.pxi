@@ -28,6 +28,7 @@ DEF OVERFLOW_REF_BYTES = 9      # tag + u32 first block + u32 total length
 DEF SPLIT_APPEND_PERCENT = 90   # left share of an in-order split (see _split)
 DEF FP_MIN_KEYS = 8             # smaller nodes search their keys directly
 DEF FP_READS_BEFORE_BUILD = 2   # a node written on every call never pays for a build
+DEF FP_PREFIX_INLINE = 32       # bytes of Node.fp_pfx (_btree.pxd)
 
 cdef Py_ssize_t INLINE_MAX = _INLINE_VALUE_BYTES_MAX
 cdef Py_ssize_t MERGE_MAX = _MERGE_FILL_BYTES_MAX
@@ -107,11 +108,13 @@ cdef Py_ssize_t _node_search(Node node, bytes key, bint right, int *exact=NULL):
     With `exact`, a left search also says whether keys[result] == key when the
     fingerprints alone decide it (1 equal, 0 not), else -1: the caller compares.
     """
-    cdef Py_ssize_t n = len(node.keys), lo, hi, mid, lcp, kl, base
+    cdef Py_ssize_t n, lo, hi, mid, lcp, kl, base
     cdef uint64_t kf
     cdef int c
     cdef const unsigned char *kp
+    cdef const unsigned char *pp
     if node.fp_n < 0:
+        n = len(node.keys)
         node.fp_reads += 1
         if n >= FP_MIN_KEYS and node.fp_reads >= FP_READS_BEFORE_BUILD:
             node._fp_build()
@@ -120,12 +123,20 @@ cdef Py_ssize_t _node_search(Node node, bytes key, bint right, int *exact=NULL):
     if node.fp_n < 0:
         return _bisect_right(node.keys, key) if right else _bisect_left(node.keys, key)
     base = node.fp_base
+    # Valid fingerprints cover keys[base:] exactly: no need to touch the list here.
+    n = node.fp_n + base
     if base == 1 and PyBytes_GET_SIZE(key) == 0:
         return 1 if right else 0             # the -inf key itself (never searched for)
-    lcp = PyBytes_GET_SIZE(node.fp_prefix)
+    lcp = node.fp_lcp
     kl = PyBytes_GET_SIZE(key)
     kp = <const unsigned char *>PyBytes_AS_STRING(key)
-    c = memcmp(kp, PyBytes_AS_STRING(node.fp_prefix), kl if kl < lcp else lcp)
+    # Not a conditional expression: some Cython versions assign the array itself to
+    # the temporary, which C refuses ("assignment to expression with array type").
+    if lcp <= FP_PREFIX_INLINE:
+        pp = &node.fp_pfx[0]
+    else:
+        pp = <const unsigned char *>PyBytes_AS_STRING(node.fp_prefix)
+    c = memcmp(kp, pp, kl if kl < lcp else lcp)
     if c < 0 or (c == 0 and kl < lcp):
         if exact != NULL:
             exact[0] = 0
@@ -342,6 +353,9 @@ cdef class Node:
                                       PyBytes_GET_SIZE(k) - lcp)
             self.fp_len[i] = <uint16_t>(PyBytes_GET_SIZE(k) - lcp)
         self.fp_prefix = first[:lcp]
+        self.fp_lcp = lcp
+        if lcp <= FP_PREFIX_INLINE:
+            memcpy(self.fp_pfx, a, lcp)
         self.fp_base = base
         self.fp_n = n
 
@@ -447,6 +461,7 @@ cdef class BTree:
     def init_empty(self):
         """Make the root an empty leaf (a new database); it is written at the next flush."""
         cdef Node node = Node(self.root, 0)
+        self._shape += 1
         self._touch_dirty(node)
 
     # --- the buffer pool -------------------------------------------------------------
@@ -520,6 +535,7 @@ cdef class BTree:
         return node
 
     cdef void _free_node(self, Node node):
+        self._shape += 1
         self.pool.pop(node.block_no, None)
         self.dirty.pop(node.block_no, None)
         node.dirty = False
@@ -639,16 +655,37 @@ cdef class BTree:
         full encoded value (read before its overflow chain is freed), which is the
         before-image the journal needs, found by the same descent.
         """
-        cdef list path = []
-        cdef Node node = self._get(self.root)
+        cdef Node node = self._hint
         cdef Py_ssize_t i
+        cdef int exact
         cdef bytes stored = self._store_value(value), old = None, old_stored
-        while node.level > 0:
-            i = _child_index(node, key)
-            path.append((node, i))
-            node = self._get(node.children[i])
-        i = _node_search(node, key, False)
-        if i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0:
+        cdef bytes lo = None, hi = None
+        # No path is kept on the way down (a list and a tuple per level, for the one
+        # insert in a hundred that splits): _split_up walks down again when needed.
+        if not (node is not None and node.dirty and self._hint_shape == self._shape
+                and self._hint_root == self.root
+                and (self._hint_lo is None or _cmp(self._hint_lo, key) <= 0)
+                and (self._hint_hi is None or _cmp(key, self._hint_hi) < 0)):
+            node = self._get(self.root)
+            while node.level > 0:
+                i = _child_index(node, key)
+                # Child i holds [keys[i], keys[i+1]); keys[0] stands for the parent's low.
+                if i > 0:
+                    lo = <bytes>node.keys[i]
+                if i + 1 < len(node.keys):
+                    hi = <bytes>node.keys[i + 1]
+                node = self._get(node.children[i])
+            self._hint = node
+            self._hint_lo = lo
+            self._hint_hi = hi
+            self._hint_root = self.root
+            self._hint_shape = self._shape
+        # The fingerprints usually decide equality without touching the key objects
+        # (on a random load the probe of keys[i] was the costliest cache miss here).
+        i = _node_search(node, key, False, &exact)
+        if exact == -1:
+            exact = i < len(node.keys) and _cmp(<bytes>node.keys[i], key) == 0
+        if exact:
             old_stored = <bytes>node.vals[i]
             node.vals[i] = stored
             node.nbytes += PyBytes_GET_SIZE(stored) - PyBytes_GET_SIZE(old_stored)
@@ -663,7 +700,27 @@ cdef class BTree:
         node.position = position
         self._touch_dirty(node)
         self.mod_count += 1
-        # Split upwards while a node no longer fits its block.
+        if node.nbytes > IR_BLOCK_PAYLOAD_MAX:
+            self._split_up(node, key, i)
+        return old
+
+    cdef int _split_up(self, Node leaf, bytes key, Py_ssize_t i) except -1:
+        """Split upwards from leaf (key just went in at index i) while a node no
+        longer fits its block.
+
+        The path is found by a second descent: only the leaf changed since the first
+        one, so the same key leads to the same children (a dirty node is never
+        evicted, so it is the same leaf object).
+        """
+        cdef list path = []
+        cdef Node node = self._get(self.root)
+        cdef Py_ssize_t j
+        while node.level > 0:
+            j = _child_index(node, key)
+            path.append((node, j))
+            node = self._get(node.children[j])
+        if node is not leaf:
+            raise RuntimeError("B+tree descent changed during an insert")
         while node.nbytes > IR_BLOCK_PAYLOAD_MAX:
             sep, right = self._split(node, i == len(node.keys) - 1)
             if path:
@@ -684,7 +741,7 @@ cdef class BTree:
                 _untrack(<Node>new_root)
                 self.root = (<Node>new_root).block_no
                 break
-        return old
+        return 0
 
     cdef object _split(self, Node node, bint appending):
         """Move the upper half (by bytes) of node into a new right sibling.
@@ -698,6 +755,7 @@ cdef class BTree:
                                 else node.nbytes // 2)
         cdef Node right = self._new_node(node.level)
         cdef bytes sep
+        self._shape += 1
         for i in range(n):
             sz = ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[i])
             if node.level == 0:
@@ -738,7 +796,9 @@ cdef class BTree:
     def kill_range(self, bytes lo, bytes hi):
         """Remove every key k with lo <= k < hi; freed blocks go to the free list."""
         cdef Node root = self._get(self.root)
-        cdef bint changed = self._kill_range(root, lo, hi)
+        cdef bint changed
+        self._shape += 1
+        changed = self._kill_range(root, lo, hi)
         cdef Node child
         if changed:
             self.mod_count += 1
@@ -845,6 +905,7 @@ cdef class BTree:
             if right.position > left.position:
                 left.position = right.position
             left._changed()
+            self._shape += 1
             self._touch_dirty(left)
             self._free_node(right)
             parent.nbytes -= ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)

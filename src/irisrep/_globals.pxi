@@ -8,6 +8,12 @@
 from irisrep.errors import ProtectError as _ProtectError, UndefinedError as _UndefinedError
 
 
+cdef inline object _tl_attr(dict d, object st, str name):
+    """st.name for a threading.local st whose own dict is d (a plain attribute)."""
+    cdef object v = d.get(name)
+    return getattr(st, name) if v is None else v
+
+
 cdef class GlobalCore:
     """Base of irisrep.database.Global; see there for the whole API."""
 
@@ -23,6 +29,7 @@ cdef class GlobalCore:
         self._clog = db.committer
         self._txn = db._txn
         self.db_id = db.db_id
+        self._db_id_obj = db.db_id
         self._sync_mode = db.commit_mode == "sync"
         self._journaling = db.journaling
 
@@ -78,9 +85,13 @@ cdef class GlobalCore:
         # Both encodings first: a bad subscript or value raises before any change.
         cdef bytes key = kc_encode_key(self.prefix, <tuple>subs)
         cdef bytes encoded = kc_encode_value(value)
-        cdef object old, st, rec
-        cdef object ticket
-        cdef int level
+        cdef object old, st, recs
+        cdef dict d
+        cdef bytes before
+        cdef long long ticket = 0
+        cdef uint64_t txn
+        cdef int level, flags
+        cdef bint journal
         self._acquire()
         try:
             if self.tree.closed:
@@ -89,19 +100,30 @@ cdef class GlobalCore:
                 raise _ProtectError(f"<PROTECT> {format_reference(self.name, subs)}: this "
                                     f"database is read-only here (not the primary)")
             st = self._txn
-            level = st.level
+            # One thread-local lookup instead of three: its own dict, then the
+            # attributes from it (the class's default when not set in this thread).
+            d = st.__dict__
+            level = _tl_attr(d, st, "level")
+            journal = level or self._journaling
             # The before-image (rule 5) comes back from the same descent that sets.
-            old = self.tree.set(key, encoded, 0, level or self._journaling)
+            old = self.tree.set(key, encoded, 0, journal)
             # Journaled in apply order while the lock is held (a plain 7-tuple record,
             # docs/journal-format.md); synced after it is released, so concurrent
             # committers share one fdatasync. In a transaction, TCOMMIT syncs.
-            ticket = 0
-            if level or self._journaling:
-                rec = (1, 0 if old is None else 1, self.db_id, st.txn if level else 0,
-                       key, encoded, b"" if old is None else old)
-                ticket = self._clog.log1(rec)
+            if journal:
+                # Encoded straight into the committer's pending payload (and, in a
+                # transaction, into its record list for TROLLBACK): no record object.
+                before = b"" if old is None else <bytes>old
+                flags = 0 if old is None else 1
+                txn = _tl_attr(d, st, "txn") if level else 0
+                ticket = self._clog.log_set(flags, self.db_id, txn, key, encoded, before)
                 if level:
-                    st.records.append(rec)
+                    recs = _tl_attr(d, st, "records")
+                    if type(recs) is RecordList:
+                        (<RecordList>recs).put_set(flags, self.db_id, txn, key, encoded,
+                                                   before)
+                    else:
+                        recs.append((1, flags, self._db_id_obj, txn, key, encoded, before))
                     ticket = 0
                 elif not self._sync_mode:
                     ticket = 0
@@ -109,7 +131,14 @@ cdef class GlobalCore:
         finally:
             self._release()
         if ticket:
-            self._clog.sync(ticket)
+            (<object>self._clog).sync(ticket)
+
+    def __delitem__(self, subs):
+        """KILL: the node and all its descendants (no error when there is none)."""
+        # Here rather than in Global: a Python __delitem__ beside this class's
+        # __setitem__ would make every `g[k] = v` dispatch through the generic slot
+        # (a method lookup and an argument tuple per call).
+        self.kill(subs)
 
     def __contains__(self, subs):
         """True when the node has a value ($DATA 1 or 11)."""

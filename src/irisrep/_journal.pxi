@@ -14,12 +14,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.list cimport PyList_AsTuple, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLong, PyLong_FromUnsignedLong, PyLong_FromUnsignedLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.sequence cimport PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from cpython.tuple cimport PyTuple_SET_ITEM
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 import irisrep.journalcodec as _jc_codec
 
@@ -448,3 +448,298 @@ def parse_frame(buf, offset, expected_position):
                          <uint64_t>expected_position)
     finally:
         PyBuffer_Release(&view)
+
+
+# --- record logs: the commit path's records, encoded as they are logged -------------------
+
+from irisrep.constants import JOURNAL_GROUP_COMMIT_RECORDS_MAX as _JC_GROUP_MAX
+
+
+cdef int _jc_reserve(unsigned char** buf, Py_ssize_t* cap, Py_ssize_t need) except -1:
+    """Grow a PyMem buffer (doubling) to hold at least `need` bytes."""
+    cdef Py_ssize_t ncap
+    cdef unsigned char* nb
+    if need <= cap[0]:
+        return 0
+    ncap = cap[0] * 2 if cap[0] else 65536
+    while ncap < need:
+        ncap *= 2
+    nb = <unsigned char*>PyMem_Realloc(buf[0], ncap)
+    if nb == NULL:
+        raise MemoryError()
+    buf[0] = nb
+    cap[0] = ncap
+    return 0
+
+
+cdef inline Py_ssize_t _jc_rec_size(const _jc_rec* r) noexcept:
+    return <Py_ssize_t>JC_RECORD_HEADER_SIZE + r.key_len + r.value_len + r.before_len
+
+
+cdef inline bint _jc_set_rec(_jc_rec* r, int flags, uint32_t db_id, uint64_t txn, bytes key,
+                             bytes value, bytes before) noexcept:
+    """r as a SET record of these fields; False when a length is past its limit."""
+    if (PyBytes_GET_SIZE(key) > JC_KEY_MAX or PyBytes_GET_SIZE(value) > JC_RECORD_BYTES_MAX
+            or PyBytes_GET_SIZE(before) > JC_RECORD_BYTES_MAX):
+        return False
+    r.type = 1  # SET (docs/journal-format.md)
+    r.flags = <uint8_t>flags
+    r.db_id = db_id
+    r.txn = txn
+    r.key = PyBytes_AS_STRING(key)
+    r.key_len = <uint16_t>PyBytes_GET_SIZE(key)
+    r.value = PyBytes_AS_STRING(value)
+    r.value_len = <uint32_t>PyBytes_GET_SIZE(value)
+    r.before = PyBytes_AS_STRING(before)
+    r.before_len = <uint32_t>PyBytes_GET_SIZE(before)
+    return True
+
+
+cdef _jc_take_all(object records, _jc_rec** out, Py_ssize_t* count):
+    """Every record of `records` read (and checked) into a new C array, with what keeps
+    its bytes alive; raises the codec's precise error for a bad record, and the
+    journal's for one too big for any frame. The caller frees out[0]."""
+    cdef object seq = PyList_AsTuple(records) if type(records) is list else tuple(records)
+    cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i, size
+    cdef PyObject** items = PySequence_Fast_ITEMS(seq)
+    cdef list keep = [seq]
+    cdef object norm
+    cdef _jc_rec* recs = <_jc_rec*>PyMem_Malloc((n if n else 1) * sizeof(_jc_rec))
+    if recs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            if not _jc_take(items[i], &recs[i]):
+                norm = _jc_codec._normalize_record(i, <object>items[i])  # raises if bad
+                keep.append(norm)
+                if not _jc_take(<PyObject*>norm, &recs[i]):
+                    raise SystemError(f"record {i}: normalised record rejected: {norm!r}")
+            size = _jc_rec_size(&recs[i])
+            if size > JC_FRAME_BYTES_MAX:
+                raise ValueError(
+                    f"record {i} is {size} bytes encoded, more than a frame holds "
+                    f"(JOURNAL_FRAME_BYTES_MAX = {JOURNAL_FRAME_BYTES_MAX})")
+    except BaseException:
+        PyMem_Free(recs)
+        raise
+    out[0] = recs
+    count[0] = n
+    return keep
+
+
+cdef class CommitLog:
+    """Base of irisrep.commit.Committer: the records logged and not yet written.
+
+    A record is encoded into the open payload chunk the moment it is logged (one
+    memcpy, no Python object per record); a chunk is sealed at one frame's worth
+    (JOURNAL_GROUP_COMMIT_RECORDS_MAX records, JOURNAL_FRAME_BYTES_MAX bytes), so the
+    writer hands the journal ready payloads in apply order (`take`). Logging runs
+    under the database lock only; `take` runs under the committer's I/O lock: both
+    change the state with the GIL held and without any call that could run Python
+    code in between (no allocation of a collected object), so each is atomic.
+    """
+
+    def __cinit__(self):
+        self._buf = NULL
+        self._used = self._cap = self._nrec = 0
+        self._payloads = []
+        self._counts = []
+        self._group_max = _JC_GROUP_MAX
+        self._logged = 0
+        self._failure = None
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
+
+    cdef int _seal(self) except -1:
+        cdef bytes payload = PyBytes_FromStringAndSize(<char*>self._buf, self._used)
+        cdef object count = PyLong_FromLong(self._nrec)
+        self._used = 0
+        self._nrec = 0
+        self._payloads.append(payload)
+        self._counts.append(count)
+        return 0
+
+    cdef int _put(self, const void* rec) except -1:
+        cdef const _jc_rec* r = <const _jc_rec*>rec
+        cdef Py_ssize_t size = _jc_rec_size(r)
+        if self._nrec and (self._nrec >= self._group_max
+                           or self._used + size > JC_FRAME_BYTES_MAX):
+            self._seal()
+        _jc_reserve(&self._buf, &self._cap, self._used + size)
+        jc_put_record(self._buf + self._used, r.type, r.flags, r.db_id, r.txn, r.key,
+                      r.key_len, r.value, r.value_len, r.before, r.before_len)
+        self._used += size
+        self._nrec += 1
+        self._logged += 1
+        return 0
+
+    cdef long long log_set(self, int flags, uint32_t db_id, uint64_t txn, bytes key,
+                           bytes value, bytes before) except -1:
+        """log([(SET, flags, db_id, txn, key, value, before)]) from C."""
+        cdef _jc_rec r
+        if self._failure is not None:
+            raise (<object>self)._error()
+        if not _jc_set_rec(&r, flags, db_id, txn, key, value, before):
+            return self.log([(1, flags, db_id, txn, key, value, before)])  # its error
+        self._put(&r)
+        return self._logged
+
+    def log(self, records):
+        """Queue records (in apply order); returns the ticket to sync on.
+
+        Called under the database lock only. A record the journal cannot take is
+        fatal, as a failed write is (the change it stands for is already applied).
+        """
+        cdef _jc_rec* recs = NULL
+        cdef Py_ssize_t n = 0, i
+        if self._failure is not None:
+            raise (<object>self)._error()
+        try:
+            keep = _jc_take_all(records, &recs, &n)
+        except BaseException as exc:
+            (<object>self)._fail(exc)
+            raise
+        try:
+            for i in range(n):
+                self._put(&recs[i])
+        finally:
+            PyMem_Free(recs)
+        return self._logged
+
+    def log1(self, record):
+        """log([record]) without the list."""
+        return self.log((record,))
+
+    def take(self):
+        """([(payload, count)], records): everything logged so far, oldest first; the
+        log is empty after it."""
+        cdef list new_payloads = [], new_counts = []
+        cdef list payloads, counts
+        cdef object tail = None
+        cdef Py_ssize_t tail_n = 0, total = 0
+        # Objects the collector tracks are made first: past this point nothing can
+        # run Python code until the state is detached.
+        payloads = self._payloads
+        counts = self._counts
+        self._payloads = new_payloads
+        self._counts = new_counts
+        if self._nrec:
+            tail = PyBytes_FromStringAndSize(<char*>self._buf, self._used)
+            tail_n = self._nrec
+            self._used = 0
+            self._nrec = 0
+        out = [(p, c) for p, c in zip(payloads, counts)]
+        if tail is not None:
+            out.append((tail, tail_n))
+        for _p, c in out:
+            total += c
+        return out, total
+
+    @property
+    def pending_records(self):
+        """Records logged and not yet taken."""
+        return sum(self._counts) + self._nrec
+
+
+cdef class RecordList:
+    """A transaction's records, encoded back to back (see _globals.pxd)."""
+
+    def __cinit__(self, records=()):
+        self._buf = NULL
+        self._off = NULL
+        self._used = self._cap = self._n = self._ocap = 0
+
+    def __init__(self, records=()):
+        if records:
+            self.extend(records)
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
+        PyMem_Free(self._off)
+
+    cdef int _put(self, const void* rec) except -1:
+        cdef const _jc_rec* r = <const _jc_rec*>rec
+        cdef Py_ssize_t size = _jc_rec_size(r)
+        cdef Py_ssize_t* noff
+        if self._n >= self._ocap:
+            noff = <Py_ssize_t*>PyMem_Realloc(
+                self._off, (self._ocap * 2 if self._ocap else 1024) * sizeof(Py_ssize_t))
+            if noff == NULL:
+                raise MemoryError()
+            self._off = noff
+            self._ocap = self._ocap * 2 if self._ocap else 1024
+        _jc_reserve(&self._buf, &self._cap, self._used + size)
+        jc_put_record(self._buf + self._used, r.type, r.flags, r.db_id, r.txn, r.key,
+                      r.key_len, r.value, r.value_len, r.before, r.before_len)
+        self._off[self._n] = self._used
+        self._used += size
+        self._n += 1
+        return 0
+
+    cdef int put_set(self, int flags, uint32_t db_id, uint64_t txn, bytes key,
+                     bytes value, bytes before) except -1:
+        cdef _jc_rec r
+        if not _jc_set_rec(&r, flags, db_id, txn, key, value, before):
+            self.extend([(1, flags, db_id, txn, key, value, before)])  # its error
+            return 0
+        return self._put(&r)
+
+    def extend(self, records):
+        cdef _jc_rec* recs = NULL
+        cdef Py_ssize_t n = 0, i
+        keep = _jc_take_all(records, &recs, &n)
+        try:
+            for i in range(n):
+                self._put(&recs[i])
+        finally:
+            PyMem_Free(recs)
+
+    def append(self, record):
+        self.extend((record,))
+
+    def __len__(self):
+        return self._n
+
+    cdef _bounds(self, object idx, Py_ssize_t* a, Py_ssize_t* b):
+        cdef Py_ssize_t step
+        if not isinstance(idx, slice):
+            raise TypeError("RecordList indices must be slices")
+        a[0], b[0], step = idx.indices(self._n)
+        if step != 1:
+            raise ValueError("RecordList slices take no step")
+        if b[0] < a[0]:
+            b[0] = a[0]
+
+    def __getitem__(self, idx):
+        """The records of a slice, decoded (journalcodec.Record tuples)."""
+        cdef Py_ssize_t a = 0, b = 0, start, end
+        self._bounds(idx, &a, &b)
+        if a == b:
+            return []
+        start = self._off[a]
+        end = self._off[b] if b < self._n else self._used
+        return _jc_decode(self._buf + start, end - start, b - a)
+
+    def __delitem__(self, idx):
+        """Delete a slice (the undone tail of a partial TROLLBACK)."""
+        cdef Py_ssize_t a = 0, b = 0, start, end, i
+        self._bounds(idx, &a, &b)
+        if a == b:
+            return
+        start = self._off[a]
+        end = self._off[b] if b < self._n else self._used
+        memmove(self._buf + start, self._buf + end, self._used - end)
+        for i in range(b, self._n):
+            self._off[i - (b - a)] = self._off[i] - (end - start)
+        self._n -= b - a
+        self._used -= end - start
+
+    def __iter__(self):
+        return iter(self[:])
+
+    def __reversed__(self):
+        return reversed(self[:])
+
+    def __repr__(self):
+        return f"RecordList({self._n} records, {self._used} bytes)"

@@ -17,9 +17,11 @@ commit durable before it returns (DESIGN.md rule 1). Promises:
   first (DESIGN.md rule 1). The wait happens outside every lock, so the next group
   writes and syncs locally while this one waits for its acknowledgement.
 
-Concurrency: `log` runs under the database lock (one writer of `_logged`); the I/O
+Concurrency: `log` runs under the database lock (one writer of `_logged`) and
+encodes each record at once into the pending payload (`_core.CommitLog`); the I/O
 side takes `_io` (held over journal I/O, never while waiting for the database lock)
-and removes only a prefix of `_pending`; `_lock` guards the failure record.
+and `take()`s everything logged so far in one atomic step; `_lock` guards the
+failure record.
 """
 
 from __future__ import annotations
@@ -30,19 +32,23 @@ import threading
 import time
 
 from . import crashpoints
-from .constants import JOURNAL_GROUP_COMMIT_RECORDS_MAX
+from ._core import CommitLog
 from .errors import DurabilityError
 
 
-class Committer:
+class Committer(CommitLog):
+    """`log()`, `take()`, `_logged` and `_failure` live in the compiled base
+    (`_core.CommitLog`): records are encoded into journal payloads as they are logged,
+    and `Global.__setitem__` logs a SET with one C call and no record object."""
+
     def __init__(self, journal) -> None:
+        super().__init__()
         self.journal = journal
         self._lock = threading.Lock()
         self._waiters: list = []  # (ticket, seq, lock) of committers waiting for a group
         self._seq = itertools.count()
         self._leading = False  # a committer is writing and syncing a group
         self._io = threading.Lock()
-        self._pending: list = []
         self._logged = 0  # tickets: count of records logged so far
         self._written = 0  # records handed to the journal
         self._durable = 0  # records fdatasynced
@@ -56,41 +62,18 @@ class Committer:
     def logged(self) -> int:
         return self._logged
 
-    def log(self, records: list) -> int:
-        """Queue records (in apply order); returns the ticket to sync on.
-
-        Called under the database lock only, so `_logged` has one writer; the list
-        append is atomic under the GIL, and the I/O side only ever removes a prefix
-        of `_pending`, so no lock is needed here (this is the per-change hot path).
-        """
-        if self._failure is not None:
-            raise self._error()
-        self._pending.extend(records)
-        self._logged += len(records)
-        return self._logged
-
-    def log1(self, record) -> int:
-        """log([record]) without the list (the hot path of one SET)."""
-        if self._failure is not None:
-            raise self._error()
-        self._pending.append(record)
-        self._logged += 1
-        return self._logged
-
     def _error(self) -> DurabilityError:
         return DurabilityError(f"journal stopped after a failed write: {self._failure}")
 
     def _write_pending_locked_io(self) -> int:
         """With _io held: hand every pending record to the journal, in order."""
-        # Take a prefix: appends only ever add at the end, and `del` of a slice is one
-        # atomic step under the GIL, so records logged meanwhile stay for the next.
-        n = len(self._pending)
-        batch = self._pending[:n]
-        del self._pending[:n]
+        # take() detaches everything logged so far in one step (records logged
+        # meanwhile stay for the next group); the payloads are encoded already.
+        parts, n = self.take()
         upto = self._written + n
         try:
-            for i in range(0, len(batch), JOURNAL_GROUP_COMMIT_RECORDS_MAX):
-                self.journal.append(batch[i : i + JOURNAL_GROUP_COMMIT_RECORDS_MAX])
+            if parts:
+                self.journal.append_encoded(parts)
         except BaseException as exc:
             self._fail(exc)
             raise

@@ -132,11 +132,11 @@ class _TxnState(threading.local):
 
     level = 0
     txn = 0
-    records: list
+    records: _core.RecordList  # encoded (no tuple per record); slices decode them
     marks: list  # len(records) at each TSTART level, for partial rollback
 
     def __init__(self) -> None:
-        self.records = []
+        self.records = _core.RecordList()
         self.marks = []
 
 
@@ -1040,7 +1040,7 @@ class Database:
                 # fork this member's journal from the primary's stream.
                 self._check_writable("TSTART")
                 st.txn = next(self._txn_ids)
-                st.records = []
+                st.records = _core.RecordList()
                 st.marks = []
                 # No record of this transaction can lie before the journal's end now.
                 self._open_txns[st.txn] = self.journal.end_position
@@ -1064,7 +1064,7 @@ class Database:
                 del self._open_txns[st.txn]
                 self.txn_commit_count += 1
                 st.txn = 0
-                st.records = []
+                st.records = _core.RecordList()
         if st.level == 0:
             self.locks.end_hold(self._lock_owner())
             if self.commit_mode == "sync":
@@ -1172,7 +1172,8 @@ class Global(_core.GlobalCore):
     Subscripts are tuples (`g["a", 1]`), a scalar is one subscript, `()` is the
     global's own root node. IRIS collation: canonical numbers first in numeric
     order, then strings by code point; `1` and `"1"` are the same subscript.
-    `g[subs]`, `g[subs] = v`, `g.get()` and `in` live in `_core.GlobalCore`.
+    `g[subs]`, `g[subs] = v`, `del g[subs]`, `g.get()` and `in` live in
+    `_core.GlobalCore`.
     """
 
     __slots__ = ("_db", "_tree", "_lock", "_prefix", "_plen")
@@ -1215,9 +1216,8 @@ class Global(_core.GlobalCore):
 
     # --- kills -----------------------------------------------------------------------
 
-    def __delitem__(self, subs: Any) -> None:
-        """KILL: the node and all its descendants (no error when there is none)."""
-        self.kill(subs)
+    # `del g[subs]` is GlobalCore.__delitem__ (it calls kill): defined here, it would
+    # put every `g[subs] = v` through the generic slot dispatch.
 
     def kill(self, subs: Any = ()) -> None:
         """KILL: the node and its descendants; journaled with the killed subtree."""

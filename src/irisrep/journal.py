@@ -1047,7 +1047,9 @@ class Journal:
 
         Not durable until a flush()/commit() (the frame waits in memory and goes out
         with the next group's single write; see the module doc)."""
-        req = _Req(self._parts(records))
+        return self._append_req(_Req(self._parts(records)))
+
+    def _append_req(self, req) -> tuple[int, int]:
         with self._cv:
             self._check()
             start = self._end
@@ -1056,6 +1058,19 @@ class Journal:
         if big:
             self.flush(req.end)
         return start, req.end
+
+    def append_encoded(self, parts) -> tuple[int, int]:
+        """append() of records encoded already: `parts` is a list of (payload, count),
+        each payload `encode_records()` bytes of `count` records that fit one frame
+        (at most JOURNAL_GROUP_COMMIT_RECORDS_MAX records, JOURNAL_FRAME_BYTES_MAX
+        bytes). The commit path encodes its records as they are logged."""
+        for payload, count in parts:
+            if not (
+                0 < count <= JOURNAL_GROUP_COMMIT_RECORDS_MAX
+                and 0 < len(payload) <= JOURNAL_FRAME_BYTES_MAX
+            ):
+                raise ValueError(f"an encoded part of {count} records, {len(payload)} bytes")
+        return self._append_req(_Req([_Part(payload, count) for payload, count in parts]))
 
     def append_frames(self, data) -> tuple[int, int]:
         """Append frames exactly as another member's journal wrote them: (start, end).
