@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -130,8 +131,15 @@ def test_walkthrough_commands(mirror):
     # `events --follow` printed the takeover as it happened.
     followed = []
     deadline = time.monotonic() + 20
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(x) for x in follower.stdout], daemon=True
+    ).start()  # never block past the deadline on a line that does not come
     while time.monotonic() < deadline:
-        e = json.loads(follower.stdout.readline())
+        try:
+            e = json.loads(lines.get(timeout=max(0.01, deadline - time.monotonic())))
+        except queue.Empty:
+            break
         followed.append((e["member"], e["kind"], e["text"]))
         if any(m == "B" and k == "role" and "-> primary" in t for m, k, t in followed) and any(
             m == "A" and k == "started" and "as backup" in t for m, k, t in followed

@@ -739,8 +739,33 @@ def agent(config_path: str, control_path: str) -> None:
 )
 @click.option("--no-arbiter", is_flag=True, help="No arbiter: no failover on host loss.")
 @click.option("--arbiter-address", default="127.0.0.1", help="The arbiter's host address.")
-def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses, no_arbiter, arbiter_address) -> None:
-    """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup."""
+@click.option(
+    "--mirrors",
+    type=click.IntRange(1, 10),
+    default=1,
+    help="Mirrors MIRROR1.. (members named MIRROR<k>/A ...); default one mirror, MIRROR.",
+)
+@click.option(
+    "--reporting",
+    type=click.IntRange(0, 14),
+    default=0,
+    help="Reporting asyncs R1.. that follow every mirror.",
+)
+def up(
+    dir_,
+    asyncs,
+    base_port,
+    qos_ms,
+    ack_level,
+    addresses,
+    no_arbiter,
+    arbiter_address,
+    mirrors,
+    reporting,
+) -> None:
+    """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup.
+    With --mirrors N and/or --reporting R: N mirrors and R reporting asyncs following
+    all of them (docs/mirroring.md, "Reporting asyncs")."""
     from .deploy import deploy_dir
     from .deploy import up as deploy_up
 
@@ -756,6 +781,8 @@ def up(dir_, asyncs, base_port, qos_ms, ack_level, addresses, no_arbiter, arbite
         addresses=[a.strip() for a in addresses.split(",")] if addresses else None,
         arbiter=not no_arbiter,
         arbiter_host=arbiter_address,
+        mirrors=mirrors,
+        reporting=reporting,
     )
     console.print(
         f"mirror {dep['mirror']} is up in {d}: "
@@ -863,7 +890,50 @@ def _ps_view(rows: list[dict]):
         t.add_column({"role": "mirror role"}.get(col, col.replace("_", " ")))
     for r in rows:
         t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+        # An async that follows several mirrors: one sub-row per mirror.
+        followed = r.get("mirrors") or []
+        if len(followed) > 1:
+            for m in followed:
+                t.add_row(*_mirror_cells(m, cols))
     return Group(head, t)
+
+
+def _mirror_cells(m: dict, cols: tuple) -> list[str]:
+    lag = m.get("lag_bytes")
+    cells = {
+        "member": f"  └ {m['mirror']}",
+        "status": m.get("status", ""),
+        "journal_transfer": m.get("journal_transfer", ""),
+        "dejournaling": m.get("dejournaling", ""),
+        "lag": "-"
+        if lag is None
+        else "caught up"
+        if lag == 0
+        else f"{lag} bytes, {m.get('lag_s', 0.0):.1f} s",
+        "epoch": "" if m.get("epoch") is None else str(m["epoch"]),
+        "role": f"from {m.get('connected_to') or '-'}",
+    }
+    return [cells.get(c, "") for c in cols]
+
+
+@main.command()
+@_dir_option
+@click.argument("action", type=click.Choice(["pause", "resume"]))
+@click.argument("member")
+@click.option("--mirror", default=None, help="The mirror followed (default: the member's own).")
+def dejournal(dir_, action, member, mirror) -> None:
+    """Pause or resume dejournaling one mirror on an async MEMBER: the journal is
+    still received and acknowledged; applying it waits, and catches up on resume."""
+    from .deploy import dejournal as deploy_dejournal
+    from .deploy import deploy_dir
+
+    st = _deploy_call(deploy_dejournal, deploy_dir(dir_), member, action, mirror)
+    console.print(
+        f"{member} {st['mirror']}: dejournaling {st.get('dejournaling', '-')}, "
+        f"received {st.get('received')}, applied {st.get('applied')}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @main.command()

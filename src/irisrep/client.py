@@ -152,6 +152,7 @@ class Connection:
         self._lost_level = 0  # levels of a transaction lost with a broken connection
         self._lost_message = ""
         self._closed = False
+        self._database: str | None = None  # use_database(): chosen again on a reconnect
         self.globals = RemoteGlobals(self)
         with self._lock:
             self._discover()
@@ -287,6 +288,9 @@ class Connection:
         self._member = addr
         self._role = role
         self._tlevel = 0
+        if self._database is not None:
+            # A reconnect must not fall back silently to the member's own database.
+            self._call(sock, ("use_database", self._database), self._timeout)
 
     def _drop(self) -> None:
         """Under the lock: forget the connection (a transaction on it is lost)."""
@@ -403,6 +407,19 @@ class Connection:
     def status(self) -> dict:
         """The member's status (as `irisrep ps --json` shows it)."""
         return json.loads(self._request(("status",)))
+
+    def use_database(self, mirror: str | None) -> str | None:
+        """On a reporting async: read `mirror`'s copy with this connection's global
+        operations (None: the member's own database again); kept across reconnects.
+        Returns the mirror's name as configured."""
+        name = self._request(("use_database", mirror))
+        self._database = name if mirror is not None else None
+        return name
+
+    def dejournal(self, action: str, mirror: str | None = None) -> dict:
+        """Pause or resume (`action`) dejournaling `mirror` on the connected async
+        (None: its own mirror); that mirror's status afterwards."""
+        return json.loads(self._request(("dejournal", action, mirror), lock_timeout=None))
 
     def switchover(self) -> str:
         """Ask the primary for a planned failover to its Active backup; the new

@@ -11,6 +11,11 @@ The same mirror description (mirror name, member list, key) can be copied to eve
 member; only `member_name` (and the local directories) differ between them. This
 member's kind is the kind of its own entry in `members`.
 
+A reporting async (`async-reporting`) may follow other mirrors besides its own
+(`[[follow]]`: each one's name, failover members' mirror addresses and key), up to
+MIRRORS_FOLLOWED_MAX mirrors in all; any other kind is refused a `[[follow]]` (a DR
+async stays with the one mirror it may be promoted into).
+
 See docs/member-config.md for every key.
 """
 
@@ -54,6 +59,7 @@ from .constants import (
     MIRROR_FAILOVER_MEMBERS_COUNT,
     MIRROR_KEY_FILE_BYTES_MAX,
     MIRROR_MEMBERS_MAX,
+    MIRRORS_FOLLOWED_MAX,
     POOL_BLOCKS_MAX,
     PORT_MAX,
     PORT_MIN,
@@ -206,6 +212,22 @@ class TLSFiles:
 
 
 @dataclass(frozen=True)
+class FollowedMirror:
+    """Another mirror a reporting async follows (`[[follow]]`): its name, its
+    failover members as (name, mirror address) pairs (either may be primary; the
+    copy tries them in turn) and its key. This member's name is the same in every
+    mirror it follows: each one lists it as an `async-reporting` member."""
+
+    mirror_name: str
+    failover_members: tuple[tuple[str, Address], ...]
+    mirror_key: bytes = field(repr=False)
+    mirror_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _validate_follow(self, "follow")
+
+
+@dataclass(frozen=True)
 class MemberConfig:
     """A validated member configuration. Constructing one checks it as loading does
     (paths must then be absolute); it never touches the file system."""
@@ -229,9 +251,16 @@ class MemberConfig:
     journal_file_bytes: int = JOURNAL_FILE_BYTES  # size of each preallocated journal file
     # On a primary: a member disconnected longer than this stops holding journal files.
     journal_purge_member_limit_days: float = JOURNAL_PURGE_MEMBER_LIMIT_DAYS
+    # A reporting async: the other mirrors it follows (its own is mirror_name).
+    follow: tuple[FollowedMirror, ...] = ()
 
     def __post_init__(self) -> None:
         _validate_config(self)
+
+    @property
+    def mirrors_followed(self) -> tuple[str, ...]:
+        """Every mirror this member follows or belongs to: its own first."""
+        return (self.mirror_name, *(f.mirror_name for f in self.follow))
 
     @property
     def me(self) -> MirrorMember:
@@ -299,6 +328,20 @@ class MemberConfig:
             ]
             if m.agent_address is not None:
                 out.append(f"agent_address = {_toml_str(str(m.agent_address))}")
+        for f in self.follow:
+            out += ["\n[[follow]]", f"mirror_name = {_toml_str(f.mirror_name)}"]
+            if f.mirror_key_file is not None:
+                out.append(
+                    f"mirror_key_file = {_toml_path('follow.mirror_key_file', f.mirror_key_file)}"
+                )
+            else:
+                out.append(f"mirror_key = {_toml_str(f.mirror_key.hex())}")
+            out.append("failover_members = [")
+            for name, addr in f.failover_members:
+                out.append(
+                    f"  {{ name = {_toml_str(name)}, mirror_address = {_toml_str(str(addr))} }},"
+                )
+            out.append("]")
         for u in self.users:
             out += [
                 "\n[[users]]",
@@ -421,7 +464,12 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
         }
         users.append(_build(User, key, kw, local="user"))
 
+    follow = []
+    for i, item in enumerate(top.get("follow", list) or ()):
+        follow.append(_parse_follow(base, f"follow[{i}]", item))
+
     kw = {
+        "follow": tuple(follow),
         "mirror_name": mirror_name,
         "member_name": member_name,
         "members": tuple(members),
@@ -453,6 +501,53 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
     return _build(MemberConfig, "", kw)
 
 
+def _parse_follow(base: Path, key: str, item: object) -> FollowedMirror:
+    if not isinstance(item, dict):
+        raise _err(key, f"{_show(item)} is not a table; write each mirror as [[follow]]")
+    t = _Table(item, key)
+    t.check_keys(_FOLLOW_KEYS)
+    name = t.get("mirror_name", str, required=True)
+    key_text = t.get("mirror_key", str)
+    key_path = t.get("mirror_key_file", str)
+    if (key_text is None) == (key_path is None):
+        raise _err(
+            t.key("mirror_key"),
+            "set exactly one of mirror_key and mirror_key_file (that mirror's key)",
+        )
+    key_file = None
+    if key_path is not None:
+        key_file = _resolve(base, t.key("mirror_key_file"), key_path)
+        mirror_key = _decode_key(
+            t.key("mirror_key_file"),
+            _read_key_file(t.key("mirror_key_file"), key_file),
+            in_file=True,
+        )
+    else:
+        mirror_key = _decode_key(t.key("mirror_key"), key_text, in_file=False)
+    members = []
+    for j, m in enumerate(t.get("failover_members", list, required=True)):
+        mkey = f"{key}.failover_members[{j}]"
+        if not isinstance(m, dict):
+            raise _err(mkey, f"{_show(m)} is not a table {{ name = ..., mirror_address = ... }}")
+        mt = _Table(m, mkey)
+        mt.check_keys(("name", "mirror_address"))
+        mname = mt.get("name", str, required=True)
+        _check_name(mt.key("name"), mname)
+        addr = _check_address(
+            mt.key("mirror_address"), mt.get("mirror_address", str, required=True), routable=True
+        )
+        members.append((mname, addr))
+    kw = {
+        "mirror_name": name,
+        "failover_members": tuple(members),
+        "mirror_key": mirror_key,
+        "mirror_key_file": key_file,
+    }
+    return _build(FollowedMirror, key, kw, local="follow")
+
+
+_FOLLOW_KEYS = ("mirror_name", "failover_members", "mirror_key", "mirror_key_file")
+
 _TOP_KEYS = (
     "mirror_name",
     "member_name",
@@ -472,6 +567,7 @@ _TOP_KEYS = (
     "tls",
     "members",
     "users",
+    "follow",
 )
 _MEMBER_KEYS = ("name", "kind", "mirror_address", "client_address", "agent_address")
 _USER_KEYS = ("name", "password_hash")
@@ -628,6 +724,84 @@ def _validate_member(m: MirrorMember, key: str) -> None:
         )
 
 
+def _validate_follow(f: FollowedMirror, key: str) -> None:
+    _check_name(f"{key}.mirror_name", f.mirror_name)
+    members = f.failover_members
+    if isinstance(members, list):
+        members = tuple(members)
+    if not isinstance(members, tuple) or not all(
+        isinstance(m, tuple) and len(m) == 2 for m in members
+    ):
+        raise _err(f"{key}.failover_members", "expected a sequence of (name, address) pairs")
+    if len(members) != MIRROR_FAILOVER_MEMBERS_COUNT:
+        raise _err(
+            f"{key}.failover_members",
+            f"{len(members)} entries; list the mirror's {MIRROR_FAILOVER_MEMBERS_COUNT} "
+            "failover members (either may be its primary)",
+        )
+    out = []
+    for j, (name, addr) in enumerate(members):
+        _check_name(f"{key}.failover_members[{j}].name", name)
+        out.append(
+            (
+                name,
+                _check_address(f"{key}.failover_members[{j}].mirror_address", addr, routable=True),
+            )
+        )
+    if out[0][0].lower() == out[1][0].lower():
+        raise _err(f"{key}.failover_members[1].name", f"{_show(out[1][0])} is listed twice")
+    if (out[0][1].host.lower(), out[0][1].port) == (out[1][1].host.lower(), out[1][1].port):
+        raise _err(
+            f"{key}.failover_members[1].mirror_address",
+            f"{_show(str(out[1][1]))} is also failover_members[0].mirror_address",
+        )
+    _set(f, "failover_members", tuple(out))
+    if not isinstance(f.mirror_key, bytes) or len(f.mirror_key) < WIRE_KEY_BYTES_MIN:
+        raise _err(f"{key}.mirror_key", f"expected at least {WIRE_KEY_BYTES_MIN} bytes (bytes)")
+    if f.mirror_key_file is not None:
+        _set(f, "mirror_key_file", _check_abs_path(f"{key}.mirror_key_file", f.mirror_key_file))
+
+
+def _validate_followed(c: MemberConfig) -> None:
+    """Only a reporting async follows other mirrors: a DR async may be promoted into
+    its mirror, so it must hold that one mirror's data and nothing else (IRIS)."""
+    follow = c.follow
+    if isinstance(follow, list):
+        follow = tuple(follow)
+        _set(c, "follow", follow)
+    if not isinstance(follow, tuple) or not all(isinstance(f, FollowedMirror) for f in follow):
+        raise _err("follow", "expected a sequence of FollowedMirror")
+    if not follow:
+        return
+    if c.kind != "async-reporting":
+        why = (
+            "a DR async follows one mirror only (its own, into which it may be promoted)"
+            if c.kind == "async-dr"
+            else "a failover member belongs to its own mirror only"
+        )
+        raise _err(
+            "follow",
+            f"member {_show(c.member_name)} is {_show(c.kind)}: {why}; only an "
+            '"async-reporting" member may follow other mirrors',
+        )
+    if 1 + len(follow) > MIRRORS_FOLLOWED_MAX:
+        raise _err(
+            "follow",
+            f"{len(follow)} mirrors besides its own {_show(c.mirror_name)}; a reporting "
+            f"async follows at most {MIRRORS_FOLLOWED_MAX} mirrors in all",
+        )
+    seen = {c.mirror_name.lower(): "mirror_name"}
+    for i, f in enumerate(follow):
+        k = f.mirror_name.lower()
+        if k in seen:
+            raise _err(
+                f"follow[{i}].mirror_name",
+                f"{_show(f.mirror_name)} is also {seen[k]}; each mirror is followed once "
+                "(names compared ignoring case: each has its own directory)",
+            )
+        seen[k] = f"follow[{i}].mirror_name"
+
+
 def _validate_user(u: User, key: str) -> None:
     _check_name(f"{key}.name", u.name)
     try:
@@ -759,6 +933,7 @@ def _validate_config(c: MemberConfig) -> None:
                     f"members[{i}].agent_address",
                     f"{_show(str(m.agent_address))} is also {owners[k]}",
                 )
+    _validate_followed(c)
 
 
 def _check_name(key: str, value: object) -> None:
@@ -868,6 +1043,7 @@ def _toml_path(key: str, p: Path | None) -> str:
 
 __all__ = [
     "Address",
+    "FollowedMirror",
     "MemberConfig",
     "MirrorMember",
     "TLSFiles",

@@ -160,6 +160,9 @@ MEMBER_KINDS = ("failover", "async-dr", "async-reporting")
 MIRROR_FAILOVER_MEMBERS_COUNT = 2  # exactly two failover members
 MIRROR_ASYNC_MEMBERS_MAX = 14
 MIRROR_MEMBERS_MAX = 16  # failover + async, as IRIS
+# A reporting async follows its own mirror and up to 9 more ([[follow]]), as IRIS.
+MIRRORS_FOLLOWED_MAX = 10
+MIRRORS_DIR_NAME = "mirrors"  # DATA_DIR/mirrors/<MIRROR>/: each followed mirror's copy
 ACK_LEVELS = ("received", "durable", "applied")
 ACK_LEVEL_DEFAULT = "durable"
 QOS_TIMEOUT_DEFAULT_MS = 8000  # IRIS's default

@@ -17,6 +17,15 @@ and leaves nothing running); every member runs under its own agent process, in i
 own session, so it outlives the `irisrep up` command; `down` stops every agent and
 member it started (by control socket, then by pid); all listeners bind 127.0.0.1.
 The commands read credentials from the directory; nothing secret is printed.
+
+Several mirrors (`up(mirrors=N, reporting=R)`, `irisrep up --mirrors 2 --reporting 1`):
+each mirror MIRROR<k> has its members in `<MIRROR>/<member>/` and its own key in
+`<MIRROR>/mirror.key`; in deploy.json (and so in `ps`, `stop`, `kill`, `session`)
+its members are named `MIRROR<k>/A`, `MIRROR<k>/B`, ... (the member's own name in its
+config stays `A`). The reporting asyncs `R1`... live in `R<j>/`, belong to MIRROR1 and
+follow every other mirror (`[[follow]]`); every mirror lists them. One arbiter serves
+all the mirrors (it keeps a state per mirror). `up` returns once every mirror's
+primary has an Active backup.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from pathlib import Path
 
 from . import agent as agent_mod
 from .auth import generate_password, hash_password
-from .config import Address, MemberConfig, MirrorMember, User, load_config
+from .config import Address, FollowedMirror, MemberConfig, MirrorMember, User, load_config
 
 DEPLOY_FILE = "deploy.json"
 KEY_FILE = "mirror.key"
@@ -120,11 +129,32 @@ def up(
     addresses: list[str] | None = None,
     arbiter: bool = True,
     arbiter_host: str = "127.0.0.1",
+    mirrors: int = 1,
+    reporting: int = 0,
 ) -> dict:
     """Deploy and start a mirror: 2 failover members (A primary, B backup),
     `asyncs` DR asyncs and (unless `arbiter=False`) an arbiter; return the deployment
-    once the backup is Active."""
+    once the backup is Active. With `mirrors` > 1 or `reporting` > 0: that many
+    mirrors (each with `asyncs` DR asyncs) and `reporting` reporting asyncs that
+    follow all of them (see the module docstring)."""
     say = progress or (lambda _msg: None)
+    if mirrors != 1 or reporting:
+        if addresses:
+            raise DeployError("--addresses is for a single mirror without --reporting")
+        with _ports_lock():
+            return _up_multi(
+                dirpath,
+                say,
+                mirrors=mirrors,
+                reporting=reporting,
+                asyncs=asyncs,
+                base_port=base_port,
+                qos_timeout_ms=qos_timeout_ms,
+                ack_level=ack_level,
+                timeout_s=timeout_s,
+                arbiter=arbiter,
+                arbiter_host=arbiter_host,
+            )
     # Two `irisrep up` at once on one machine could pick the same free ports before
     # either binds them: the pick and the start run under one machine-wide lock,
     # held until the members listen (their backup is Active).
@@ -244,6 +274,144 @@ def _up(
                 "config": str(mdir / "member.toml"),
             }
         )
+    return _start(dirpath, deployment, arbiter_address, say, timeout_s, "the backup")
+
+
+def _up_multi(
+    dirpath: Path,
+    say,
+    *,
+    mirrors: int,
+    reporting: int,
+    asyncs: int,
+    base_port: int | None,
+    qos_timeout_ms: int,
+    ack_level: str,
+    timeout_s: float,
+    arbiter: bool,
+    arbiter_host: str,
+) -> dict:
+    from .constants import MIRROR_ASYNC_MEMBERS_MAX, MIRRORS_FOLLOWED_MAX
+
+    if (dirpath / DEPLOY_FILE).exists():
+        st = [s for s in agents(dirpath) if s.get("agent_running")]
+        if st:
+            raise DeployError(f"a mirror is already running in {dirpath} (irisrep down first)")
+    if not 1 <= mirrors <= MIRRORS_FOLLOWED_MAX:
+        raise DeployError(
+            f"--mirrors {mirrors}: 1..{MIRRORS_FOLLOWED_MAX} (a reporting async follows "
+            f"at most {MIRRORS_FOLLOWED_MAX} mirrors)"
+        )
+    if not 0 <= reporting or asyncs + reporting > MIRROR_ASYNC_MEMBERS_MAX:
+        raise DeployError(
+            f"--asyncs {asyncs} --reporting {reporting}: a mirror has at most "
+            f"{MIRROR_ASYNC_MEMBERS_MAX} async members"
+        )
+    dirpath.mkdir(parents=True, exist_ok=True)
+    mirror_names = [f"MIRROR{k + 1}" for k in range(mirrors)]
+    # (deployment name, mirror, member name, kind); a reporting async belongs to
+    # MIRROR1 (its config's own mirror) and follows the others.
+    plan = []
+    for mname in mirror_names:
+        plan += [(f"{mname}/A", mname, "A", "failover"), (f"{mname}/B", mname, "B", "failover")]
+        plan += [(f"{mname}/C{i + 1}", mname, f"C{i + 1}", "async-dr") for i in range(asyncs)]
+    plan += [
+        (f"R{j + 1}", mirror_names[0], f"R{j + 1}", "async-reporting") for j in range(reporting)
+    ]
+    n = len(plan)
+    host = "127.0.0.1"
+    ports = _pick_ports(base_port, 4 * n + 1, [host, arbiter_host])
+    arbiter_address = Address(arbiter_host, ports[3 * n]) if arbiter else None
+    entries = {
+        p[0]: MirrorMember(
+            name=p[2],
+            kind=p[3],
+            mirror_address=Address(host, ports[3 * i]),
+            client_address=Address(host, ports[3 * i + 1]),
+            agent_address=Address(host, ports[3 * i + 2]),
+        )
+        for i, p in enumerate(plan)
+    }
+    http = {p[0]: Address(host, ports[3 * n + 1 + i]) for i, p in enumerate(plan)}
+    keys = {}
+    for mname in mirror_names:
+        (dirpath / mname).mkdir(exist_ok=True)
+        key_path = dirpath / mname / KEY_FILE
+        if not key_path.exists():
+            _write_private(key_path, secrets.token_hex(32).encode() + b"\n")
+        keys[mname] = (key_path, bytes.fromhex(key_path.read_text().strip()))
+    cred_path = dirpath / CREDENTIALS_FILE
+    if cred_path.exists():
+        user, password = credentials(dirpath)
+    else:
+        user, password = USER_NAME, generate_password()
+        _write_private(cred_path, json.dumps({"user": user, "password": password}).encode())
+    users = (User(name=user, password_hash=hash_password(password)),)
+    reporters = [entries[p[0]] for p in plan if p[3] == "async-reporting"]
+    # Every mirror lists the reporting asyncs, so its primary lets them stream.
+    members_of = {
+        mname: tuple(entries[p[0]] for p in plan if p[1] == mname and p[3] != "async-reporting")
+        + tuple(reporters)
+        for mname in mirror_names
+    }
+    follow = tuple(
+        FollowedMirror(
+            mirror_name=mname,
+            failover_members=tuple(
+                (m.name, m.mirror_address) for m in members_of[mname] if m.is_failover
+            ),
+            mirror_key=keys[mname][1],
+            mirror_key_file=keys[mname][0],
+        )
+        for mname in mirror_names[1:]
+    )
+    deployment = {
+        "dir": str(dirpath),
+        "mirror": ", ".join(mirror_names),
+        "mirrors": mirror_names,
+        "members": [],
+    }
+    for dname, mname, _member, kind in plan:
+        m = entries[dname]
+        mdir = dirpath / dname
+        mdir.mkdir(parents=True, exist_ok=True)
+        cfg = MemberConfig(
+            mirror_name=mname,
+            member_name=m.name,
+            members=members_of[mname],
+            data_dir=mdir / "data",
+            mirror_key=keys[mname][1],
+            mirror_key_file=keys[mname][0],
+            qos_timeout_ms=qos_timeout_ms,
+            ack_level=ack_level,
+            pool_blocks=4096,
+            users=users,
+            arbiter_address=arbiter_address,
+            http_address=http[dname],
+            follow=follow if kind == "async-reporting" else (),
+        )
+        (mdir / "member.toml").write_text(cfg.to_toml())
+        deployment["members"].append(
+            {
+                "name": dname,
+                "mirror": mname,
+                "mirrors": list(cfg.mirrors_followed),
+                "kind": kind,
+                "initial": "+" if m.name == "A" else "-" if m.name == "B" else "",
+                "mirror_address": str(m.mirror_address),
+                "client_address": str(m.client_address),
+                "agent_address": str(m.agent_address),
+                "http_address": str(http[dname]),
+                "data_dir": str(mdir / "data"),
+                "config": str(mdir / "member.toml"),
+            }
+        )
+    return _start(dirpath, deployment, arbiter_address, say, timeout_s, "every mirror's backup")
+
+
+def _start(dirpath: Path, deployment: dict, arbiter_address, say, timeout_s: float, what: str):
+    """Record the deployment, start the arbiter and every member's agent, and wait
+    until every mirror has an Active backup; on any failure stop what started."""
     deployment["arbiter"] = str(arbiter_address) if arbiter_address else None
     (dirpath / DEPLOY_FILE).write_text(json.dumps(deployment, indent=2) + "\n")
     try:
@@ -253,7 +421,7 @@ def _up(
         for m in deployment["members"]:
             _spawn_agent(dirpath, m["name"])
             say(f"started {m['name']} ({m['kind']}) at {m['client_address']}")
-        say("waiting for the backup to become Active ...")
+        say(f"waiting for {what} to become Active ...")
         wait_active(dirpath, timeout_s)
     except BaseException:
         down(dirpath)
@@ -358,15 +526,22 @@ def arbiter_op(dirpath: Path, op: str) -> str:
 
 
 def wait_active(dirpath: Path, timeout_s: float = UP_TIMEOUT_S) -> dict:
-    """Wait until some member is primary with an Active backup; its status."""
+    """Wait until some member is primary with an Active backup (in every mirror of
+    the deployment); the status of one such primary."""
     deadline = time.monotonic() + timeout_s
     last = "no member answered"
+    dep = load(dirpath)
+    mirrors = {m.get("mirror") for m in dep["members"] if m["kind"] == "failover"}
     while time.monotonic() < deadline:
-        for st in member_statuses(dirpath):
+        ready = {}
+        for m, st in zip(dep["members"], member_statuses(dirpath), strict=True):
             if st.get("role") == "primary":
                 if st.get("active_backup"):
-                    return st
-                last = f"{st['member']} is primary, its backup is not Active yet"
+                    ready[m.get("mirror")] = st
+                else:
+                    last = f"{m['name']} is primary, its backup is not Active yet"
+        if ready and set(ready) >= mirrors:
+            return next(iter(ready.values()))
         time.sleep(0.1)
     raise DeployError(f"no Active backup within {timeout_s:.0f} s: {last}")
 
@@ -380,6 +555,8 @@ def agents(dirpath: Path) -> list[dict]:
         try:
             st = agent_mod.call(_control(dirpath, m["name"]), "status", timeout_s=5)
             st["agent_running"] = True
+            # The deployment's name (MIRROR2/A with several mirrors), not the config's.
+            st["member"] = m["name"]
         except (ConnectionError, OSError, ValueError):
             st = {"member": m["name"], "agent_running": False, "running": False, "pid": None}
         out.append(st)
@@ -457,6 +634,9 @@ def ps(dirpath: Path) -> list[dict]:
         rows.append(
             {
                 "member": m["name"],
+                "mirror": m.get("mirror", dep.get("mirror")),
+                # An async: one entry per mirror it follows (status, lag, paused).
+                "mirrors": st.get("mirrors"),
                 "kind": m["kind"],
                 "address": m["client_address"],
                 "http_address": m.get("http_address"),
@@ -505,7 +685,18 @@ def caught_up(dirpath: Path, member: str) -> tuple[bool, int | None, str]:
 
 def failover_safety(rows: list[dict]) -> tuple[bool, str]:
     """Whether a failover now would lose nothing, and why, from `ps` rows: the
-    primary has an Active backup (it holds every acknowledged commit)."""
+    primary has an Active backup (it holds every acknowledged commit); with several
+    mirrors, in each of them."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("mirror"), []).append(r)
+    if len(groups) > 1:
+        verdicts = [(m, *_failover_safety(g)) for m, g in groups.items()]
+        return all(v[1] for v in verdicts), "; ".join(f"{m}: {why}" for m, _ok, why in verdicts)
+    return _failover_safety(rows)
+
+
+def _failover_safety(rows: list[dict]) -> tuple[bool, str]:
     primaries = [r for r in rows if r.get("role") == "primary"]
     if not primaries:
         return False, "no member is primary"
@@ -738,6 +929,17 @@ def promotion_report(dirpath: Path, member: str) -> dict:
         "primary_end_last_known": primary_end,
         "may_lose_bytes": max(0, int(primary_end or 0) - end),
     }
+
+
+def dejournal(dirpath: Path, member: str, action: str, mirror: str | None = None) -> dict:
+    """`irisrep dejournal pause|resume MEMBER --mirror M`: that mirror's status after."""
+    from .errors import IrisrepError
+
+    with _connect_to(dirpath, member) as conn:
+        try:
+            return conn.dejournal(action, mirror)
+        except IrisrepError as e:
+            raise DeployError(f"{member}: {e}") from None
 
 
 def promote(dirpath: Path, member: str) -> int:

@@ -95,10 +95,11 @@ def follow_events(
 ) -> Iterator[dict]:
     """Yield the events already there (if `history`), then each new one as it is
     appended, until `stop()` returns true. Follows a rotation (the file shrinks or is
-    replaced: start again from its beginning)."""
+    replaced: start again from its beginning).
+
+    The end of each file is taken before the history is read, and the history is read
+    up to exactly there: an event appended in between is yielded once, as new."""
     offsets: dict[Path, tuple[int, int]] = {}  # path -> (inode, offset)
-    if history:
-        yield from read_events(data_dirs)
     for d in data_dirs:
         p = Path(d) / EVENTS_FILE_NAME
         try:
@@ -106,6 +107,24 @@ def follow_events(
             offsets[p] = (st.st_ino, st.st_size)
         except FileNotFoundError:
             offsets[p] = (0, 0)
+    if history:
+        old: list[dict] = []
+        for p, (_ino, size) in offsets.items():
+            try:
+                old.extend(_parse(p.with_name(EVENTS_FILE_NAME + ".1").read_bytes().splitlines()))
+            except FileNotFoundError:
+                pass
+            try:
+                with open(p, "rb") as f:
+                    data = f.read(size)
+            except FileNotFoundError:
+                continue
+            # Whole lines only: one still being appended is read as new, whole.
+            cut = data.rfind(b"\n") + 1
+            old.extend(_parse(data[:cut].splitlines()))
+            offsets[p] = (offsets[p][0], cut)
+        old.sort(key=lambda e: e["time"])
+        yield from old
     while stop is None or not stop():
         fresh: list[dict] = []
         for p, (ino, off) in list(offsets.items()):

@@ -25,6 +25,16 @@ for a member that was lagging; every JOURNAL_PURGE_INTERVAL_S the journal is pur
 (`journal_purge`: recovery, open transactions, backups, members, age). Online
 backups of this member's database run in this process (`backup_create`, the client
 protocol's `backup_create`).
+
+A reporting async may follow other mirrors too (`[[follow]]` in its config, up to
+MIRRORS_FOLLOWED_MAX in all): each followed mirror has its own mirrored database in
+`DATA_DIR/mirrors/<MIRROR>/` (its own journal, WIJ and `mirror.json` epoch) and its
+own CopyLink, so the mirrors' data never mix and each is named by its mirror
+(`mirror_database(name)`; its own mirror's copy stays `database` in DATA_DIR, as for
+any async). Dejournaling can be paused and resumed per mirror
+(`pause_dejournaling(mirror)`): the journal is still received and acknowledged, the
+apply waits and catches up from the member's journal on resume. `status()["mirrors"]`
+has one entry per mirror followed.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from .constants import (
     MIRROR_PROMOTION_KINDS,
     MIRROR_ROLES,
     MIRROR_STATE_FILE_NAME,
+    MIRRORS_DIR_NAME,
     TAIL_SERVED_FILE_NAME,
 )
 from .database import DEFAULT_DATABASE, Database
@@ -124,6 +135,21 @@ def _history_text(entry: dict) -> str:
     return json.dumps(entry, sort_keys=True, default=str)
 
 
+class _Followed:
+    """One other mirror a reporting async follows: its copy and the link to it."""
+
+    def __init__(self, mirror: str, path: str, database: Database, state_path: str) -> None:
+        self.mirror = mirror
+        self.path = path
+        self.database = database
+        self.state_path = state_path
+        self.copy: CopyLink | None = None
+
+    def adopt_epoch(self, epoch: int) -> None:
+        # Durable before anything of that epoch is journaled here (as _adopt_epoch).
+        _write_state(self.state_path, {"epoch": epoch, "role": "async"})
+
+
 class Member:
     """One mirror member in this process. `Member(config).start()`; `close()`.
 
@@ -184,6 +210,10 @@ class Member:
         self._members_saved_ns = 0
         self._housekeeping_stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        # A reporting async: the other mirrors it follows (name -> _Followed), and
+        # the mirrors whose dejournaling an operator paused (kept across a new link).
+        self.followed: dict[str, _Followed] = {}
+        self._dejournal_paused: set[str] = set()
 
     def _initial_role(self) -> str:
         if self.kind != "failover":
@@ -233,6 +263,8 @@ class Member:
             )
             if not primary:
                 self._start_copy()
+            for f in c.follow:
+                self._start_followed(f)
             if self._want_client_listener:
                 from .server import ClientListener
 
@@ -394,7 +426,134 @@ class Member:
         )
         self.copy.on_truncated = self._on_truncated
         self.copy.on_event = self.event
+        self.copy.dejournal_paused = c.mirror_name in self._dejournal_paused
         self.copy.start()
+
+    def _start_followed(self, f) -> None:
+        """Open another mirror's copy in DATA_DIR/mirrors/<MIRROR>/ and follow it."""
+        c = self.config
+        path = os.path.join(c.data_dir, MIRRORS_DIR_NAME, f.mirror_name)
+        os.makedirs(path, exist_ok=True)
+        state_path = os.path.join(path, MIRROR_STATE_FILE_NAME)
+        st = _read_state(state_path)
+        if st is None:
+            st = {"epoch": 0, "role": "async"}
+            _write_state(state_path, st)
+        db = Database(
+            path,
+            direct=c.direct_io,
+            pool_blocks=c.pool_blocks,
+            commit_mode=c.commit_mode,
+            mirror_copy=True,
+            epoch=st["epoch"],
+            journal_file_bytes=c.journal_file_bytes,
+            name=DEFAULT_DATABASE,
+        )
+        fm = _Followed(f.mirror_name, path, db, state_path)
+        self.followed[f.mirror_name] = fm
+        mirror = f.mirror_name
+        fm.copy = CopyLink(
+            db,
+            mirror=mirror,
+            member=self.name,
+            key=f.mirror_key,
+            candidates=[(name, tuple(addr)) for name, addr in f.failover_members],
+            epoch=st["epoch"],
+            ack_level=c.ack_level,
+            qos_timeout_ms=c.qos_timeout_ms,
+            on_epoch=fm.adopt_epoch,
+            ssl_context=self._ssl_context(server=False),
+            source_host=_source_host(c.me.mirror_address.host),
+        )
+        fm.copy.on_event = lambda kind, text: self.event(kind, f"{mirror}: {text}")
+        fm.copy.on_truncated = lambda report: self._record_history(
+            {"event": "tail undone", "mirror": mirror, "epoch": fm.copy.epoch, **report}
+        )
+        fm.copy.dejournal_paused = mirror in self._dejournal_paused
+        fm.copy.start()
+
+    # --- several mirrors (a reporting async) --------------------------------------------
+
+    def _mirror_name(self, mirror: str | None) -> str:
+        """The configured spelling of `mirror` (None: this member's own mirror);
+        IrisrepError naming the mirrors followed if it is none of them."""
+        if mirror is None:
+            return self.config.mirror_name
+        for name in self.config.mirrors_followed:
+            if name.lower() == str(mirror).lower():
+                return name
+        raise IrisrepError(
+            f"member {self.name} follows no mirror {str(mirror)[:64]!r}; it follows "
+            + ", ".join(self.config.mirrors_followed)
+        )
+
+    def mirror_database(self, mirror: str | None = None) -> Database:
+        """The copy of `mirror`'s database (None or this member's own mirror:
+        `database`). Read-only, as every copy."""
+        name = self._mirror_name(mirror)
+        db = self.database if name == self.config.mirror_name else self.followed[name].database
+        if db is None:
+            raise IrisrepError(f"member {self.name} has no open database")
+        return db
+
+    def _copy_link(self, mirror: str | None) -> tuple[str, CopyLink | None]:
+        name = self._mirror_name(mirror)
+        if name == self.config.mirror_name:
+            return name, self.copy
+        return name, self.followed[name].copy
+
+    def pause_dejournaling(self, mirror: str | None = None) -> dict:
+        """Hold applying `mirror`'s journal (None: this member's own mirror). The
+        journal is still received, made durable and acknowledged, so the primary and
+        its purge see no difference; the copy stays at a frame boundary. Async
+        members only: a backup's apply lag would lengthen a takeover. Returns that
+        mirror's status entry."""
+        if self.kind == "failover":
+            raise IrisrepError(
+                f"member {self.name} is a failover member: dejournaling pauses on asyncs only"
+            )
+        name, link = self._copy_link(mirror)
+        self._dejournal_paused.add(name)
+        if link is not None:
+            link.pause_dejournaling()
+        self.event("dejournaling", f"{name}: dejournaling paused")
+        return self._mirror_status(name)
+
+    def resume_dejournaling(self, mirror: str | None = None) -> dict:
+        """Apply `mirror`'s journal again, catching up from this member's own journal
+        first. Returns that mirror's status entry."""
+        name, link = self._copy_link(mirror)
+        self._dejournal_paused.discard(name)
+        n = link.resume_dejournaling() if link is not None else 0
+        self.event("dejournaling", f"{name}: dejournaling resumed ({n} records caught up)")
+        return self._mirror_status(name)
+
+    def _mirror_status(self, name: str) -> dict:
+        """One followed mirror as `irisrep ps` shows it on an async."""
+        _name, link = self._copy_link(name)
+        db = self.mirror_database(name)
+        out = {"mirror": name, "dejournal_paused": name in self._dejournal_paused}
+        if link is None:
+            out.update(status="Waiting", connected_to=None)
+            return out
+        cs = link.status()
+        durable = cs["durable"]
+        out.update(
+            status="Waiting" if cs["connected_to"] is None else "Connected",
+            connected_to=cs["connected_to"],
+            journal_transfer=cs["journal_transfer"],
+            received=cs["received"],
+            durable=durable,
+            applied=db.applied_position,
+            primary_end=cs["primary_end"],
+            lag_bytes=cs["lag_bytes"],
+            lag_s=cs["lag_s"],
+            dejournal_lag_bytes=max(0, durable - db.applied_position),
+            dejournaling=cs["dejournaling"],
+            epoch=cs["epoch"],
+            last_error=cs["last_error"],
+        )
+        return out
 
     def _on_peer(self, sock, peer) -> None:
         """The mirror listener's callback: the primary streams to the member; any
@@ -642,6 +801,10 @@ class Member:
             self._housekeeper.join(timeout=30)
         if self.copy is not None:
             self.copy.close()
+        for fm in self.followed.values():
+            if fm.copy is not None:
+                fm.copy.close()
+            fm.database.close()
         if self.replicator is not None:
             # The members' last positions, while the links still say them.
             self._save_members_quietly(force=True)
@@ -824,6 +987,8 @@ class Member:
                 out["status"] = "Synchronizing"
             else:
                 out["status"] = "Backup" if self.role == "backup" else "Connected"
+        if self.kind != "failover" and self.role != "primary":
+            out["mirrors"] = [self._mirror_status(m) for m in self.config.mirrors_followed]
         return out
 
 

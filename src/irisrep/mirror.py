@@ -903,6 +903,9 @@ class CopyLink:
         self.on_truncated = None  # (report dict): the member's history
         self.on_event = None  # (kind, text): the member's event log (irisrep events)
         self.paused = False  # no (re)connecting: a takeover is fetching the tail
+        # An operator's pause of dejournaling (a reporting async, per mirror): frames
+        # are still received, made durable and acknowledged; applying them waits.
+        self.dejournal_paused = False
         self._behind_since: float | None = None  # when the lag last became nonzero
         self._applied_told = 0.0  # when the primary last heard our applied position
         self._sock: socket.socket | None = None
@@ -937,6 +940,23 @@ class CopyLink:
         deadline = time.monotonic() + 10
         while self.primary is not None and time.monotonic() < deadline:
             time.sleep(0.005)
+
+    def pause_dejournaling(self) -> None:
+        """Hold applying (the journal is still received, made durable and
+        acknowledged): the database stays at a frame boundary, as when a backup
+        window holds dejournaling back, and `resume_dejournaling` catches up from
+        this member's own journal. Not kept across a restart (recovery rolls the
+        whole durable journal forward)."""
+        self.dejournal_paused = True
+
+    def resume_dejournaling(self) -> int:
+        """Apply again: catch up from the journal now, on the caller's thread (the
+        link thread's next batch or heartbeat would too; apply_frames skips what
+        either already applied). Returns the data records applied here."""
+        self.dejournal_paused = False
+        n = self.db.apply_from_journal()
+        self.stats["applied_records"] += n
+        return n
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
@@ -1086,7 +1106,10 @@ class CopyLink:
                 continue
             self._sync_and_ack(sock, unflushed)
             if f.type == wire.HEARTBEAT:
-                if self.db.applied_position < self.journal.durable_position:
+                if (
+                    not self.dejournal_paused
+                    and self.db.applied_position < self.journal.durable_position
+                ):
                     # An idle stream: apply what a backup of this member held back.
                     self._catch_up(sock)
                 self.primary_end = wire.decode_u64(f.payload)
@@ -1189,6 +1212,8 @@ class CopyLink:
         durable in the journal; the next batch, or the next heartbeat of an idle
         stream, first applies it from there (`apply_from_journal`), in order, and
         these chunks only then (they may have been applied from the journal too)."""
+        if self.dejournal_paused:
+            return  # durable in the journal: resume_dejournaling applies it from there
         db = self.db
         first = chunks[0][0]
         if db.applied_position < first:
@@ -1239,9 +1264,9 @@ class CopyLink:
             "primary_end": self.primary_end,
             "lag_bytes": behind,
             "lag_s": 0.0 if self._behind_since is None else round(now - self._behind_since, 3),
-            "dejournaling": "Caught up"
-            if applied >= durable
-            else f"{durable - applied} bytes behind",
+            "dejournaling": ("Paused, " if self.dejournal_paused else "")
+            + ("Caught up" if applied >= durable else f"{durable - applied} bytes behind"),
+            "dejournal_paused": self.dejournal_paused,
             "epoch": self.epoch,
             "last_error": self.last_error,
         }

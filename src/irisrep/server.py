@@ -159,7 +159,17 @@ def _bool(v: object, what: str) -> bool:
 class _Session:
     """One client connection and the thread serving it."""
 
-    __slots__ = ("sock", "stream", "peer", "accepted", "logged_in", "user", "thread", "closed")
+    __slots__ = (
+        "sock",
+        "stream",
+        "peer",
+        "accepted",
+        "logged_in",
+        "user",
+        "thread",
+        "closed",
+        "database",
+    )
 
     def __init__(self, sock: socket.socket, peer: Any, send_timeout_ms: int) -> None:
         self.sock = sock
@@ -170,6 +180,9 @@ class _Session:
         self.user: str | None = None
         self.thread: threading.Thread | None = None
         self.closed = False
+        # `use_database`: the followed mirror's copy this connection reads (a
+        # reporting async); None: the host's own database.
+        self.database: Any = None
 
     def shutdown(self) -> None:
         """Wake the serving thread (its recv returns) without racing its close."""
@@ -513,10 +526,45 @@ class ClientListener:
             raise _BadRequest(f"unknown op {req[0][:32]!r}")
         return ok(handler(self, session, req))
 
-    def _global(self, name: object):
+    def _global(self, name: object, session: _Session | None = None):
         from .database import Global
 
-        return Global(self.host.database, _str(name, "global name"))
+        db = self.host.database if session is None else self._db(session)
+        return Global(db, _str(name, "global name"))
+
+    def _db(self, session: _Session):
+        """The database this connection's global operations use: the host's own,
+        or the followed mirror's copy it chose with `use_database`."""
+        return self.host.database if session.database is None else session.database
+
+    def _op_use_database(self, session, req):
+        """(mirror) -> its name as configured: this connection's global operations
+        read that mirror's copy on a reporting async (None: the host's own database
+        again). Transactions and locks stay with the host's own database."""
+        _arity(req, 1)
+        if req[1] is None:
+            session.database = None
+            return None
+        name = _str(req[1], "mirror")
+        fn = getattr(self.host, "mirror_database", None)
+        if fn is None:
+            raise IrisrepError("this member holds one database (not a reporting async)")
+        db = fn(name)
+        session.database = None if db is self.host.database else db
+        return self.host._mirror_name(name)
+
+    def _op_dejournal(self, session, req):
+        """(action, mirror) -> JSON text of that mirror's status (admin): pause or
+        resume dejournaling one mirror on an async (None: its own mirror)."""
+        _arity(req, 2)
+        action = _str(req[1], "action")
+        mirror = None if req[2] is None else _str(req[2], "mirror")
+        fn = getattr(self.host, f"{action}_dejournaling", None)
+        if action not in ("pause", "resume"):
+            raise _BadRequest(f"dejournal action must be pause or resume, not {action[:32]!r}")
+        if fn is None:
+            raise IrisrepError("this member does not dejournal (not a mirror member)")
+        return json.dumps(fn(mirror), sort_keys=True, default=str)
 
     def _op_login(self, session, req):
         raise IrisrepError("already logged in")
@@ -600,11 +648,11 @@ class ClientListener:
 
     def _op_globals(self, session, req):
         _arity(req, 0)
-        return self.host.database.global_names()
+        return self._db(session).global_names()
 
     def _op_get(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         subs = _tuple(req[2], "subscripts")
         if _bool(req[3], "strict"):
             return g[subs]
@@ -614,34 +662,34 @@ class ClientListener:
 
     def _op_set(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         g[_tuple(req[2], "subscripts")] = req[3]
 
     def _op_kill(self, session, req):
         _arity(req, 2)
-        self._global(req[1]).kill(_tuple(req[2], "subscripts"))
+        self._global(req[1], session).kill(_tuple(req[2], "subscripts"))
 
     def _op_zkill(self, session, req):
         _arity(req, 2)
-        self._global(req[1]).zkill(_tuple(req[2], "subscripts"))
+        self._global(req[1], session).zkill(_tuple(req[2], "subscripts"))
 
     def _op_data(self, session, req):
         _arity(req, 2)
-        return self._global(req[1]).data(_tuple(req[2], "subscripts"))
+        return self._global(req[1], session).data(_tuple(req[2], "subscripts"))
 
     def _op_order(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         return g.order(_tuple(req[2], "subscripts"), reverse=_bool(req[3], "reverse"))
 
     def _op_query(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         return g.query(_tuple(req[2], "subscripts"), reverse=_bool(req[3], "reverse"))
 
     def _op_increment(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         return g.increment(_tuple(req[2], "subscripts"), req[3])
 
     def _op_items(self, session, req):
@@ -652,7 +700,7 @@ class ClientListener:
         before its encoding passes ITEMS_PAGE_BYTES; `more` False means the range is
         done."""
         _arity(req, 7)
-        g = self._global(req[1])
+        g = self._global(req[1], session)
         prefix = _tuple(req[2], "prefix")
         start = _opt_tuple(req[3], "start")
         stop = _opt_tuple(req[4], "stop")
@@ -694,19 +742,19 @@ class ClientListener:
         the cross-member check's hash of the encoded keys [lo, hi) (datacheck.py;
         read only, bounded work, typed errors for bad bounds or limits)."""
         _arity(req, 4)
-        r = datacheck.hash_range(self.host.database, req[1], req[2], req[3], req[4])
+        r = datacheck.hash_range(self._db(session), req[1], req[2], req[3], req[4])
         return (r.count, r.digest, r.stop, r.mid, r.position, r.exact)
 
     def _op_range_items(self, session, req):
         """(lo, hi, count, wait_position) -> (nodes, more, position): the (key, value)
         pairs of [lo, hi), encoded, for the check's report (datacheck.read_range)."""
         _arity(req, 4)
-        return datacheck.read_range(self.host.database, req[1], req[2], req[3], req[4])
+        return datacheck.read_range(self._db(session), req[1], req[2], req[3], req[4])
 
     def _op_stream_position(self, session, req):
         """The database's journal stream position (a copy: applied; else the end)."""
         _arity(req, 0)
-        return datacheck.current_position(self.host.database)
+        return datacheck.current_position(self._db(session))
 
     def _op_tstart(self, session, req):
         _arity(req, 0)
