@@ -16,6 +16,7 @@ as configured: nothing here is batched or pipelined across commits.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import signal
@@ -130,7 +131,7 @@ def log_tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-class System:
+class System(abc.ABC):
     """One system under test: `start(scratch)`, `client(cid)`, `stop()`.
 
     `client` may be called in a forked worker process; it must open its own
@@ -142,11 +143,14 @@ class System:
     def versions(self) -> dict:
         return {}
 
+    @abc.abstractmethod
     def start(self, scratch: Path) -> None:
-        raise NotImplementedError
+        """See the class."""
 
+    @abc.abstractmethod
     def client(self, cid: int):
-        raise NotImplementedError
+        """See the class."""
 
+    @abc.abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """See the class."""
