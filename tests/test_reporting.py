@@ -235,3 +235,28 @@ def test_failover_in_one_mirror(deployment):
     _wait(lambda: _copy_equals(d, "MIRROR2/A", "MIRROR2", ["m2"]), what="MIRROR2 after")
     m1 = _mirror(d, "MIRROR1")
     assert m1["connected_to"] == "B" and m1["status"] == "Connected"
+
+
+def test_reporting_async_crash_and_restart_follows_both_again(deployment):
+    # Last: it crashes R1. Each followed mirror's copy reloads its epoch and recovers
+    # from its own journal, then catches up what its mirror wrote meanwhile.
+    d = deployment
+    primary1 = next(
+        r["member"] for r in ps(d) if r["mirror"] == "MIRROR1" and r["role"] == "primary"
+    )
+    member_op(d, "R1", "kill")
+    _write(d, primary1, "m1", 3000, 3100)
+    _write(d, "MIRROR2/A", "m2", 3000, 3100)
+    member_op(d, "R1", "start")
+
+    def equal(primary, mirror, names):
+        try:
+            return _copy_equals(d, primary, mirror, names)
+        except ConnectionError:
+            return False  # R1 is still starting
+
+    _wait(lambda: equal(primary1, "MIRROR1", ["m1"]), timeout_s=40, what="MIRROR1")
+    _wait(lambda: equal("MIRROR2/A", "MIRROR2", ["m2"]), timeout_s=40, what="MIRROR2")
+    for name in ("MIRROR1", "MIRROR2"):
+        m = _mirror(d, name)
+        assert m["status"] == "Connected" and m["lag_bytes"] == 0
