@@ -50,6 +50,7 @@ Exit status 1 if a measurement failed (a skipped peer is not a failure).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -201,10 +202,10 @@ def run_point(system, workload: str, clients: int, seconds: float, mode: str, fi
         ]
         for t in ths:
             t.start()
-        try:
+        # A client that failed to start breaks the barrier; its error is in its
+        # result, reported below, so the others are just let go.
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(BARRIER_TIMEOUT_S)
-        except threading.BrokenBarrierError:
-            pass
         for t in ths:
             t.join(BARRIER_TIMEOUT_S + seconds + 60)
     else:
@@ -223,10 +224,8 @@ def run_point(system, workload: str, clients: int, seconds: float, mode: str, fi
                 w.close()
                 procs.append(p)
                 pipes.append(r)
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):  # as above
                 barrier.wait(BARRIER_TIMEOUT_S)
-            except threading.BrokenBarrierError:
-                pass
             deadline = time.monotonic() + BARRIER_TIMEOUT_S + seconds + 60
             for r in pipes:
                 if r.poll(max(0.1, deadline - time.monotonic())):

@@ -188,7 +188,7 @@ class _EmbeddedClient:
                 self.g[self.cid, i, j] = VALUE
 
     def close(self) -> None:
-        pass
+        """Nothing to close: this client holds no connection of its own."""
 
 
 # --- failover and catch-up ----------------------------------------------------------

@@ -36,6 +36,7 @@ Promises:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -574,10 +575,8 @@ class _Writer:
     def abort(self) -> None:
         if not self.f.closed:
             self.f.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(self.part)
-        except FileNotFoundError:
-            pass
 
 
 def _fsync_dir(path: str) -> None:

@@ -187,6 +187,11 @@ def _ports_lock():
         os.close(fd)  # releases the lock
 
 
+def _refuse_if_running(dirpath: Path) -> None:
+    if (dirpath / DEPLOY_FILE).exists() and any(a.get("agent_running") for a in agents(dirpath)):
+        raise DeployError(f"a mirror is already running in {dirpath} (irisrep down first)")
+
+
 def _up(
     dirpath: Path,
     say,
@@ -200,10 +205,7 @@ def _up(
     arbiter: bool,
     arbiter_host: str,
 ) -> dict:
-    if (dirpath / DEPLOY_FILE).exists():
-        st = [s for s in agents(dirpath) if s.get("agent_running")]
-        if st:
-            raise DeployError(f"a mirror is already running in {dirpath} (irisrep down first)")
+    _refuse_if_running(dirpath)
     if not 0 <= asyncs <= 14:
         raise DeployError(f"--asyncs {asyncs}: a mirror has at most 14 async members")
     dirpath.mkdir(parents=True, exist_ok=True)
@@ -293,10 +295,7 @@ def _up_multi(
 ) -> dict:
     from .constants import MIRROR_ASYNC_MEMBERS_MAX, MIRRORS_FOLLOWED_MAX
 
-    if (dirpath / DEPLOY_FILE).exists():
-        st = [s for s in agents(dirpath) if s.get("agent_running")]
-        if st:
-            raise DeployError(f"a mirror is already running in {dirpath} (irisrep down first)")
+    _refuse_if_running(dirpath)
     if not 1 <= mirrors <= MIRRORS_FOLLOWED_MAX:
         raise DeployError(
             f"--mirrors {mirrors}: 1..{MIRRORS_FOLLOWED_MAX} (a reporting async follows "

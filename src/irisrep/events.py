@@ -16,6 +16,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,11 +47,9 @@ class EventLog:
         line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
         with self._lock:
             try:
-                try:
+                with contextlib.suppress(FileNotFoundError):  # the first event
                     if os.path.getsize(self.path) + len(line) > EVENTS_FILE_BYTES_MAX:
                         os.replace(self.path, self.path + ".1")
-                except FileNotFoundError:
-                    pass
                 # O_APPEND: one write() per event, so a reader never sees two events
                 # interleaved; no fsync (see the module's promise).
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -110,10 +109,8 @@ def follow_events(
     if history:
         old: list[dict] = []
         for p, (_ino, size) in offsets.items():
-            try:
+            with contextlib.suppress(FileNotFoundError):  # never rotated
                 old.extend(_parse(p.with_name(EVENTS_FILE_NAME + ".1").read_bytes().splitlines()))
-            except FileNotFoundError:
-                pass
             try:
                 with open(p, "rb") as f:
                     data = f.read(size)

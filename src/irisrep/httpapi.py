@@ -379,7 +379,7 @@ class _Api:
 
 
 class _RequestTooLarge(Exception):
-    pass
+    """The request line and headers passed HTTP_REQUEST_BYTES_MAX: answered 431."""
 
 
 class _BoundedReader:

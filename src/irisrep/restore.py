@@ -26,6 +26,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -114,10 +115,8 @@ def parse_time(text: str) -> int:
     import datetime
 
     text = text.strip()
-    try:
+    with contextlib.suppress(ValueError):  # not unix seconds: an ISO 8601 time?
         return int(round(float(text) * 1e9))
-    except ValueError:
-        pass
     try:
         dt = datetime.datetime.fromisoformat(text)
     except ValueError:

@@ -1340,7 +1340,7 @@ class _History:
         try:
             readline.read_history_file(str(path))
         except FileNotFoundError:
-            pass
+            pass  # no history yet: the first session here
         except OSError as exc:
             err.write(f"history not read: {path}: {exc.strerror or exc}\n")
         self.start = readline.get_current_history_length()
