@@ -673,7 +673,7 @@ def serve(config_path: str) -> None:
     """Run one mirror member (its databases, mirror and client listeners) until stopped."""
     import logging
 
-    from .errors import ConfigError
+    from .errors import ConfigError, FailoverIneligibleError
     from .member import serve as serve_member
 
     logging.basicConfig(
@@ -681,7 +681,7 @@ def serve(config_path: str) -> None:
     )
     try:
         sys.exit(serve_member(config_path))
-    except ConfigError as exc:
+    except (ConfigError, FailoverIneligibleError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -886,6 +886,9 @@ def _ps_view(rows: list[dict]):
         "epoch",
         "arbiter_link",
     )
+    if any(r.get("kind") == "async-reporting" for r in rows):
+        # Its copies: read-only, or read-write and not eligible to fail over.
+        cols = (*cols, "copy")
     for col in cols:
         t.add_column({"role": "mirror role"}.get(col, col.replace("_", " ")))
     for r in rows:
@@ -912,6 +915,7 @@ def _mirror_cells(m: dict, cols: tuple) -> list[str]:
         else f"{lag} bytes, {m.get('lag_s', 0.0):.1f} s",
         "epoch": "" if m.get("epoch") is None else str(m["epoch"]),
         "role": f"from {m.get('connected_to') or '-'}",
+        "copy": m.get("copy", ""),
     }
     return [cells.get(c, "") for c in cols]
 
@@ -1095,20 +1099,28 @@ def arbiter(listen: str, state_path: str | None) -> None:
 @main.command()
 @_dir_option
 @click.option("--to", "to", default=None, help="The backup to hand over to (the Active one).")
+@click.option(
+    "--mirror",
+    default=None,
+    help="With several mirrors: the one to switch over (default: --to's, else the only one).",
+)
 @click.option("--dry-run", is_flag=True, help="Only print the eligibility report.")
 @click.option("--json", "as_json", is_flag=True)
-def switchover(dir_, to, dry_run, as_json) -> None:
-    """Planned failover: the primary stops committing, its Active backup takes over."""
-    from .deploy import deploy_dir, eligibility
+def switchover(dir_, to, mirror, dry_run, as_json) -> None:
+    """Planned failover: the primary stops committing, its Active backup takes over
+    (within one mirror: the other mirrors of the deployment go on as they are)."""
+    from .deploy import deploy_dir, eligibility, load, pick_mirror
     from .deploy import switchover as deploy_switchover
 
     d = deploy_dir(dir_)
-    rep = _deploy_call(eligibility, d)
+    if mirror is None and to is not None:
+        mirror = _deploy_call(lambda: pick_mirror(load(d), None, to))
+    rep = _deploy_call(eligibility, d, mirror)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
         console.print(
-            f"primary {rep['primary']} (epoch {rep.get('epoch')}, arbiter link "
+            f"{rep['mirror']}: primary {rep['primary']} (epoch {rep.get('epoch')}, arbiter link "
             f"{rep.get('arbiter_link')}): "
             f"switchover {'possible' if rep['ok'] else 'NOT possible'}: {rep['why']}"
         )
@@ -1120,7 +1132,7 @@ def switchover(dir_, to, dry_run, as_json) -> None:
             )
     if dry_run:
         sys.exit(0 if rep["ok"] else 1)
-    new = _deploy_call(deploy_switchover, d, to)
+    new = _deploy_call(deploy_switchover, d, to, rep["mirror"])
     console.print(f"switched over: {new} is primary")
 
 

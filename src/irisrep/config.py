@@ -14,7 +14,10 @@ member's kind is the kind of its own entry in `members`.
 A reporting async (`async-reporting`) may follow other mirrors besides its own
 (`[[follow]]`: each one's name, failover members' mirror addresses and key), up to
 MIRRORS_FOLLOWED_MAX mirrors in all; any other kind is refused a `[[follow]]` (a DR
-async stays with the one mirror it may be promoted into).
+async stays with the one mirror it may be promoted into). Its copies are read-only
+unless `copy = "read-write"` (in a `[[follow]]`, or at the top level for its own
+mirror's copy): only a reporting async may have one, since such a copy is no longer
+eligible to fail over (member.py keeps that mark).
 
 `[[databases]]` declares the member's databases besides `DB`: mirrored ones (every
 failover member and async declares the same, as IRIS requires a mirrored database
@@ -47,6 +50,8 @@ from .constants import (
     COMMIT_MODE_DEFAULT,
     COMMIT_MODES,
     CONFIG_FILE_BYTES_MAX,
+    COPY_MODE_DEFAULT,
+    COPY_MODES,
     DATABASES_MAX,
     DIRECT_IO_DEFAULT,
     DIRECT_IO_MODES,
@@ -227,9 +232,15 @@ class FollowedMirror:
     failover_members: tuple[tuple[str, Address], ...]
     mirror_key: bytes = field(repr=False)
     mirror_key_file: Path | None = None
+    # "read-write": clients may change this copy locally (no longer eligible to fail over).
+    copy: str = COPY_MODE_DEFAULT
 
     def __post_init__(self) -> None:
         _validate_follow(self, "follow")
+
+    @property
+    def read_write(self) -> bool:
+        return self.copy == "read-write"
 
 
 @dataclass(frozen=True)
@@ -274,9 +285,17 @@ class MemberConfig:
     # A reporting async: the other mirrors it follows (its own is mirror_name).
     follow: tuple[FollowedMirror, ...] = ()
     databases: tuple[DatabaseSpec, ...] = ()  # besides DB: mirrored and local ones
+    # A reporting async: its own mirror's copy, "read-only" or "read-write".
+    copy: str = COPY_MODE_DEFAULT
 
     def __post_init__(self) -> None:
         _validate_config(self)
+
+    def copy_mode(self, mirror: str) -> str:
+        """How this member holds `mirror`'s copy: "read-only" or "read-write"."""
+        if mirror == self.mirror_name:
+            return self.copy
+        return next(f.copy for f in self.follow if f.mirror_name == mirror)
 
     @property
     def mirrors_followed(self) -> tuple[str, ...]:
@@ -327,6 +346,8 @@ class MemberConfig:
             f"journal_file_bytes = {self.journal_file_bytes}",
             f"journal_purge_member_limit_days = {self.journal_purge_member_limit_days!r}",
         ]
+        if self.copy != COPY_MODE_DEFAULT:
+            out.append(f"copy = {_toml_str(self.copy)}")
         if self.arbiter_address is not None:
             out.append(f"arbiter_address = {_toml_str(str(self.arbiter_address))}")
         if self.http_address is not None:
@@ -358,6 +379,8 @@ class MemberConfig:
             ]
         for f in self.follow:
             out += ["\n[[follow]]", f"mirror_name = {_toml_str(f.mirror_name)}"]
+            if f.copy != COPY_MODE_DEFAULT:
+                out.append(f"copy = {_toml_str(f.copy)}")
             if f.mirror_key_file is not None:
                 out.append(
                     f"mirror_key_file = {_toml_path('follow.mirror_key_file', f.mirror_key_file)}"
@@ -530,6 +553,7 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
         ("pool_blocks", int),
         ("commit_mode", str),
         ("journal_file_bytes", int),
+        ("copy", str),
     ):
         value = top.get(name, typ)
         if value is not None:
@@ -586,11 +610,14 @@ def _parse_follow(base: Path, key: str, item: object) -> FollowedMirror:
         "mirror_key": mirror_key,
         "mirror_key_file": key_file,
     }
+    copy = t.get("copy", str)
+    if copy is not None:
+        kw["copy"] = copy
     return _build(FollowedMirror, key, kw, local="follow")
 
 
 _DATABASE_KEYS = ("name", "mirrored", "journaling")
-_FOLLOW_KEYS = ("mirror_name", "failover_members", "mirror_key", "mirror_key_file")
+_FOLLOW_KEYS = ("mirror_name", "failover_members", "mirror_key", "mirror_key_file", "copy")
 
 _TOP_KEYS = (
     "mirror_name",
@@ -613,6 +640,7 @@ _TOP_KEYS = (
     "users",
     "follow",
     "databases",
+    "copy",
 )
 _MEMBER_KEYS = ("name", "kind", "mirror_address", "client_address", "agent_address")
 _USER_KEYS = ("name", "password_hash")
@@ -628,6 +656,7 @@ _HINTS = {
     "journal_purge_member_limit_days": "a number of days in "
     f"0..{JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX:g} (integer or float)",
     "kind": "one of " + ", ".join(f'"{x}"' for x in MEMBER_KINDS),
+    "copy": "one of " + ", ".join(f'"{x}"' for x in COPY_MODES),
 }
 _TYPE_WORDS = {
     str: "a string",
@@ -827,6 +856,7 @@ def _validate_follow(f: FollowedMirror, key: str) -> None:
             f"{_show(str(out[1][1]))} is also failover_members[0].mirror_address",
         )
     _set(f, "failover_members", tuple(out))
+    _check_choice(f"{key}.copy", f.copy, COPY_MODES)
     if not isinstance(f.mirror_key, bytes) or len(f.mirror_key) < WIRE_KEY_BYTES_MIN:
         raise _err(f"{key}.mirror_key", f"expected at least {WIRE_KEY_BYTES_MIN} bytes (bytes)")
     if f.mirror_key_file is not None:
@@ -835,7 +865,17 @@ def _validate_follow(f: FollowedMirror, key: str) -> None:
 
 def _validate_followed(c: MemberConfig) -> None:
     """Only a reporting async follows other mirrors: a DR async may be promoted into
-    its mirror, so it must hold that one mirror's data and nothing else (IRIS)."""
+    its mirror, so it must hold that one mirror's data and nothing else (IRIS). Only
+    a reporting async has a read-write copy: a failover member or DR async must stay
+    eligible to fail over."""
+    _check_choice("copy", c.copy, COPY_MODES)
+    if c.copy == "read-write" and c.kind != "async-reporting":
+        raise _err(
+            "copy",
+            f'"read-write": member {_show(c.member_name)} is {_show(c.kind)}, which must stay '
+            'eligible to become primary; only an "async-reporting" member may have a '
+            "read-write copy",
+        )
     follow = c.follow
     if isinstance(follow, list):
         follow = tuple(follow)

@@ -163,6 +163,12 @@ MIRROR_MEMBERS_MAX = 16  # failover + async, as IRIS
 # A reporting async follows its own mirror and up to 9 more ([[follow]]), as IRIS.
 MIRRORS_FOLLOWED_MAX = 10
 MIRRORS_DIR_NAME = "mirrors"  # DATA_DIR/mirrors/<MIRROR>/: each followed mirror's copy
+# A reporting async's copy of a mirrored database (`copy` in [[follow]], and at the
+# top level for its own mirror): read-only, or read-write for local changes (IRIS),
+# which makes it ineligible to fail over for good (the marker file in its directory).
+COPY_MODES = ("read-only", "read-write")
+COPY_MODE_DEFAULT = "read-only"
+COPY_INELIGIBLE_FILE_NAME = "failover-ineligible.json"  # written once, never removed
 ACK_LEVELS = ("received", "durable", "applied")
 ACK_LEVEL_DEFAULT = "durable"
 QOS_TIMEOUT_DEFAULT_MS = 8000  # IRIS's default

@@ -1337,6 +1337,10 @@ class Database:
                 # A TSTART is a journal record: on a read-only mirror copy it would
                 # fork this member's journal from the primary's stream.
                 self._check_writable("TSTART")
+                if self.mirror_copy:
+                    # A reporting async's read-write copy: its journal is still the
+                    # mirror's stream, so its local changes are never journaled.
+                    raise TransactionError("TSTART: a read-write mirror copy takes no transactions")
                 st.txn = next(self._txn_ids)
                 st.records = _core.RecordList()
                 st.marks = []

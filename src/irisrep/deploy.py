@@ -25,7 +25,9 @@ its members are named `MIRROR<k>/A`, `MIRROR<k>/B`, ... (the member's own name i
 config stays `A`). The reporting asyncs `R1`... live in `R<j>/`, belong to MIRROR1 and
 follow every other mirror (`[[follow]]`); every mirror lists them. One arbiter serves
 all the mirrors (it keeps a state per mirror). `up` returns once every mirror's
-primary has an Active backup.
+primary has an Active backup. `switchover` and `promote` act within one mirror (the
+one named with `mirror=`, or the member's): another mirror's primary is no reason
+to refuse, and its members are never candidates.
 """
 
 from __future__ import annotations
@@ -112,6 +114,42 @@ def credentials(dirpath: Path) -> tuple[str, str]:
 
 def _control(dirpath: Path, member: str) -> str:
     return str(dirpath / member / "agent.sock")
+
+
+def _mirror_of(dep: dict, m: dict) -> str:
+    """The mirror a deployment entry belongs to (a single mirror's entries have none)."""
+    return m.get("mirror") or dep.get("mirror")
+
+
+def _config_name(m: dict) -> str:
+    """The member's name in its mirror's config: `A` for the entry `MIRROR2/A`."""
+    return m["name"].rpartition("/")[2]
+
+
+def _entry(dep: dict, dirpath: Path, member: str) -> dict:
+    m = next((x for x in dep["members"] if x["name"] == member), None)
+    if m is None:
+        raise DeployError(
+            f"no member {member!r} in {dirpath}; members: "
+            + ", ".join(x["name"] for x in dep["members"])
+        )
+    return m
+
+
+def pick_mirror(dep: dict, mirror: str | None, member: str | None = None) -> str:
+    """The mirror a switchover acts in: `mirror` (case ignored), else `member`'s,
+    else the only one; DeployError naming them when several could be meant."""
+    names = list(dict.fromkeys(_mirror_of(dep, m) for m in dep["members"]))
+    if mirror is not None:
+        for n in names:
+            if n.lower() == mirror.lower():
+                return n
+        raise DeployError(f"no mirror {mirror!r} here; mirrors: {', '.join(names)}")
+    if member is not None:
+        return _mirror_of(dep, _entry(dep, Path(dep.get("dir", ".")), member))
+    if len(names) > 1:
+        raise DeployError(f"this deployment has mirrors {', '.join(names)}: say which (--mirror)")
+    return names[0]
 
 
 # --- up ---------------------------------------------------------------------------------
@@ -647,6 +685,9 @@ def ps(dirpath: Path) -> list[dict]:
                     "journal_transfer", "Active" if st.get("role") == "primary" else "-"
                 ),
                 "dejournaling": st.get("dejournaling", "-"),
+                # An async's own copy: read-only, or read-write and so never eligible
+                # to fail over again (member.py).
+                "copy": st.get("copy"),
                 "health": _health(st, bool(a.get("running"))),
                 "lag": _lag(st, bool(a.get("running"))),
                 "lag_bytes": st.get("lag_bytes"),
@@ -674,7 +715,12 @@ def caught_up(dirpath: Path, member: str) -> tuple[bool, int | None, str]:
         return True, 0, "it is the primary"
     lag = r.get("lag_bytes")
     if r["role"] == "backup":
-        if any(x.get("active_backup") == member for x in rows.values()):
+        # The primary names its Active backup by its config name (`B`, not `MIRROR1/B`).
+        me = member.rpartition("/")[2]
+        if any(
+            x.get("active_backup") == me and x.get("mirror") == r.get("mirror")
+            for x in rows.values()
+        ):
             return True, 0, "Active backup"
         return False, lag, f"{r['status']}, lag {r['lag']}"
     if r["role"] == "async" and r["status"] == "Connected" and not lag:
@@ -849,16 +895,40 @@ def events(dirpath: Path, *, follow: bool = False, members=None, stop=None):
 # --- switchover / promote ----------------------------------------------------------------
 
 
-def eligibility(dirpath: Path) -> dict:
-    """Who could take over now, and why (or why not): the switchover report."""
-    statuses = {s.get("member"): s for s in member_statuses(dirpath)}
-    primary = next((s for s in statuses.values() if s.get("role") == "primary"), None)
+def eligibility(dirpath: Path, mirror: str | None = None) -> dict:
+    """Who could take over now in `mirror` (None: the only one), and why (or why
+    not): the switchover report. Members are named as in the deployment."""
+    dep = load(dirpath)
+    mname = pick_mirror(dep, mirror)
+    user, password = credentials(dirpath)
+    entries = [m for m in dep["members"] if _mirror_of(dep, m) == mname]
+    # The statuses name members by their config name (`B`); the report as deployed.
+    names = {_config_name(m): m["name"] for m in entries}
+    statuses = {
+        m["name"]: {**_member_status(dirpath, m, user, password), "member": m["name"]}
+        for m in entries
+    }
+    primary = next(
+        (
+            s
+            for m, s in zip(entries, statuses.values(), strict=True)
+            if s.get("role") == "primary" and m["kind"] != "async-reporting"
+        ),
+        None,
+    )
     if primary is None:
-        return {"primary": None, "candidates": [], "ok": False, "why": "no member is primary"}
+        return {
+            "mirror": mname,
+            "primary": None,
+            "candidates": [],
+            "ok": False,
+            "why": f"no member of {mname} is primary",
+        }
     cands = []
     for p in primary.get("peers", []):
         if p["kind"] != "failover":
             continue
+        name = names.get(p["member"], p["member"])
         reasons = []
         if not p["active"]:
             reasons.append("not Active")
@@ -866,13 +936,13 @@ def eligibility(dirpath: Path) -> dict:
                 reasons.append(f"{p['lag_bytes']} bytes behind")
         cands.append(
             {
-                "member": p["member"],
+                "member": name,
                 "active": p["active"],
                 # Active: within a few writes of the end; the switchover itself waits
                 # until it has acknowledged the whole journal.
                 "caught_up": p["active"] or not p["lag_bytes"],
-                "epoch": statuses.get(p["member"], {}).get("epoch"),
-                "arbiter_link": statuses.get(p["member"], {}).get("arbiter_link", "unknown"),
+                "epoch": statuses.get(name, {}).get("epoch"),
+                "arbiter_link": statuses.get(name, {}).get("arbiter_link", "unknown"),
                 "eligible": not reasons,
                 "why": ", ".join(reasons) or "Active",
             }
@@ -880,6 +950,7 @@ def eligibility(dirpath: Path) -> dict:
     ok = any(c["eligible"] for c in cands)
     why = "an Active backup is caught up" if ok else "no Active backup"
     return {
+        "mirror": mname,
         "primary": primary["member"],
         "epoch": primary.get("epoch"),
         "arbiter_link": primary.get("arbiter_link"),
@@ -900,15 +971,25 @@ def _connect_to(dirpath: Path, member: str):
     return connect_member(m["client_address"], user=user, password=password)
 
 
-def switchover(dirpath: Path, to: str | None = None) -> str:
-    """Planned failover from the primary to its Active backup; the new primary."""
-    rep = eligibility(dirpath)
+def switchover(dirpath: Path, to: str | None = None, mirror: str | None = None) -> str:
+    """Planned failover from `mirror`'s primary (None: `to`'s mirror, else the only
+    one) to its Active backup; the new primary, named as in the deployment."""
+    if mirror is None and to is not None:
+        mirror = pick_mirror(load(dirpath), None, to)
+    rep = eligibility(dirpath, mirror)
     if not rep["ok"]:
         raise DeployError(f"switchover not possible: {rep['why']}")
     if to is not None and not any(c["member"] == to and c["eligible"] for c in rep["candidates"]):
         raise DeployError(f"{to} is not an eligible backup: {rep['candidates']}")
+    from .errors import IrisrepError
+
     with _connect_to(dirpath, rep["primary"]) as conn:
-        return conn.switchover()
+        try:
+            new = conn.switchover()
+        except IrisrepError as e:
+            raise DeployError(f"{rep['primary']}: {e}") from None
+    prefix = rep["primary"].rpartition("/")[0]
+    return f"{prefix}/{new}" if prefix else new
 
 
 def promotion_report(dirpath: Path, member: str) -> dict:
@@ -943,17 +1024,31 @@ def dejournal(dirpath: Path, member: str, action: str, mirror: str | None = None
 
 def promote(dirpath: Path, member: str) -> int:
     """Manual promotion (a DR async, or a backup whose primary is gone). Refused while
-    another member answers as primary: two primaries would both take writes."""
-    for st in member_statuses(dirpath):
-        if st.get("role") == "primary" and st.get("member") != member:
-            raise DeployError(
-                f"{st['member']} is primary: stop it first, or use irisrep switchover"
-            )
+    another member of its mirror answers as primary: two primaries would both take
+    writes (another mirror's primary is no concern of this one)."""
+    from .errors import IrisrepError
+
+    dep = load(dirpath)
+    entry = _entry(dep, dirpath, member)
+    if entry["kind"] == "async-reporting":
+        raise DeployError(
+            f"{member} is a reporting async: it is never promoted (a backup or a DR async is)"
+        )
+    mname = _mirror_of(dep, entry)
+    user, password = credentials(dirpath)
+    for m in dep["members"]:
+        if m["name"] == member or _mirror_of(dep, m) != mname:
+            continue
+        if _member_status(dirpath, m, user, password).get("role") == "primary":
+            raise DeployError(f"{m['name']} is primary: stop it first, or use irisrep switchover")
     with _connect_to(dirpath, member) as conn:
         st = conn.status()
         if st.get("role") == "primary":
             raise DeployError(f"{member} is already primary")
-        return conn.promote()
+        try:
+            return conn.promote()
+        except IrisrepError as e:  # FailoverIneligibleError: a reporting async, a copy
+            raise DeployError(f"{member}: {e}") from None
 
 
 # --- session ---------------------------------------------------------------------------------

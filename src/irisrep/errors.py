@@ -76,6 +76,12 @@ class TransactionError(IrisrepError):
     """Transaction misuse: commit with no transaction, rollback below level 0, too deep."""
 
 
+class FailoverIneligibleError(TransactionError):
+    """A promotion (or a start as a failover member or DR async) refused: this copy of
+    the mirrored database was read-write on a reporting async, so it may hold local
+    changes the mirror never had; it is not eligible to fail over, for good."""
+
+
 class CorruptError(IrisrepError):
     """Stored bytes fail verification. Names the file, the place, expected and found."""
 
@@ -239,6 +245,7 @@ __all__ = [
     "LockTimeoutError",
     "LockTableFullError",
     "TransactionError",
+    "FailoverIneligibleError",
     "CorruptError",
     "BlockCorruptError",
     "WIJCorruptError",

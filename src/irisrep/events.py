@@ -3,7 +3,8 @@
 Owns DATA_DIR/events.jsonl: one JSON object per line (`time`, `member`, `kind`,
 `text`, and any fields the caller adds), appended by the member as things happen:
 start and stop, role and epoch changes, the mirror core's decisions, a backup
-becoming Active or dropped, a link to the primary made or lost, a tail undone.
+becoming Active or dropped, a link to the primary made or lost, a tail undone, a
+copy made read-write (no longer eligible to fail over).
 
 Promises:
 - appending never blocks a commit for long and never fails the caller: the log is

@@ -4,7 +4,10 @@ Owns the member's HTTP port: health checks for load balancers and orchestrators
 (`/health`, `/primary` (alias `/master`), `/backup`, `/replica?lag=` as Patroni
 names them, and IRIS's `/csp/bin/mirror_status.cxw`, so IRIS load-balancer checks
 carry over), and Prometheus metrics (`/metrics`) from a registry of the member's
-own (`MemberMetrics`): several members in one process never mix their figures.
+own (`MemberMetrics`): several members in one process never mix their figures. On
+an async, each mirror it follows (a reporting async may follow several) has its
+own replica check (`/replica?mirror=M&lag=N`, also `/replica/M`) and its own
+`irisrep_mirror_*{mirror=...}` series.
 
 Promises:
 - a check answers 200 only when its condition holds at that instant, else 503 with
@@ -132,6 +135,35 @@ def check_replica(v: dict, lag_max_bytes: int | None) -> tuple[bool, str]:
     if lag_max_bytes is not None and lag > lag_max_bytes:
         return False, f"{lag} bytes behind, more than {lag_max_bytes}"
     return True, f"{lag} bytes behind"
+
+
+def find_mirror(v: dict, mirror: str) -> dict | None:
+    """The entry of `v["mirrors"]` for `mirror` (case ignored, as the client's
+    use_database); None if this member does not follow it."""
+    for entry in v.get("mirrors") or ():
+        if entry["mirror"].lower() == mirror.lower():
+            return entry
+    return None
+
+
+def check_mirror_replica(v: dict, entry: dict, lag_max_bytes: int | None) -> tuple[bool, str]:
+    """One followed mirror's copy on an async: the member runs, that copy's link is
+    connected to the mirror's primary, and its journal is at most `lag_max_bytes`
+    behind (as check_replica, per mirror). A paused dejournaling does not fail it:
+    the body says so (`dejournal_paused`, `dejournal_lag_bytes`)."""
+    if not v.get("running"):
+        return False, v.get("reason", "not running")
+    if v.get("role") != "async":
+        return False, f"this member is {v.get('role')}"
+    if entry.get("connected_to") is None:
+        return (
+            False,
+            f"{entry['mirror']}: not connected to its primary (status {entry.get('status')})",
+        )
+    lag = int(entry.get("lag_bytes", 0))
+    if lag_max_bytes is not None and lag > lag_max_bytes:
+        return False, f"{entry['mirror']}: {lag} bytes behind, more than {lag_max_bytes}"
+    return True, f"{entry['mirror']}: {lag} bytes behind"
 
 
 _LAG = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
@@ -294,6 +326,50 @@ class _MemberCollector:
         for (old, new), n in dict(m.role_change_counts).items():
             changes.add_metric([old, new], n)
         yield changes
+        yield from _mirror_families(v)
+
+
+def _mirror_families(v: dict):
+    """On an async: one series per mirror it follows, labelled `mirror` (a reporting
+    async may follow several; the unlabelled series above are its own mirror's)."""
+    specs = (
+        ("received_bytes", "received", "Journal stream position received from that mirror"),
+        ("durable_bytes", "durable", "Journal stream position fdatasynced from that mirror"),
+        ("applied_bytes", "applied", "Journal stream position applied to that mirror's copy"),
+        ("lag_bytes", "lag_bytes", "How far that copy's durable journal is behind its primary"),
+        ("lag_seconds", "lag_s", "How long that copy has been behind its primary"),
+        (
+            "dejournal_lag_bytes",
+            "dejournal_lag_bytes",
+            "Journal received from that mirror and not yet applied to its copy",
+        ),
+    )
+    flags = (
+        ("connected", lambda e: e.get("connected_to") is not None, "1 while connected"),
+        ("dejournal_paused", lambda e: e.get("dejournal_paused"), "1 while dejournaling is paused"),
+        ("read_write", lambda e: e.get("read_write"), "1 when the copy is read-write"),
+        (
+            "failover_eligible",
+            lambda e: e.get("failover_eligible", True),
+            "0 once the copy was read-write: never eligible to fail over again",
+        ),
+    )
+    entries = (v.get("mirrors") or ()) if v.get("running") else ()
+    for suffix, key, doc in specs:
+        fam = GaugeMetricFamily(
+            f"irisrep_mirror_{suffix}", doc + " (per mirror)", labels=["mirror"]
+        )
+        for e in entries:
+            if e.get(key) is not None:
+                fam.add_metric([e["mirror"]], e[key])
+        yield fam
+    for suffix, fn, doc in flags:
+        fam = GaugeMetricFamily(
+            f"irisrep_mirror_{suffix}", doc + " (per mirror)", labels=["mirror"]
+        )
+        for e in entries:
+            fam.add_metric([e["mirror"]], 1.0 if fn(e) else 0.0)
+        yield fam
 
 
 # --- the HTTP side ---------------------------------------------------------------------
@@ -332,6 +408,13 @@ class _Api:
         except ValueError as e:
             return _text(400, f"bad request: {e}\n")
         route = self.routes.get(parts.path)
+        if route is None and parts.path.startswith("/replica/"):
+            # /replica/M: the same as /replica?mirror=M.
+            mirror = parts.path[len("/replica/") :]
+            if "mirror" in query or not mirror:
+                return _text(400, "give the mirror once: /replica/M or /replica?mirror=M\n")
+            query["mirror"] = [mirror]
+            route = self.replica
         if route is None:
             return _text(404, f"no such path; try one of: {', '.join(self.routes)}\n")
         return route(query)
@@ -355,13 +438,16 @@ class _Api:
 
     def replica(self, query) -> tuple[int, str, bytes]:
         values = query.get("lag", [])
-        if len(values) > 1:
-            return _text(400, "lag= given more than once\n")
+        mirrors = query.get("mirror", [])
+        if len(values) > 1 or len(mirrors) > 1:
+            return _text(400, f"{'lag' if len(values) > 1 else 'mirror'}= given more than once\n")
         try:
             lag_max = parse_lag(values[0]) if values else None
         except ValueError as e:
             return _text(400, f"{e}\n")
         v = member_view(self.member)
+        if mirrors:
+            return self._mirror_replica(v, mirrors[0], lag_max)
         return self._check(
             check_replica(v, lag_max),
             v,
@@ -370,9 +456,67 @@ class _Api:
             lag_max_bytes=lag_max,
         )
 
+    def _mirror_replica(self, v: dict, mirror: str, lag_max: int | None):
+        """`/replica?mirror=M`: that mirror's copy on this async."""
+        own = self.member.config.mirror_name
+        if not v.get("running"):
+            return self._check((False, v.get("reason", "not running")), v, mirror=mirror[:64])
+        entry = find_mirror(v, mirror)
+        if entry is None and v.get("role") != "async" and mirror.lower() == own.lower():
+            # A failover member (or a promoted DR async): its own mirror, as /replica.
+            return self._check(check_replica(v, lag_max), v, mirror=own)
+        if entry is None:
+            followed = [e["mirror"] for e in v.get("mirrors") or ()] or [own]
+            return _json(
+                404,
+                {
+                    "member": v.get("member"),
+                    "ok": False,
+                    "reason": f"this member follows no mirror {mirror[:64]!r}; it follows "
+                    + ", ".join(followed),
+                },
+            )
+        body = {k: entry.get(k) for k in ("mirror", "status", "epoch", "connected_to")}
+        ok, why = check_mirror_replica(v, entry, lag_max)
+        extra = {
+            k: entry.get(k)
+            for k in (
+                "lag_bytes",
+                "lag_s",
+                "applied",
+                "dejournal_paused",
+                "dejournal_lag_bytes",
+                "copy",
+                "read_write",
+                "failover_eligible",
+            )
+        }
+        return _json(
+            200 if ok else 503,
+            {
+                "member": v.get("member"),
+                "role": v.get("role"),
+                **body,
+                "ok": ok,
+                "reason": why,
+                "lag_max_bytes": lag_max,
+                **extra,
+            },
+        )
+
     def mirror_status(self, _query) -> tuple[int, str, bytes]:
-        ok, _why = check_primary(member_view(self.member))
-        return _text(200, "SUCCESS") if ok else _text(503, "FAILED")
+        v = member_view(self.member)
+        ok, _why = check_primary(v)
+        if ok:
+            return _text(200, "SUCCESS")
+        # IRIS answers FAILED alone; a copy that was read-write says so on the next
+        # lines (a check that expects the status code or SUCCESS is unaffected).
+        lines = [
+            f"{e['mirror']}: {e['copy']}"
+            for e in v.get("mirrors") or ()
+            if not e.get("failover_eligible", True)
+        ]
+        return _text(503, "\n".join(["FAILED", *lines]))
 
     def metrics(self, _query) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, self.member.metrics.render()

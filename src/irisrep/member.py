@@ -42,6 +42,18 @@ over with DB; every member declares it); a local one lives in the member's local
 instance, `DATA_DIR/local/` (its own journal and WIJ, never shipped, writable in
 every role: a reporting async's report databases). `database_named(name)` finds any
 of them, or a followed mirror's copy, by name.
+
+A reporting async's copy may be read-write (`copy = "read-write"`, per `[[follow]]`
+and at the top level for its own mirror): clients change it locally while
+dejournaling goes on, and the mirror's updates may overwrite those changes. Its local
+changes are not journaled (the copy's journal is the mirror's stream, byte for
+byte): they reach the database file with the write daemon's next cycle, and a crash
+before it loses them. Opening a copy read-write marks it, before any write can land,
+as no longer eligible to fail over (COPY_INELIGIBLE_FILE_NAME in its directory,
+fsynced; IRIS clears the database's FailoverDB flag): the mark is never removed, so
+it outlives a restart and a config set back to read-only, and a promotion or a
+start as a failover member or DR async on that directory raises
+FailoverIneligibleError.
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ import time
 from . import wire
 from .config import MemberConfig
 from .constants import (
+    COPY_INELIGIBLE_FILE_NAME,
     JOURNAL_DIR_NAME,
     JOURNAL_PURGE_DAYS,
     JOURNAL_PURGE_INTERVAL_S,
@@ -74,7 +87,13 @@ from .constants import (
     TAIL_SERVED_FILE_NAME,
 )
 from .database import DEFAULT_DATABASE, Database
-from .errors import ConfigError, DatabaseNotFoundError, IrisrepError, TransactionError
+from .errors import (
+    ConfigError,
+    DatabaseNotFoundError,
+    FailoverIneligibleError,
+    IrisrepError,
+    TransactionError,
+)
 from .events import EventLog
 from .httpapi import HttpServer, MemberMetrics
 from .mirror import CopyLink, Replicator
@@ -130,6 +149,33 @@ def _write_state(path: str, state: dict) -> None:
         os.close(dfd)
 
 
+def _read_ineligible(directory: str | os.PathLike) -> dict | None:
+    """The mark of a copy that was read-write (None: it never was). A damaged mark
+    still marks: what counts is that the file exists."""
+    path = os.path.join(directory, COPY_INELIGIBLE_FILE_NAME)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(65536)
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        info = {"reason": f"{path} is damaged; the copy stays ineligible"}
+    return info
+
+
+def _copy_text(mode: str, mark: dict | None) -> str:
+    """How `irisrep ps` and /health say whether a copy may still fail over."""
+    if mode == "read-write":
+        return "read-write: not eligible to fail over"
+    if mark is not None:
+        return "read-only: not eligible to fail over (was read-write)"
+    return "read-only"
+
+
 def _history_text(entry: dict) -> str:
     """One line for the event log from a history entry."""
     if entry.get("event") == "role":
@@ -183,6 +229,18 @@ class Member:
         self.started_at = time.time()
         os.makedirs(config.data_dir, exist_ok=True)
         self.event = EventLog(config.data_dir, self.name)  # irisrep events
+        # Copies that were read-write (mirror -> their mark): never eligible to fail over.
+        self.ineligible: dict[str, dict] = {}
+        mark = _read_ineligible(config.data_dir)
+        if mark is not None:
+            if self.kind != "async-reporting":
+                raise FailoverIneligibleError(
+                    f"{config.data_dir} holds a copy of mirror {config.mirror_name} that was "
+                    f"read-write on a reporting async ({mark.get('reason', 'marked')}): it "
+                    f"can never be a {self.kind} member's database; make a new copy from a "
+                    "backup of the primary"
+                )
+            self.ineligible[config.mirror_name] = mark
         self.state_path = os.path.join(config.data_dir, MIRROR_STATE_FILE_NAME)
         st = _read_state(self.state_path)
         if st is None:
@@ -257,6 +315,8 @@ class Member:
             journal_dir=None if c.journal_dir is None else str(c.journal_dir),
             journal_file_bytes=c.journal_file_bytes,
             name=DEFAULT_DATABASE,
+            # A read-write copy's local changes are never journaled (module docstring).
+            journaling=c.copy != "read-write",
         )
         self.database.committer.observe_commit_s = self.metrics.commit_latency.observe
         try:
@@ -274,6 +334,7 @@ class Member:
                 epoch=lambda: self.epoch,
             )
             if not primary:
+                self._open_copy_mode(c.mirror_name, c.data_dir, self.database)
                 self._start_copy()
             for f in c.follow:
                 self._start_followed(f)
@@ -460,10 +521,12 @@ class Member:
             epoch=st["epoch"],
             journal_file_bytes=c.journal_file_bytes,
             name=DEFAULT_DATABASE,
+            journaling=not f.read_write,  # local changes are never journaled
         )
         fm = _Followed(f.mirror_name, path, db, state_path)
         self.followed[f.mirror_name] = fm
         mirror = f.mirror_name
+        self._open_copy_mode(mirror, path, db)
         fm.copy = CopyLink(
             db,
             mirror=mirror,
@@ -485,6 +548,36 @@ class Member:
         fm.copy.start()
 
     # --- several mirrors (a reporting async) --------------------------------------------
+
+    def _open_copy_mode(self, mirror: str, directory, db: Database) -> None:
+        """A read-write copy: marked ineligible to fail over (durably, before any write
+        can land: IRIS clears the FailoverDB flag), then opened for local writes. Any
+        copy: its mark, if it was ever read-write, goes into `ineligible`."""
+        mark = _read_ineligible(directory)
+        if self.config.copy_mode(mirror) == "read-write":
+            if mark is None:
+                mark = {
+                    "mirror": mirror,
+                    "member": self.name,
+                    "since": time.time(),
+                    "reason": 'configured copy = "read-write"',
+                }
+                _write_state(os.path.join(directory, COPY_INELIGIBLE_FILE_NAME), mark)
+                log.warning(
+                    "member %s: the copy of mirror %s is read-write: it is no longer "
+                    "eligible to fail over, for good (%s)",
+                    self.name,
+                    mirror,
+                    directory,
+                )
+                self.event(
+                    "read-write",
+                    f"{mirror}: the copy is read-write: no longer eligible to fail over, for good",
+                    mirror=mirror,
+                )
+            db.set_protect(False)
+        if mark is not None:
+            self.ineligible[mirror] = mark
 
     def _mirror_name(self, mirror: str | None) -> str:
         """The configured spelling of `mirror` (None: this member's own mirror);
@@ -614,7 +707,15 @@ class Member:
         """One followed mirror as `irisrep ps` shows it on an async."""
         _name, link = self._copy_link(name)
         db = self.mirror_database(name)
-        out = {"mirror": name, "dejournal_paused": name in self._dejournal_paused}
+        mode = self.config.copy_mode(name)
+        out = {
+            "mirror": name,
+            "dejournal_paused": name in self._dejournal_paused,
+            "copy": _copy_text(mode, self.ineligible.get(name)),
+            "read_write": mode == "read-write",
+            # The copy (the database) may never serve a failover: IRIS's FailoverDB flag.
+            "failover_eligible": name not in self.ineligible,
+        }
         if link is None:
             out.update(status="Waiting", connected_to=None)
             return out
@@ -687,6 +788,16 @@ class Member:
         then commits are accepted and shipped to whoever connects."""
         if how not in self.promotion_counts:
             raise ValueError(f"how={how!r}: one of {', '.join(MIRROR_PROMOTION_KINDS)}")
+        if self.kind == "async-reporting":
+            raise FailoverIneligibleError(
+                f"member {self.name} is a reporting async: it is never promoted (a backup "
+                "or a DR async is)"
+                + (
+                    f"; its copy of {self.config.mirror_name} was read-write"
+                    if self.config.mirror_name in self.ineligible
+                    else ""
+                )
+            )
         with self._role_lock:
             if self.role == "primary":
                 raise TransactionError(f"member {self.name} is already primary")
@@ -1073,6 +1184,11 @@ class Member:
                 out["status"] = "Backup" if self.role == "backup" else "Connected"
         if self.kind != "failover" and self.role != "primary":
             out["mirrors"] = [self._mirror_status(m) for m in self.config.mirrors_followed]
+            own = out["mirrors"][0]
+            out["copy"] = own["copy"]
+            out["read_write"] = own["read_write"]
+            out["failover_eligible"] = own["failover_eligible"]
+            out["ineligible_copies"] = sorted(self.ineligible)
         if db is not None and not db.closed:
             out["databases"] = self.databases_status()
         return out
