@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import irisrep
 from irisrep.client import connect_member
 from irisrep.config import FollowedMirror, parse_config
 from irisrep.constants import MIRRORS_FOLLOWED_MAX
@@ -107,6 +108,8 @@ def deployment(tmp_path_factory):
     d = tmp_path_factory.mktemp("rep") / "m"
     up(d, mirrors=2, reporting=1, timeout_s=60)
     try:
+        # `up` waits for each mirror's Active backup, not for the reporting async.
+        _wait(lambda: _r1_reachable(d), timeout_s=60, what="R1 to take clients")
         yield d
     finally:
         down(d)
@@ -125,6 +128,14 @@ def _dump(conn, name):
 def _mirror(d, mirror):
     st = _r1_status(d)
     return next(m for m in st["mirrors"] if m["mirror"] == mirror)
+
+
+def _r1_reachable(d) -> bool:
+    try:
+        _r1_status(d)
+    except ConnectionRefusedError:
+        return False
+    return True
 
 
 def _r1_status(d):
@@ -182,6 +193,47 @@ def test_two_mirrors_apart_and_equal(deployment):
     rows = {r["member"]: r for r in ps(d)}
     assert [m["mirror"] for m in rows["R1"]["mirrors"]] == ["MIRROR1", "MIRROR2"]
     assert all(m["status"] == "Connected" for m in rows["R1"]["mirrors"])
+
+
+def test_a_report_from_both_mirrors_in_the_local_database(deployment):
+    """Issue 10: R1 reads both mirrors' copies and writes a report into its own local
+    database REPORT; the report is what the two primaries hold, and REPORT stays on
+    R1 (no primary has it)."""
+    d = deployment
+    with _conn(d, "MIRROR1/A") as c:
+        for i in range(40):
+            c.globals["sale"][i] = i
+    with _conn(d, "MIRROR2/A") as c:
+        for i in range(25):
+            c.globals["sale"][i] = 100 + i
+    want = {"MIRROR1": sum(range(40)), "MIRROR2": sum(100 + i for i in range(25))}
+    every = ["m1", "m2", "sale"]  # the globals this module's tests write
+    _wait(lambda: _copy_equals(d, "MIRROR1/A", "MIRROR1", every), what="MIRROR1 copy")
+    _wait(lambda: _copy_equals(d, "MIRROR2/A", "MIRROR2", every), what="MIRROR2 copy")
+    with _conn(d, "R1") as r:
+        totals = {}
+        for mirror in ("MIRROR1", "MIRROR2"):
+            r.use_database(mirror)
+            totals[mirror] = sum(v for _k, v in r.globals["sale"].items())
+        assert r.use_database("report") == "REPORT"
+        for mirror, total in totals.items():
+            r.globals["total"][mirror] = total
+        r.globals["total"][()] = sum(totals.values())
+        assert dict(r.globals["total"].items()) == {
+            (): sum(want.values()),
+            ("MIRROR1",): want["MIRROR1"],
+            ("MIRROR2",): want["MIRROR2"],
+        }
+    with _conn(d, "R1") as r:  # durable in R1's local instance, read back fresh
+        r.use_database("REPORT")
+        assert r.globals["total"][()] == sum(want.values())
+        r.use_database(None)
+        assert r.globals["total"].data() == 0  # not in MIRROR1's copy
+    for primary in ("MIRROR1/A", "MIRROR2/A"):
+        with _conn(d, primary) as c:
+            with pytest.raises(irisrep.DatabaseNotFoundError):
+                c.use_database("REPORT")
+            c.globals["sale"].kill()  # the module's other tests compare global lists
 
 
 def test_pause_dejournaling_one_mirror(deployment):

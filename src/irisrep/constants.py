@@ -287,3 +287,4 @@ DATABASE_CATALOG_NAME = "databases.json"  # the instance's databases other than 
 DATABASE_CATALOG_BYTES_MAX = 1 << 20  # a larger catalog file is refused as damaged
 LOCAL_INSTANCE_DIR_NAME = "local"  # a mirror member's local (never mirrored) databases
 LOCAL_INSTANCE_ROOT_NAME = "LOCALSYS"  # the local instance's own first database file
+REPORT_DATABASE_NAME = "REPORT"  # `irisrep up --reporting`: each reporting async's local one

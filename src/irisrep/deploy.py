@@ -23,7 +23,9 @@ each mirror MIRROR<k> has its members in `<MIRROR>/<member>/` and its own key in
 `<MIRROR>/mirror.key`; in deploy.json (and so in `ps`, `stop`, `kill`, `session`)
 its members are named `MIRROR<k>/A`, `MIRROR<k>/B`, ... (the member's own name in its
 config stays `A`). The reporting asyncs `R1`... live in `R<j>/`, belong to MIRROR1 and
-follow every other mirror (`[[follow]]`); every mirror lists them. One arbiter serves
+follow every other mirror (`[[follow]]`); every mirror lists them. Each has a local
+database `REPORT` (`[[databases]]`, `mirrored = false`) for reports written from what
+it reads of all of them. One arbiter serves
 all the mirrors (it keeps a state per mirror). `up` returns once every mirror's
 primary has an Active backup. `switchover` and `promote` act within one mirror (the
 one named with `mirror=`, or the member's): another mirror's primary is no reason
@@ -45,7 +47,16 @@ from pathlib import Path
 
 from . import agent as agent_mod
 from .auth import generate_password, hash_password
-from .config import Address, FollowedMirror, MemberConfig, MirrorMember, User, load_config
+from .config import (
+    Address,
+    DatabaseSpec,
+    FollowedMirror,
+    MemberConfig,
+    MirrorMember,
+    User,
+    load_config,
+)
+from .constants import REPORT_DATABASE_NAME
 
 DEPLOY_FILE = "deploy.json"
 KEY_FILE = "mirror.key"
@@ -426,6 +437,11 @@ def _up_multi(
             arbiter_address=arbiter_address,
             http_address=http[dname],
             follow=follow if kind == "async-reporting" else (),
+            # A reporting async's own database for reports over every mirror it
+            # follows (docs/databases.md): local, journaled, writable.
+            databases=(DatabaseSpec(REPORT_DATABASE_NAME, mirrored=False),)
+            if kind == "async-reporting"
+            else (),
         )
         (mdir / "member.toml").write_text(cfg.to_toml())
         deployment["members"].append(
