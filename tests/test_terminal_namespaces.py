@@ -15,6 +15,7 @@ import io
 import pytest
 
 import irisrep
+from irisrep import errors
 from irisrep.database import Database
 from irisrep.terminal import Session, TerminalError, interact, parse, run_session
 
@@ -221,3 +222,80 @@ def test_a_target_with_one_database_knows_only_its_name(tmp_path):
     finally:
         s.close()
         db.close()
+
+
+# --- a connection: one current database, switched by use_database -----------------------
+
+_NOT_FOUND = getattr(errors, "DatabaseNotFoundError", None)
+
+
+class _Conn:
+    """The connection's side of the contract over real databases: global operations
+    go to the current one, `use_database(name)` switches (the member resolves a name
+    ignoring case and returns its spelling; None: the default again), transactions
+    stay with the connection. Every switch is recorded."""
+
+    def __init__(self, dbs: dict[str, Database]) -> None:
+        self.dbs = dbs
+        self.current: str | None = None
+        self.switches: list[str | None] = []
+
+    @property
+    def globals(self):
+        return self.dbs[self.current or "DB"].globals
+
+    def use_database(self, name: str | None) -> str | None:
+        found = None
+        if name is not None:
+            found = next((n for n in self.dbs if n.upper() == name.upper()), None)
+            if found is None:
+                if _NOT_FOUND is None:
+                    pytest.skip("the database layer has no DatabaseNotFoundError yet")
+                raise _NOT_FOUND(name)
+        self.switches.append(name)
+        self.current = found
+        return found
+
+    def __getattr__(self, name: str):
+        return getattr(self.dbs["DB"], name)  # tlevel, tstart, tcommit, trollback
+
+
+@pytest.fixture
+def conn(inst):
+    return _Conn({"DB": inst, **inst.others})
+
+
+def test_connection_switches_for_one_operation_and_back(conn, inst):
+    s = Session(conn, out=io.StringIO())
+    rep = inst.others["REPORT"].globals
+    out(s, 'S ^|"report"|x(1)=1,^x(1)=2')
+    assert conn.switches == ["report", None] and conn.current is None
+    assert rep["x"][1] == 1 and inst.globals["x"][1] == 2
+    conn.switches.clear()
+    assert out(s, 'ZW ^|"REPORT"|x W $Q(^|"REPORT"|x(""))') == '^|"REPORT"|x(1)=1\n^|"REPORT"|x(1)'
+    assert conn.switches == ["REPORT", None] * 2
+    # An error inside the operation: switched back all the same.
+    conn.switches.clear()
+    assert err(s, 'S ^|"REPORT"|x("' + "y" * 600 + '")=1').word == "SUBSCRIPT"
+    assert conn.switches == ["REPORT", None] and conn.current is None
+    # ZNspace stays; an extended reference from there comes back to it, by its spelling.
+    out(s, 'ZN "archive" S ^a=1')
+    assert conn.current == "Archive" and s.namespace == "ARCHIVE"
+    conn.switches.clear()
+    assert out(s, 'W ^|"REPORT"|x(1),^|"db"|x(1),^|"Archive"|a,^a') == "1211"
+    assert conn.switches == ["REPORT", "Archive", None, "Archive"]
+    out(s, 'L +^|"REPORT"|k')
+    conn.switches.clear()
+    s.close()  # the lock released in REPORT, the connection back on its default
+    assert conn.switches == ["REPORT", "Archive", None] and conn.current is None
+    assert sum(1 for e in inst.others["REPORT"].locks.snapshot() if e[4]) == 0
+
+
+def test_connection_unknown_namespace(conn):
+    s = Session(conn, out=io.StringIO())
+    out(s, 'ZN "REPORT"')
+    conn.switches.clear()
+    assert err(s, 'ZN "NOPE"').word == "NAMESPACE"
+    assert err(s, 'W ^|"NOPE"|x').word == "NAMESPACE"
+    assert s.namespace == "REPORT" and conn.current == "REPORT" and conn.switches == []
+    s.close()
