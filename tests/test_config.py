@@ -577,7 +577,7 @@ def test_docs_example_loads(tmp_path):
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc.read_text(), re.M))
     assert documented == set(cfgmod._TOP_KEYS) | set(cfgmod._MEMBER_KEYS) | set(
         cfgmod._USER_KEYS
-    ) | set(cfgmod._FOLLOW_KEYS) | {
+    ) | set(cfgmod._FOLLOW_KEYS) | set(cfgmod._DATABASE_KEYS) | {
         "cert_file",
         "key_file",
         "ca_file",

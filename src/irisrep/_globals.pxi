@@ -152,3 +152,8 @@ cdef class GlobalCore:
             return self.tree.get(key) is not None
         finally:
             self._release()
+
+    def _set_journaling(self, bint on):
+        """Database.set_journaling: this global's writes follow the new setting
+        (called under the database lock, at a clean point)."""
+        self._journaling = on

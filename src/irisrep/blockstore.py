@@ -72,7 +72,15 @@ class StoreFile:
 class BlockStore(StoreFile):
     """A database file opened through the file-system seam (`fileio.FS`)."""
 
-    def __init__(self, fs, path: str, *, create: bool = False, direct: str = "optional") -> None:
+    def __init__(
+        self,
+        fs,
+        path: str,
+        *,
+        create: bool = False,
+        direct: str = "optional",
+        db_id: int | None = None,
+    ) -> None:
         self.fs = fs
         self.path = path
         exists = fs.exists(path)
@@ -86,7 +94,7 @@ class BlockStore(StoreFile):
         self._trunk_link: int | None = None  # the head trunk's link (None: read it)
         self._trunk_dirty = False
         if not exists:
-            self._init_new()
+            self._init_new(db_id)
         elif self.file.size() == 0:
             self.file.close()
             raise CorruptError(
@@ -101,10 +109,12 @@ class BlockStore(StoreFile):
 
     # --- header ----------------------------------------------------------------------
 
-    def _init_new(self) -> None:
+    def _init_new(self, db_id: int | None) -> None:
         # A new database: header block 0 and an empty root leaf at block 1. Nothing is
         # durable until the first flush cycle (Database.create flushes at once).
-        self.db_id = int.from_bytes(os.urandom(4), "little") or 1
+        # Database.create passes the id derived from the database's name (the id its
+        # journal records carry, the same on every mirror member); random otherwise.
+        self.db_id = db_id if db_id else int.from_bytes(os.urandom(4), "little") or 1
         self.root = 1
         self.free_head = BLOCK_NONE
         self.free_count = 0

@@ -16,6 +16,10 @@ A reporting async (`async-reporting`) may follow other mirrors besides its own
 MIRRORS_FOLLOWED_MAX mirrors in all; any other kind is refused a `[[follow]]` (a DR
 async stays with the one mirror it may be promoted into).
 
+`[[databases]]` declares the member's databases besides `DB`: mirrored ones (every
+failover member and async declares the same, as IRIS requires a mirrored database
+on each member) and local ones (never mirrored; journaling may be off only there).
+
 See docs/member-config.md for every key.
 """
 
@@ -43,6 +47,7 @@ from .constants import (
     COMMIT_MODE_DEFAULT,
     COMMIT_MODES,
     CONFIG_FILE_BYTES_MAX,
+    DATABASES_MAX,
     DIRECT_IO_DEFAULT,
     DIRECT_IO_MODES,
     HOSTNAME_CHARS_MAX,
@@ -228,6 +233,21 @@ class FollowedMirror:
 
 
 @dataclass(frozen=True)
+class DatabaseSpec:
+    """A database of the member besides `DB` (`[[databases]]`): mirrored (kept on
+    every member of the mirror, in the mirror's journal) or local (this member's
+    own, in its local instance, never shipped); journaling may be off only when
+    local (IRIS: a mirrored database is always journaled)."""
+
+    name: str
+    mirrored: bool = True
+    journaling: bool = True
+
+    def __post_init__(self) -> None:
+        _validate_database(self, "databases")
+
+
+@dataclass(frozen=True)
 class MemberConfig:
     """A validated member configuration. Constructing one checks it as loading does
     (paths must then be absolute); it never touches the file system."""
@@ -253,6 +273,7 @@ class MemberConfig:
     journal_purge_member_limit_days: float = JOURNAL_PURGE_MEMBER_LIMIT_DAYS
     # A reporting async: the other mirrors it follows (its own is mirror_name).
     follow: tuple[FollowedMirror, ...] = ()
+    databases: tuple[DatabaseSpec, ...] = ()  # besides DB: mirrored and local ones
 
     def __post_init__(self) -> None:
         _validate_config(self)
@@ -328,6 +349,13 @@ class MemberConfig:
             ]
             if m.agent_address is not None:
                 out.append(f"agent_address = {_toml_str(str(m.agent_address))}")
+        for d in self.databases:
+            out += [
+                "\n[[databases]]",
+                f"name = {_toml_str(d.name)}",
+                f"mirrored = {'true' if d.mirrored else 'false'}",
+                f"journaling = {'true' if d.journaling else 'false'}",
+            ]
         for f in self.follow:
             out += ["\n[[follow]]", f"mirror_name = {_toml_str(f.mirror_name)}"]
             if f.mirror_key_file is not None:
@@ -468,7 +496,22 @@ def parse_config(text: str, *, base_dir: str | os.PathLike[str]) -> MemberConfig
     for i, item in enumerate(top.get("follow", list) or ()):
         follow.append(_parse_follow(base, f"follow[{i}]", item))
 
+    databases = []
+    for i, item in enumerate(top.get("databases", list) or ()):
+        key = f"databases[{i}]"
+        if not isinstance(item, dict):
+            raise _err(key, f"{_show(item)} is not a table; write each one as [[databases]]")
+        t = _Table(item, key)
+        t.check_keys(_DATABASE_KEYS)
+        kw = {"name": t.get("name", str, required=True)}
+        for name in ("mirrored", "journaling"):
+            value = t.get(name, bool)
+            if value is not None:
+                kw[name] = value
+        databases.append(_build(DatabaseSpec, key, kw, local="databases"))
+
     kw = {
+        "databases": tuple(databases),
         "follow": tuple(follow),
         "mirror_name": mirror_name,
         "member_name": member_name,
@@ -546,6 +589,7 @@ def _parse_follow(base: Path, key: str, item: object) -> FollowedMirror:
     return _build(FollowedMirror, key, kw, local="follow")
 
 
+_DATABASE_KEYS = ("name", "mirrored", "journaling")
 _FOLLOW_KEYS = ("mirror_name", "failover_members", "mirror_key", "mirror_key_file")
 
 _TOP_KEYS = (
@@ -568,6 +612,7 @@ _TOP_KEYS = (
     "members",
     "users",
     "follow",
+    "databases",
 )
 _MEMBER_KEYS = ("name", "kind", "mirror_address", "client_address", "agent_address")
 _USER_KEYS = ("name", "password_hash")
@@ -584,7 +629,13 @@ _HINTS = {
     f"0..{JOURNAL_PURGE_MEMBER_LIMIT_DAYS_MAX:g} (integer or float)",
     "kind": "one of " + ", ".join(f'"{x}"' for x in MEMBER_KINDS),
 }
-_TYPE_WORDS = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+_TYPE_WORDS = {
+    str: "a string",
+    int: "an integer",
+    list: "an array",
+    dict: "a table",
+    bool: "true or false",
+}
 
 
 class _Table:
@@ -610,7 +661,7 @@ class _Table:
                 raise _err(self.key(name), f"missing; it is required ({_TYPE_WORDS[typ]})")
             return None
         value = self.data[name]
-        if not isinstance(value, typ) or isinstance(value, bool):
+        if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
             expected = _HINTS.get(name.rpartition(".")[2], _TYPE_WORDS[typ])
             raise _err(self.key(name), f"{_show(value)} is {_kind(value)}; expected {expected}")
         return value
@@ -721,6 +772,26 @@ def _validate_member(m: MirrorMember, key: str) -> None:
             m,
             "agent_address",
             _check_address(f"{key}.agent_address", m.agent_address, routable=True),
+        )
+
+
+def _validate_database(d: DatabaseSpec, key: str) -> None:
+    from .database import DEFAULT_DATABASE, check_database_name
+
+    try:
+        name = check_database_name(d.name)
+    except ConfigError as exc:
+        raise _err(f"{key}.name", str(exc)) from None
+    if name == DEFAULT_DATABASE:
+        raise _err(f"{key}.name", f"{DEFAULT_DATABASE} is always there; declare the others")
+    _set(d, "name", name)
+    for flag in ("mirrored", "journaling"):
+        if not isinstance(getattr(d, flag), bool):
+            raise _err(f"{key}.{flag}", f"{_show(getattr(d, flag))} is not true or false")
+    if d.mirrored and not d.journaling:
+        raise _err(
+            f"{key}.journaling",
+            "a mirrored database is always journaled (only a local one may turn it off)",
         )
 
 
@@ -868,6 +939,21 @@ def _validate_config(c: MemberConfig) -> None:
     if c.tls is not None and not isinstance(c.tls, TLSFiles):
         raise _err("tls", f"{_show(c.tls)} is not a TLSFiles")
     _validate_users(c)
+    databases = c.databases
+    if isinstance(databases, list):
+        databases = tuple(databases)
+        _set(c, "databases", databases)
+    if not isinstance(databases, tuple) or not all(isinstance(d, DatabaseSpec) for d in databases):
+        raise _err("databases", "expected a sequence of DatabaseSpec")
+    if len(databases) >= DATABASES_MAX:
+        raise _err(
+            "databases", f"{len(databases)} databases; at most {DATABASES_MAX - 1} besides DB"
+        )
+    names: dict[str, int] = {}
+    for i, d in enumerate(databases):
+        prev = names.setdefault(d.name, i)
+        if prev != i:
+            raise _err(f"databases[{i}].name", f"{d.name} is also databases[{prev}].name")
     for name, routable in (("arbiter_address", True), ("http_address", False)):
         value = getattr(c, name)
         if value is not None:

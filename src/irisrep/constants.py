@@ -273,3 +273,11 @@ DATACHECK_LEAF_NODES_DEFAULT = 32  # a mismatch is narrowed down to ranges this 
 DATACHECK_RECHECKS_DEFAULT = 3  # rounds of rechecks (each after the copy caught up)
 DATACHECK_RECHECK_TRIES = 8  # hash pairs per range in one round before the next round
 DATACHECK_CATCHUP_TIMEOUT_S = 30.0  # a recheck round waits this long for the copy
+
+# --- databases of an instance (database.py) ------------------------------------------
+DATABASES_MAX = 64  # databases in one instance directory, DB included
+DATABASE_NAME_MAX = 31  # characters in a database name (IRIS: letters, digits, _ - .)
+DATABASE_CATALOG_NAME = "databases.json"  # the instance's databases other than DB
+DATABASE_CATALOG_BYTES_MAX = 1 << 20  # a larger catalog file is refused as damaged
+LOCAL_INSTANCE_DIR_NAME = "local"  # a mirror member's local (never mirrored) databases
+LOCAL_INSTANCE_ROOT_NAME = "LOCALSYS"  # the local instance's own first database file

@@ -45,6 +45,7 @@ __all__ = [
 POINTS: tuple[str, ...] = (
     # --- block store flush (buffer pool -> database file) ---
     "create_before_rename",  # a new database file is durable under its temporary name
+    "database_before_catalog",  # database(NAME): its file is durable, the catalog not yet
     "close_after_flush",  # close() ran its last cycle, WIJ not yet marked clean
     # --- write image journal (WIJ): add here ---
     "wij_after_images_write",  # directory + images written to the WIJ, not yet fsynced

@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import xxhash
 
 from . import _core, crashpoints, replay
 from .blockstore import BlockStore
@@ -48,6 +52,10 @@ from .constants import (
     BUFFER_POOL_BLOCKS_DEFAULT,
     BUFFER_POOL_BLOCKS_MIN,
     COMMIT_MODES,
+    DATABASE_CATALOG_BYTES_MAX,
+    DATABASE_CATALOG_NAME,
+    DATABASE_NAME_MAX,
+    DATABASES_MAX,
     DEJOURNAL_SLICE_RECORDS,
     DIRTY_SHARE_FLUSH,
     DIRTY_SHARE_HARD,
@@ -69,6 +77,7 @@ from .errors import (
     BackupError,
     ClosedError,
     ConfigError,
+    DatabaseNotFoundError,
     DurabilityError,
     IrisrepError,
     JournalCorruptError,
@@ -98,6 +107,31 @@ _decode_value = _core.decode_value
 _ALL_BELOW = b"\xff"
 _NODE_ONLY = b"\x00"
 _EMPTY_ENTRIES = replay.encode_entries([])
+
+# IRIS database names: a letter, then letters, digits, "_", "-" or "."; case-insensitive
+# (kept upper-case, as IRIS shows them).
+_DATABASE_NAME = re.compile(r"[A-Z][A-Z0-9_.-]*\Z")
+
+
+def check_database_name(name: object) -> str:
+    """The canonical (upper-case) form of a database name; ConfigError if it is not one."""
+    if not isinstance(name, str):
+        raise ConfigError(f"database name must be a str, not {type(name).__name__}")
+    canonical = name.upper()
+    if not 1 <= len(canonical) <= DATABASE_NAME_MAX or not _DATABASE_NAME.match(canonical):
+        raise ConfigError(
+            f"database name {name[:64]!r}: 1 to {DATABASE_NAME_MAX} letters, digits, "
+            "'_', '-' or '.', starting with a letter"
+        )
+    return canonical
+
+
+def database_id(name: str) -> int:
+    """The id a new database file gets and its journal records carry: derived from
+    the (canonical) name, so that the primary's `SALES` and every member's copy of it
+    agree without asking each other; never 0 (the id of records that name no database,
+    TSTART and the like)."""
+    return xxhash.xxh32_intdigest(check_database_name(name).encode("ascii"), seed=0x1D15) or 1
 
 
 @dataclass
@@ -160,12 +194,13 @@ class Database:
         write_daemon: bool = True,
         write_daemon_interval_ms: int = WRITE_DAEMON_INTERVAL_MS,
         commit_mode: str = "sync",
-        journaling: bool = True,
+        journaling: bool | None = None,
         journal_file_bytes: int = JOURNAL_FILE_BYTES,
         protect: bool = False,
         mirror_copy: bool = False,
         epoch: int = 0,
         journal_dir: str | os.PathLike | None = None,
+        only_these_databases: bool = False,
     ) -> None:
         from .fileio import default_fs
 
@@ -180,7 +215,8 @@ class Database:
             )
         self.fs = fs if fs is not None else default_fs()
         self.path = os.fspath(path)
-        self.name = name
+        self.name = check_database_name(name)
+        self.parent: Database | None = None  # this is the instance (see database())
         if not self.fs.exists(self.path):
             if not create:
                 raise FileNotFoundError(2, "no irisrep instance directory", self.path)
@@ -203,13 +239,24 @@ class Database:
         self._failure: BaseException | None = None
         # Recovery on open, step 1 (rule 3): finish or discard the WIJ's last cycle
         # before anything reads a database block. Journal roll-forward joins later.
+        self._direct = direct
+        self._pool_blocks = pool_blocks
+        # A restore brings back some of an instance's databases: its recovery skips
+        # the records of the others (counted in the log) instead of refusing them.
+        self._only_these = bool(only_these_databases)
+        self.skipped_records = 0
+        # The instance's other databases (database()): each its own file, sharing this
+        # instance's WIJ, write daemon, journal, lock, transactions and locks.
+        self.catalog_path = os.path.join(self.path, DATABASE_CATALOG_NAME)
+        self._catalog = self._read_catalog()
+        self._children: dict[str, Database] = {}
         self.wij = WriteImageJournal(self.fs, self.wij_path, direct=direct)
         try:
             self.wij_recovery = self._recover_wij(direct)
             if not self.fs.exists(self.file_path):
                 if not create:
                     raise FileNotFoundError(2, "no database file", self.file_path)
-                self._create_file(direct)
+                self._create_file(direct, self.file_path, database_id(self.name), 0)
             self.store = BlockStore(self.fs, self.file_path, direct=direct)
             self.wij.mark_running()
         except BaseException:
@@ -217,6 +264,9 @@ class Database:
             raise
         self.tree = _core.BTree(self.store, self.store.db_id, self.store.root, pool_blocks)
         self.db_id = self.store.db_id
+        # Journal records name their database by id: recovery, dejournaling and
+        # rollback send each to its own tree through this map.
+        self._by_id: dict[int, Database] = {self.db_id: self}
         # A mirrored database on a backup or async is read-only: every write through
         # the API raises ProtectError (<PROTECT>) and changes nothing. Mirroring
         # turns it off when this member becomes primary (set_protect).
@@ -237,6 +287,9 @@ class Database:
         # IRIS per-database journaling: off, a change outside a transaction is not
         # journaled (it reaches the database with the next WIJ cycle and a crash
         # before that loses it, the tree staying sound); inside one it always is.
+        # None: as the catalog last recorded it (set_journaling), else on.
+        if journaling is None:
+            journaling = self._catalog.get(self.name, {}).get("journaling", True)
         self.journaling = bool(journaling)
         self.dirty_limit = max(8, int(pool_blocks * DIRTY_SHARE_FLUSH))
         self.dirty_hard_limit = min(
@@ -254,6 +307,13 @@ class Database:
         self.txn_rollback_count = 0
         self._txn_ids = itertools.count(time.time_ns())  # unique across restarts
         self.locks = LockTable()
+        try:
+            for child_name in sorted(self._catalog):
+                if child_name != self.name:
+                    self._open_child(child_name, create=False)
+        except BaseException:
+            self._close_files()
+            raise
         # Recovery on open, step 2 (rule 3): roll the journal forward from the
         # checkpoint, then roll back transactions that never committed.
         self.journal = Journal(
@@ -273,9 +333,9 @@ class Database:
         except BaseException:
             # The error that stopped recovery is the one to report: a close that fails
             # after it (the disk is gone, the journal already stopped) must not hide it.
-            for close in (self.journal.close, self.store.close, self.wij.close):
-                with contextlib.suppress(OSError, IrisrepError):
-                    close()
+            with contextlib.suppress(OSError, IrisrepError):
+                self.journal.close()
+            self._close_files()
             raise
         self._flusher: threading.Thread | None = None
         self._flush_wake = threading.Event()  # set by close(): no waiting out the interval
@@ -295,17 +355,22 @@ class Database:
     # --- recovery and creation -------------------------------------------------------
 
     def _recover_wij(self, direct: str):
+        # One WIJ for the instance: its last cycle may hold blocks of any of its
+        # database files, so every one of them is open for the recovery.
         stores = {}
-        raw = None
-        if self.fs.exists(self.file_path):
-            # RawStore: block 0 itself may be one of the blocks being restored, so it
-            # is not read through the verifier until recovery is done.
-            raw = RawStore(self.fs, self.file_path, direct=direct)
-            stores[raw.db_id] = raw
+        paths = [self.file_path] + [
+            self._file_path_of(n) for n in sorted(self._catalog) if n != self.name
+        ]
         try:
+            for path in paths:
+                if self.fs.exists(path):
+                    # RawStore: block 0 itself may be one of the blocks being restored,
+                    # so it is not read through the verifier until recovery is done.
+                    raw = RawStore(self.fs, path, direct=direct)
+                    stores[raw.db_id] = raw
             report = self.wij.recover(stores)
         finally:
-            if raw is not None:
+            for raw in stores.values():
                 raw.close()
         if report.restored_blocks:
             log.warning(
@@ -318,17 +383,19 @@ class Database:
             log.error("%s: after an unclean stop, the WIJ's last cycle differs: %s", self.path, m)
         return report
 
-    def _create_file(self, direct: str) -> None:
+    def _create_file(self, direct: str, file_path: str, db_id: int, checkpoint: int) -> None:
         """Create an empty database under a temporary name, make it durable, rename it.
 
         A crash before the rename leaves only the temporary file (removed on the next
         open); after it, a complete database. There is never an empty or half-written
-        DB.dat, so open never has to guess.
+        DB.dat, so open never has to guess. `checkpoint`: the journal position it
+        starts at (nothing before it can concern a database that did not exist).
         """
-        tmp = self.file_path + CREATE_SUFFIX
+        tmp = file_path + CREATE_SUFFIX
         if self.fs.exists(tmp):
             self.fs.remove(tmp)
-        store = BlockStore(self.fs, tmp, create=True, direct=direct)
+        store = BlockStore(self.fs, tmp, create=True, direct=direct, db_id=db_id)
+        store.checkpoint = store.txn_floor = checkpoint
         try:
             tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
             tree.init_empty()
@@ -338,7 +405,206 @@ class Database:
         finally:
             store.close()
         crashpoints.hit("create_before_rename")
-        self.fs.rename(tmp, self.file_path)  # fsyncs the directory
+        self.fs.rename(tmp, file_path)  # fsyncs the directory
+
+    # --- the instance's databases ----------------------------------------------------
+
+    def _file_path_of(self, name: str) -> str:
+        return os.path.join(self.path, name + DATABASE_FILE_SUFFIX)
+
+    def _read_catalog(self) -> dict[str, dict]:
+        """databases.json: {NAME: {"journaling": bool}} for the instance's databases
+        (DB appears only once its journaling was switched). Missing: none yet."""
+        if not self.fs.exists(self.catalog_path):
+            return {}
+        f = self.fs.open(self.catalog_path, direct="disabled")
+        try:
+            size = f.size()
+            if size > DATABASE_CATALOG_BYTES_MAX:
+                raise ConfigError(f"{self.catalog_path}: {size} bytes, more than a catalog holds")
+            raw = f.pread(0, size)
+        finally:
+            f.close()
+        try:
+            doc = json.loads(raw)
+            entries = doc["databases"]
+            catalog = {
+                check_database_name(n): {"journaling": bool(e["journaling"])}
+                for n, e in entries.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{self.catalog_path}: not a database catalog ({exc})") from None
+        return catalog
+
+    def _write_catalog(self, catalog: dict[str, dict]) -> None:
+        """Whole or not at all: a temporary file made durable, then renamed (the
+        rename fsyncs the directory). A crash leaves the old catalog or the new."""
+        tmp = self.catalog_path + CREATE_SUFFIX
+        data = json.dumps({"version": 1, "databases": catalog}, sort_keys=True, indent=1)
+        f = self.fs.open(tmp, create=True, direct="disabled")
+        try:
+            f.truncate(0)
+            f.pwrite(0, data.encode())
+            f.fsync()
+        finally:
+            f.close()
+        self.fs.rename(tmp, self.catalog_path)
+        self._catalog = catalog
+
+    def _open_child(self, name: str, *, create: bool) -> Database:
+        """Open (or, `create`, make) database `name` of this instance; under the lock
+        or during open. A new file starts at the journal's current end."""
+        path = self._file_path_of(name)
+        db_id = database_id(name)
+        if not self.fs.exists(path):
+            if not create:
+                raise DatabaseNotFoundError(
+                    f"{self.path}: database {name} is in {DATABASE_CATALOG_NAME} but its "
+                    f"file {path} is missing"
+                )
+            self._create_file(self._direct, path, db_id, self.committer.write_out())
+        child = _ChildDatabase(
+            self, name, path, self._catalog.get(name, {}).get("journaling", True)
+        )
+        if child.db_id in self._by_id:
+            other = self._by_id[child.db_id]
+            child.store.close()
+            raise ConfigError(
+                f"database {name}: its file {path} has the id {child.db_id:08x} of "
+                f"database {other.name} (a copied file?)"
+            )
+        self._children[name] = child
+        self._by_id[child.db_id] = child
+        return child
+
+    def database(
+        self, name: str, *, create: bool = True, journaling: bool | None = None
+    ) -> Database:
+        """Database `name` of this instance (`DB` is this one): its own file and
+        globals, sharing the instance's journal, WIJ, transactions and locks.
+
+        `create`: make it when it does not exist (DatabaseNotFoundError otherwise),
+        with journaling on unless `journaling=False`; the file is durable and in the
+        catalog before this returns. For an existing database `journaling` must agree
+        (set_journaling switches it). Creating one is local to this instance: a
+        mirrored database is created on every member (the `[[databases]]` config)."""
+        canonical = check_database_name(name)
+        if journaling is not None and not isinstance(journaling, bool):
+            raise ConfigError(f"journaling: {journaling!r} must be a bool")
+        root = self if self.parent is None else self.parent
+        with root._lock:
+            root._check_open()
+            db = root if canonical == root.name else root._children.get(canonical)
+            if db is None:
+                if not create:
+                    raise DatabaseNotFoundError(
+                        f"<NAMESPACE> no database {canonical} in {root.path} "
+                        f"(there are: {', '.join(root.database_names_locked())})"
+                    )
+                if 1 + len(root._children) >= DATABASES_MAX:
+                    raise ConfigError(f"{root.path}: already {DATABASES_MAX} databases")
+                catalog = dict(root._catalog)
+                catalog[canonical] = {"journaling": True if journaling is None else journaling}
+                if database_id(canonical) in root._by_id:
+                    raise ConfigError(
+                        f"database {canonical}: its id collides with database "
+                        f"{root._by_id[database_id(canonical)].name}; choose another name"
+                    )
+                orphan = self.fs.exists(root._file_path_of(canonical))
+                # File first (durable, renamed into place), then the catalog: a crash
+                # in between leaves a file no catalog names, adopted by the next
+                # database() of that name (it can hold nothing: nothing wrote to it).
+                root._catalog = catalog
+                try:
+                    db = root._open_child(canonical, create=True)
+                    crashpoints.hit("database_before_catalog")
+                except BaseException:
+                    catalog.pop(canonical)
+                    raise
+                root._write_catalog(catalog)
+                log.info(
+                    "%s: database %s %s (journaling %s)",
+                    root.path,
+                    canonical,
+                    "adopted" if orphan else "created",
+                    "on" if db.journaling else "off",
+                )
+            elif journaling is not None and journaling != db.journaling:
+                raise ConfigError(
+                    f"database {canonical} has journaling {'on' if db.journaling else 'off'}"
+                    ": switch it with set_journaling()"
+                )
+            return db
+
+    def database_names(self) -> list[str]:
+        """The instance's databases: DB first, then the others by name."""
+        root = self if self.parent is None else self.parent
+        with root._lock:
+            return root.database_names_locked()
+
+    def database_names_locked(self) -> list[str]:
+        return [self.name, *sorted(self._children)]
+
+    def _databases(self) -> list[Database]:
+        return [self, *self._children.values()]
+
+    def _db_for(self, db_id: int) -> Database:
+        """The database a journal record names (by id)."""
+        db = self._by_id.get(db_id)
+        if db is None:
+            raise DatabaseNotFoundError(
+                f"{self.path}: a journal record names database id {db_id:08x}, which this "
+                f"instance does not have (it has {', '.join(self.database_names_locked())})"
+                "; on a mirror member, declare every mirrored database in [[databases]]"
+            )
+        return db
+
+    def set_journaling(self, on: bool, *, timeout_s: float = 10.0) -> None:
+        """Switch this database's journaling, at a clean point: when no transaction is
+        open in the instance (TransactionError after `timeout_s`). Recorded in the
+        catalog (it stays across restarts), logged, and journaled as a MARKER so that
+        the journal says from where its changes are missing. A database whose
+        journaling is off is never mirrored: on a mirror member it must be local."""
+        if not isinstance(on, bool):
+            raise ConfigError(f"journaling: {on!r} must be a bool")
+        root = self if self.parent is None else self.parent
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with root._lock:
+                root._check_open()
+                if on == self.journaling:
+                    return
+                if not root._open_txns:
+                    root._check_writable(f"journaling of database {self.name}")
+                    # Durable first: every change made under the old setting is in the
+                    # journal (or, off, will be checkpointed) before the new one rules.
+                    catalog = dict(root._catalog)
+                    catalog[self.name] = {"journaling": on}
+                    root._write_catalog(catalog)
+                    self.journaling = on
+                    for g in self._globals.values():
+                        g._set_journaling(on)
+                    text = f"journaling {self.name} {'on' if on else 'off'}"
+                    ticket = root.committer.log(
+                        [Record(replay.MARKER, 0, self.db_id, 0, b"", text.encode(), b"")]
+                    )
+                    break
+            if time.monotonic() > deadline:
+                raise TransactionError(
+                    f"journaling of {self.name}: transactions still open after {timeout_s} s"
+                )
+            time.sleep(0.005)
+        root.committer.sync(ticket, mirror=False)
+        log.warning("%s: %s", root.path, text)
+
+    def _close_files(self) -> None:
+        """After a failed open: close whatever files it had opened."""
+        for child in self._children.values():
+            with contextlib.suppress(OSError, IrisrepError):
+                child.store.close()
+        for close in (self.store.close, self.wij.close):
+            with contextlib.suppress(OSError, IrisrepError, AttributeError):
+                close()
 
     def _recover_journal(self) -> JournalRecovery:
         """Roll forward from the checkpoint, roll back what never committed, checkpoint.
@@ -349,8 +615,12 @@ class Database:
         applied. Idempotent: every record states an absolute result, and a rollback
         is journaled with its TROLLBACK, so a second recovery finds it closed.
         """
-        ckpt = self.store.checkpoint
-        start = min(self.store.txn_floor, ckpt)
+        # Every database of the instance has its own checkpoint (a database created
+        # since the last cycle starts at its creation): read from the oldest, apply
+        # each record only to a database whose checkpoint it is not behind.
+        dbs = self._databases()
+        ckpt = min(db.store.checkpoint for db in dbs)
+        start = min(min(db.store.txn_floor, db.store.checkpoint) for db in dbs)
         open_txns: dict[int, list] = {}
         order = []  # (txn, record) of open transactions, in journal order
         applied = 0
@@ -365,8 +635,18 @@ class Database:
                     elif t in replay.DATA_TYPES and txn in open_txns:
                         order.append(rec)
                 if pos >= ckpt and t in replay.DATA_TYPES:
-                    replay.apply(self.tree, rec)
-                    applied += 1
+                    db = self._by_id.get(rec[2]) if self._only_these else self._db_for(rec[2])
+                    if db is None:
+                        self.skipped_records += 1
+                    elif pos >= db.store.checkpoint:
+                        replay.apply(db.tree, rec)
+                        applied += 1
+        if self.skipped_records:
+            log.warning(
+                "%s: recovery skipped %d records of databases not in this instance",
+                self.path,
+                self.skipped_records,
+            )
         crashpoints.hit("recovery_after_rollforward")
         self.applied_position = self.journal.end_position
         if self.mirror_copy:
@@ -394,8 +674,8 @@ class Database:
         rolled_back = sorted(open_txns)
         undo_records = []
         for rec in reversed(order):
-            if rec[3] in open_txns:
-                undo_records.extend(replay.undo(self.tree, rec, Record))
+            if rec[3] in open_txns and (not self._only_these or rec[2] in self._by_id):
+                undo_records.extend(replay.undo(self._db_for(rec[2]).tree, rec, Record))
         undo_records.extend(Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in rolled_back)
         if undo_records:
             self.committer.log(undo_records)
@@ -447,8 +727,9 @@ class Database:
                     self.wij.mark_clean()
             finally:
                 self._closed = True
-                self.tree.closed = True
-                self.store.close()
+                for db in self._databases():
+                    db.tree.closed = True
+                    db.store.close()
                 self.wij.close()
                 self.journal.close()
 
@@ -555,7 +836,7 @@ class Database:
             self._kick.set()  # the held-back dirty blocks go out now
 
     def _dirty_count(self) -> int:
-        return len(self.tree.dirty) + len(self.store.pending)
+        return sum(len(db.tree.dirty) + len(db.store.pending) for db in self._databases())
 
     def _snapshot(self):
         """Under the lock: the consistent set of changed blocks, the header, and the
@@ -566,38 +847,42 @@ class Database:
         The images stay readable through `store.inflight` until the database file
         has them: a node made clean here may be evicted and read back mid-cycle.
         """
-        images = self.tree.take_dirty() + self.store.take_pending()
-        if not images:
+        # One cycle covers every database of the instance: the WIJ protects them
+        # together. Every header moves to the new checkpoint, changed or not, so that
+        # recovery and the journal purge never need more than the last cycle's.
+        changed = [(db, db.tree.take_dirty() + db.store.take_pending()) for db in self._databases()]
+        if not any(images for _db, images in changed):
             return None
         ticket = self.committer.logged
         if self.mirror_copy:
             # Blocks reflect the stream up to what was applied (only durable frames
             # are applied, so rule 2 holds without a sync here).
-            self.store.checkpoint = self.applied_position
-            self.store.txn_floor = min(self._stream_txns.values(), default=self.store.checkpoint)
+            checkpoint = self.applied_position
+            floor = min(self._stream_txns.values(), default=checkpoint)
         else:
-            self.store.checkpoint = self.committer.write_out()
-            self.store.txn_floor = min(self._open_txns.values(), default=self.store.checkpoint)
-        self.store.root = self.tree.root
-        self.store.generation += 1
-        images.append((0, self.store.header_image()))
-        images.sort()
-        self.store.inflight = dict(images)
-        return images, ticket
+            checkpoint = self.committer.write_out()
+            floor = min(self._open_txns.values(), default=checkpoint)
+        out = []
+        for db, images in changed:
+            store = db.store
+            store.checkpoint = checkpoint
+            store.txn_floor = floor
+            store.root = db.tree.root
+            store.generation += 1
+            images.append((0, store.header_image()))
+            images.sort()
+            store.inflight = dict(images)
+            out.extend((store.db_id, block_no, image) for block_no, image in images)
+        return out, ticket, checkpoint
 
     def _run_cycle(self, snap) -> None:
         """One WIJ cycle for a snapshot; may run with or without the lock held."""
-        images, ticket = snap
-        db_id = self.store.db_id
+        images, ticket, checkpoint = snap
         try:
             # Rule 2: the journal is durable up to every change in these blocks before
             # any of them can reach the database file.
             self.committer.sync(ticket, mirror=False)
-            self.wij.cycle(
-                {db_id: self.store},
-                [(db_id, block_no, image) for block_no, image in images],
-                self.store.checkpoint,
-            )
+            self.wij.cycle({db.db_id: db.store for db in self._databases()}, images, checkpoint)
         except BaseException as exc:
             # Rule 4: a failed write or fsync is fatal. Record it; every later call
             # raises DurabilityError naming it. The in-flight images stay readable.
@@ -606,12 +891,14 @@ class Database:
             with self._lock:
                 self._failure = exc
                 self._inflight = False
-                self.tree.closed = True
+                for db in self._databases():
+                    db.tree.closed = True
                 self._cycle_done.notify_all()
             log.error("%s: write image journal cycle failed, database stopped: %s", self.path, exc)
             raise
         with self._lock:
-            self.store.inflight = {}
+            for db in self._databases():
+                db.store.inflight = {}
             self._inflight = False
             self._cycle_done.notify_all()
 
@@ -664,6 +951,12 @@ class Database:
         if self._dirty_count() > self.dirty_limit:
             self._dirty_over_limit()
 
+    def _touched(self) -> None:
+        """Records were applied or undone outside the Global API: open cursors of
+        every database must notice (each tree's modification count)."""
+        for db in self._databases():
+            db.tree.mod_count += 1
+
     @property
     def protected(self) -> bool:
         return self.tree.protected
@@ -671,7 +964,8 @@ class Database:
     def set_protect(self, on: bool) -> None:
         """Make the database read-only through the API (a non-primary) or writable."""
         with self._lock:
-            self.tree.protected = bool(on)
+            for db in self._databases():
+                db.tree.protected = bool(on)
 
     def apply_frames(
         self, frames: list, end_position: int, *, yield_to_backup: bool = False
@@ -705,7 +999,7 @@ class Database:
                     f"{self.applied_position} is applied (a gap in the stream)"
                 )
             txns = self._stream_txns
-            tree = self.tree
+            db_for = self._db_for
             for pos, records in frames:
                 if pos < self.applied_position:
                     continue  # already applied (a catch-up overlapping the live stream)
@@ -722,14 +1016,14 @@ class Database:
                 for rec in records:
                     t = rec[0]
                     if t in replay.DATA_TYPES:
-                        replay.apply(tree, rec)
+                        replay.apply(db_for(rec[2]).tree, rec)
                         n += 1
                     elif t == replay.TSTART:
                         txns[rec[3]] = pos
                     elif t == replay.TCOMMIT or t == replay.TROLLBACK:
                         txns.pop(rec[3], None)
             if n:
-                tree.mod_count += 1
+                self._touched()
             if stopped:
                 return n
             self.applied_position = end_position
@@ -809,8 +1103,8 @@ class Database:
             for _pos, _h, records in self.journal.read(from_position=position):
                 tail.extend(r for r in records if r[0] in replay.DATA_TYPES)
             for rec in reversed(tail):
-                replay.undo(self.tree, rec, Record)
-            self.tree.mod_count += 1
+                replay.undo(self._db_for(rec[2]).tree, rec, Record)
+            self._touched()
             # Transactions open at `position`: recomputed from the transaction floor.
             txns: dict[int, int] = {}
             floor = min(self.store.txn_floor, position)
@@ -860,7 +1154,8 @@ class Database:
                 return
             if self._open_txns and not force:
                 raise TransactionError("become_copy: transactions are still open")
-            self.tree.protected = True
+            for db in self._databases():
+                db.tree.protected = True
             self.mirror_copy = True
             self.applied_position = self.committer.write_out()
             # Fenced (force): transactions still open stay open in the stream; the new
@@ -894,11 +1189,11 @@ class Database:
                         if rec[3] in open_txns and rec[0] in replay.DATA_TYPES:
                             order.append(rec)
                 for rec in reversed(order):
-                    undo_records.extend(replay.undo(self.tree, rec, Record))
+                    undo_records.extend(replay.undo(self._db_for(rec[2]).tree, rec, Record))
                 undo_records.extend(
                     Record(replay.TROLLBACK, 0, 0, t, b"", b"", b"") for t in sorted(open_txns)
                 )
-                self.tree.mod_count += 1
+                self._touched()
                 self.committer.log(undo_records)
             self._stream_txns = {}
             self.mirror_copy = False
@@ -908,7 +1203,8 @@ class Database:
             before_writable()
         with self._lock:
             self._check_open()
-            self.tree.protected = False
+            for db in self._databases():
+                db.tree.protected = False
         if undo_records:
             log.warning(
                 "%s: promoted in epoch %d; rolled back %d transactions the old primary left open",
@@ -960,7 +1256,9 @@ class Database:
             self.flush()
             with self._lock:
                 self._check_open()
-                recovery_from = min(self.store.checkpoint, self.store.txn_floor)
+                recovery_from = min(
+                    min(db.store.checkpoint, db.store.txn_floor) for db in self._databases()
+                )
                 txns = self._stream_txns if self.mirror_copy else self._open_txns
                 oldest_txn = min(txns.values(), default=None)
                 running = min(self.backups_in_progress.values(), default=None)
@@ -1087,9 +1385,9 @@ class Database:
             mark = st.marks[st.level - n]
             undo_records = []
             for rec in reversed(st.records[mark:]):
-                undo_records.extend(replay.undo(self.tree, rec, Record))
+                undo_records.extend(replay.undo(self._db_for(rec[2]).tree, rec, Record))
             if undo_records:
-                self.tree.mod_count += 1
+                self._touched()
             del st.records[mark:]
             del st.marks[st.level - n :]
             st.level -= n
@@ -1148,6 +1446,115 @@ class Database:
     def __repr__(self) -> str:
         state = "failed" if self._failure else "closed" if self._closed else "open"
         return f"<irisrep.Database {self.path!r} {state}>"
+
+
+class _ChildDatabase(Database):
+    """A database of an instance other than its first (`Database.database(NAME)`).
+
+    Owns its file, tree and globals; everything else is the instance's (the parent
+    Database): the lock, the WIJ and its cycles, the journal (its records carry this
+    database's id), transactions, locks, mirror role. Attributes it does not set are
+    read from the parent; the methods that change instance state run on the parent,
+    so a transaction, a flush or a close covers every database of the instance.
+    """
+
+    def __init__(self, parent: Database, name: str, file_path: str, journaling: bool) -> None:
+        # Not Database.__init__: nothing of the instance is opened twice.
+        self.parent = parent
+        self.name = name
+        self.file_path = file_path
+        self.store = BlockStore(parent.fs, file_path, direct=parent._direct)
+        try:
+            self.tree = _core.BTree(
+                self.store, self.store.db_id, self.store.root, parent._pool_blocks
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        self.db_id = self.store.db_id
+        self.tree.protected = parent.tree.protected
+        self.journaling = bool(journaling)
+        self.dirty_limit = parent.dirty_limit
+        self._globals: dict[str, Global] = {}
+        self.globals = GlobalsView(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this object does not have: the instance's.
+        if name.startswith("__") or name == "parent":
+            raise AttributeError(name)
+        return getattr(self.parent, name)
+
+    # Instance-wide state changes: the parent's (they write its attributes).
+    def close(self) -> None:
+        """The instance's databases close together: close the instance."""
+        self.parent.close()
+
+    def flush(self) -> None:
+        self.parent.flush()
+
+    def _flush_locked(self) -> None:
+        self.parent._flush_locked()
+
+    def _dirty_over_limit(self) -> None:
+        self.parent._dirty_over_limit()
+
+    def _after_write(self) -> None:
+        self.parent._after_write()
+
+    def _databases(self) -> list[Database]:
+        return self.parent._databases()
+
+    def _db_for(self, db_id: int) -> Database:
+        return self.parent._db_for(db_id)
+
+    def _touched(self) -> None:
+        self.parent._touched()
+
+    @property
+    def tlevel(self) -> int:
+        return self.parent.tlevel
+
+    def tstart(self) -> None:
+        self.parent.tstart()
+
+    def tcommit(self) -> None:
+        self.parent.tcommit()
+
+    def trollback(self, levels: int | None = None) -> None:
+        self.parent.trollback(levels)
+
+    def quiesce(self, timeout_s: float) -> None:
+        self.parent.quiesce(timeout_s)
+
+    def set_protect(self, on: bool) -> None:
+        self.parent.set_protect(on)
+
+    def _not_here(self, what: str):
+        raise TransactionError(
+            f"{what}: an operation of the instance, not of database {self.name} "
+            f"(call it on the instance's {self.parent.name})"
+        )
+
+    def backup_window(self, marker: str | None = None):
+        self._not_here("backup")
+
+    def apply_frames(self, frames, end_position, *, yield_to_backup=False):
+        self._not_here("apply_frames")
+
+    def become_copy(self, *, force: bool = False) -> None:
+        self._not_here("become_copy")
+
+    def become_primary(self, epoch: int, before_writable=None):
+        self._not_here("become_primary")
+
+    def truncate_stream(self, position: int):
+        self._not_here("truncate_stream")
+
+    def journal_purge(self, **kwargs):
+        self._not_here("journal_purge")
+
+    def __repr__(self) -> str:
+        return f"<irisrep.Database {self.name} of {self.parent.path!r}>"
 
 
 class GlobalsView:

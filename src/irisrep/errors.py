@@ -211,6 +211,14 @@ class JournalPurgeError(IrisrepError):
     the oldest of the chain): nothing was removed."""
 
 
+class DatabaseNotFoundError(IrisrepError, KeyError):
+    """No database of that name here (IRIS `<NAMESPACE>`), or a journal record names a
+    database id this instance does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ConfigError(IrisrepError, ValueError):
     """A bad setting: names the key and says what is allowed."""
 
@@ -245,4 +253,5 @@ __all__ = [
     "JournalPurgeError",
     "ConfigError",
     "ClosedError",
+    "DatabaseNotFoundError",
 ]

@@ -35,10 +35,18 @@ any async). Dejournaling can be paused and resumed per mirror
 (`pause_dejournaling(mirror)`): the journal is still received and acknowledged, the
 apply waits and catches up from the member's journal on resume. `status()["mirrors"]`
 has one entry per mirror followed.
+
+Databases besides `DB` (`[[databases]]`): a mirrored one is another database of the
+mirrored instance in DATA_DIR (same journal, so it is shipped, applied and failed
+over with DB; every member declares it); a local one lives in the member's local
+instance, `DATA_DIR/local/` (its own journal and WIJ, never shipped, writable in
+every role: a reporting async's report databases). `database_named(name)` finds any
+of them, or a followed mirror's copy, by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +60,8 @@ from .constants import (
     JOURNAL_DIR_NAME,
     JOURNAL_PURGE_DAYS,
     JOURNAL_PURGE_INTERVAL_S,
+    LOCAL_INSTANCE_DIR_NAME,
+    LOCAL_INSTANCE_ROOT_NAME,
     MEMBER_SWITCH_INTERVAL_S,
     MIRROR_EPOCH_FIRST,
     MIRROR_HISTORY_FILE_NAME,
@@ -64,7 +74,7 @@ from .constants import (
     TAIL_SERVED_FILE_NAME,
 )
 from .database import DEFAULT_DATABASE, Database
-from .errors import ConfigError, IrisrepError, TransactionError
+from .errors import ConfigError, DatabaseNotFoundError, IrisrepError, TransactionError
 from .events import EventLog
 from .httpapi import HttpServer, MemberMetrics
 from .mirror import CopyLink, Replicator
@@ -193,6 +203,7 @@ class Member:
         self.copy: CopyLink | None = None
         self.driver = None  # failover.FailoverDriver on a failover member
         self.database: Database | None = None
+        self.local_instance: Database | None = None  # DATA_DIR/local: local databases
         self.mirror_listener: wire.WireListener | None = None
         self.client_listener = None
         self._want_client_listener = client_listener
@@ -249,6 +260,7 @@ class Member:
         )
         self.database.committer.observe_commit_s = self.metrics.commit_latency.observe
         try:
+            self._open_databases()
             if primary:
                 self._start_replicator()
             self.mirror_listener = wire.WireListener(
@@ -486,6 +498,76 @@ class Member:
             f"member {self.name} follows no mirror {str(mirror)[:64]!r}; it follows "
             + ", ".join(self.config.mirrors_followed)
         )
+
+    def _open_databases(self) -> None:
+        """The config's `[[databases]]`: mirrored ones in the mirrored instance
+        (created empty where missing, on a copy too: their records arrive in the
+        stream), local ones in DATA_DIR/local with the journaling asked for."""
+        c = self.config
+        for d in c.databases:
+            if d.mirrored:
+                self.database.database(d.name)
+        local = [d for d in c.databases if not d.mirrored]
+        if not local:
+            return
+        self.local_instance = Database(
+            os.path.join(c.data_dir, LOCAL_INSTANCE_DIR_NAME),
+            direct=c.direct_io,
+            pool_blocks=c.pool_blocks,
+            commit_mode=c.commit_mode,
+            name=LOCAL_INSTANCE_ROOT_NAME,
+        )
+        for d in local:
+            db = self.local_instance.database(d.name)
+            if db.journaling != d.journaling:
+                db.set_journaling(d.journaling)
+
+    def database_named(self, name: str) -> tuple[str, Database]:
+        """(canonical name, database) for `name`: DB or a mirrored database, a local
+        database, or (reporting async) a followed mirror's copy by mirror name.
+        DatabaseNotFoundError (IRIS <NAMESPACE>) naming what there is otherwise."""
+        from .database import check_database_name
+
+        if self.database is None:
+            raise IrisrepError(f"member {self.name} has no open database")
+        if self.config.follow:  # a reporting async: mirror names name the copies
+            for mirror in self.config.mirrors_followed:
+                if mirror.lower() == str(name).lower():
+                    return mirror, self.mirror_database(mirror)
+        canonical = check_database_name(name)
+        instances = [self.database]
+        if self.local_instance is not None:
+            instances.append(self.local_instance)
+        for inst in instances:
+            with contextlib.suppress(DatabaseNotFoundError):
+                return canonical, inst.database(canonical, create=False)
+        there = [n for inst in instances for n in inst.database_names()]
+        if self.local_instance is not None:
+            there.remove(LOCAL_INSTANCE_ROOT_NAME)
+        raise DatabaseNotFoundError(
+            f"<NAMESPACE> member {self.name} has no database {canonical} (it has "
+            f"{', '.join([*there, *self.config.mirrors_followed[1:]])})"
+        )
+
+    def databases_status(self) -> list[dict]:
+        """One entry per database this member holds (the followed mirrors' aside)."""
+        out = []
+        for inst, mirrored in ((self.database, True), (self.local_instance, False)):
+            if inst is None:
+                continue
+            for n in inst.database_names():
+                if not mirrored and n == LOCAL_INSTANCE_ROOT_NAME:
+                    continue
+                db = inst.database(n, create=False)
+                out.append(
+                    {
+                        "name": n,
+                        "mirrored": mirrored,
+                        "journaling": db.journaling,
+                        "read_only": db.protected,
+                    }
+                )
+        return out
 
     def mirror_database(self, mirror: str | None = None) -> Database:
         """The copy of `mirror`'s database (None or this member's own mirror:
@@ -811,6 +893,8 @@ class Member:
             self.replicator.close()
         if self.database is not None:
             self.database.close()
+        if self.local_instance is not None:
+            self.local_instance.close()
         if self.http is not None:
             # Last: until here /health answered 503 (stopping), not "connection refused".
             self.http.close()
@@ -989,6 +1073,8 @@ class Member:
                 out["status"] = "Backup" if self.role == "backup" else "Connected"
         if self.kind != "failover" and self.role != "primary":
             out["mirrors"] = [self._mirror_status(m) for m in self.config.mirrors_followed]
+        if db is not None and not db.closed:
+            out["databases"] = self.databases_status()
         return out
 
 

@@ -475,7 +475,15 @@ def restore(
         frames = _restore_journal(fs, plan, staging, progress)
         # The journal step: recovery on open rolls forward from the image's checkpoint
         # to the end of this journal and rolls back what is open there, journaled.
-        db = irisrep.open(staging, create=False, write_daemon=False, epoch=plan.epoch)
+        # A backup holds the instance's DB: the journal's records of its other
+        # databases are not for this restore.
+        db = irisrep.open(
+            staging,
+            create=False,
+            write_daemon=False,
+            epoch=plan.epoch,
+            only_these_databases=True,
+        )
         try:
             rec = db.journal_recovery
         finally:

@@ -64,7 +64,7 @@ from .constants import (
     SERVER_PROMOTION_WAIT_S,
     WIRE_LISTEN_BACKLOG_COUNT,
 )
-from .errors import HandshakeError, IrisrepError, LockTimeoutError
+from .errors import HandshakeError, IrisrepError, LockTimeoutError, TransactionError
 
 __all__ = ["ClientListener", "LocalHost", "error_reply"]
 
@@ -526,10 +526,18 @@ class ClientListener:
             raise _BadRequest(f"unknown op {req[0][:32]!r}")
         return ok(handler(self, session, req))
 
-    def _global(self, name: object, session: _Session | None = None):
+    def _global(self, name: object, session: _Session | None = None, *, write: bool = False):
         from .database import Global
 
         db = self.host.database if session is None else self._db(session)
+        if write and db.parent is not self.host.database and db is not self.host.database:
+            # A local database (or a followed mirror's copy) is another instance: a
+            # transaction of this connection, which is the member's, cannot cover it.
+            if self.host.database.tlevel:
+                raise TransactionError(
+                    f"database {db.name} is outside this transaction's instance: "
+                    "commit or roll back before writing to it"
+                )
         return Global(db, _str(name, "global name"))
 
     def _db(self, session: _Session):
@@ -538,20 +546,22 @@ class ClientListener:
         return self.host.database if session.database is None else session.database
 
     def _op_use_database(self, session, req):
-        """(mirror) -> its name as configured: this connection's global operations
-        read that mirror's copy on a reporting async (None: the host's own database
-        again). Transactions and locks stay with the host's own database."""
+        """(name) -> its canonical name: this connection's global operations use
+        that database from now on (None: the member's DB again). A name is one of
+        the member's databases (DB, mirrored ones, local ones) or, on a reporting
+        async, a followed mirror's copy. Transactions and locks stay with the
+        member's mirrored instance (DB and its mirrored databases)."""
         _arity(req, 1)
         if req[1] is None:
             session.database = None
             return None
-        name = _str(req[1], "mirror")
-        fn = getattr(self.host, "mirror_database", None)
+        name = _str(req[1], "database")
+        fn = getattr(self.host, "database_named", None)
         if fn is None:
-            raise IrisrepError("this member holds one database (not a reporting async)")
-        db = fn(name)
+            raise IrisrepError("this host serves one database")
+        canonical, db = fn(name)
         session.database = None if db is self.host.database else db
-        return self.host._mirror_name(name)
+        return canonical
 
     def _op_dejournal(self, session, req):
         """(action, mirror) -> JSON text of that mirror's status (admin): pause or
@@ -662,16 +672,16 @@ class ClientListener:
 
     def _op_set(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1], session)
+        g = self._global(req[1], session, write=True)
         g[_tuple(req[2], "subscripts")] = req[3]
 
     def _op_kill(self, session, req):
         _arity(req, 2)
-        self._global(req[1], session).kill(_tuple(req[2], "subscripts"))
+        self._global(req[1], session, write=True).kill(_tuple(req[2], "subscripts"))
 
     def _op_zkill(self, session, req):
         _arity(req, 2)
-        self._global(req[1], session).zkill(_tuple(req[2], "subscripts"))
+        self._global(req[1], session, write=True).zkill(_tuple(req[2], "subscripts"))
 
     def _op_data(self, session, req):
         _arity(req, 2)
@@ -689,7 +699,7 @@ class ClientListener:
 
     def _op_increment(self, session, req):
         _arity(req, 3)
-        g = self._global(req[1], session)
+        g = self._global(req[1], session, write=True)
         return g.increment(_tuple(req[2], "subscripts"), req[3])
 
     def _op_items(self, session, req):
