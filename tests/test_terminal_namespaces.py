@@ -1,11 +1,7 @@
 """Namespaces in the terminal: ZNspace, $Namespace, the prompt and extended global
-references (`^|"REPORT"|x`), against real local databases.
-
-`_Instance` is a real `Database` (the default, `DB`) that also answers the database
-layer's contract for an instance's other databases (`database(name, create=False)`,
-`database_names()`) with more real databases opened by name in their own
-directories. Its databases do not share transactions (the real instance's do), so
-the tests here keep TStart to one namespace.
+references (`^|"REPORT"|x`), against a real local instance with three databases
+(`Database.database`), and against a connection-style target (`use_database`) over
+the same databases.
 """
 
 from __future__ import annotations
@@ -35,27 +31,11 @@ class _Keys:
         return item
 
 
-class _Instance(Database):
-    def __init__(self, root, names: tuple[str, ...]) -> None:
-        super().__init__(root / "DB")
-        self.others = {n: irisrep.open(root / n, name=n) for n in names}
-
-    def database_names(self) -> list[str]:
-        return [self.name, *self.others]
-
-    def database(self, name: str, create: bool = True) -> Database:
-        assert not create, "the terminal never creates a database"
-        return self if name == self.name else self.others[name]
-
-    def close(self) -> None:
-        for d in self.others.values():
-            d.close()
-        super().close()
-
-
 @pytest.fixture
 def inst(tmp_path):
-    d = _Instance(tmp_path, ("REPORT", "Archive"))
+    d = irisrep.open(tmp_path / "inst")
+    d.database("REPORT")
+    d.database("archive")
     yield d
     d.close()
 
@@ -83,10 +63,9 @@ def test_znspace_switches_and_names_ignore_case(sess, inst):
     assert sess.namespace == "DB" and out(sess, "W $Namespace") == "DB"
     out(sess, 'ZN "report" S ^x=1')
     assert sess.namespace == "REPORT" and out(sess, "W $NAMESPACE,$znspace") == "REPORTREPORT"
-    assert inst.others["REPORT"].globals["x"][()] == 1 and inst.globals["x"].data(()) == 0
-    # The instance spells it "Archive": shown upper-case, found whatever the case typed.
-    out(sess, 'ZNSPACE "ARCHIVE" S ^x=2')
-    assert sess.namespace == "ARCHIVE" and inst.others["Archive"].globals["x"][()] == 2
+    assert inst.database("REPORT").globals["x"][()] == 1 and inst.globals["x"].data(()) == 0
+    out(sess, 'ZNSPACE "Archive" S ^x=2')
+    assert sess.namespace == "ARCHIVE" and inst.database("ARCHIVE").globals["x"][()] == 2
     out(sess, 'Set $Namespace="db" S ^x=3')
     assert sess.namespace == "DB" and inst.globals["x"][()] == 3
     out(sess, 'S ns="Report",$ZNSPACE=ns W ^x')
@@ -108,7 +87,7 @@ def test_unknown_namespace_changes_nothing(sess, line):
 
 
 def test_extended_references_everywhere(sess, inst):
-    rep = inst.others["REPORT"].globals
+    rep = inst.database("REPORT").globals
     out(sess, 'S ^|"REPORT"|x(1)=10,^|"report"|x(2,"a")="s",^x(1)=1')
     assert rep["x"][1] == 10 and rep["x"][2, "a"] == "s" and inst.globals["x"][1] == 1
     assert sess.namespace == "DB"
@@ -127,7 +106,7 @@ def test_extended_references_everywhere(sess, inst):
 
 
 def test_environment_forms(sess, inst):
-    rep = inst.others["REPORT"].globals
+    rep = inst.database("REPORT").globals
     out(sess, 'S ns="REP" S ^|ns_"ORT"|a=1,^["REPORT"]b=2,^[ns_"ORT"]c(1)=3')
     assert (rep["a"][()], rep["b"][()], rep["c"][1]) == (1, 2, 3)
     # "]" inside parentheses is the follows operator again; "" is the current namespace.
@@ -171,12 +150,12 @@ def test_syntax_errors(line):
 
 
 def _held(db: Database) -> int:
-    """How many lock entries `db` holds (count > 0)."""
-    return sum(1 for e in db.locks.snapshot() if e[4])
+    """How many lock entries the instance holds in database `db` (count > 0)."""
+    return sum(1 for e in db.locks.snapshot() if e[4] and e[1] == db.db_id)
 
 
 def test_locks_belong_to_their_namespace(sess, inst):
-    rep = inst.others["REPORT"]
+    rep = inst.database("REPORT")
     out(sess, 'L +^|"REPORT"|k(1)')
     assert (_held(inst), _held(rep)) == (0, 1)
     out(sess, 'ZN "REPORT" L +^k(2),+^|"DB"|k(3) ZN "DB"')
@@ -226,8 +205,6 @@ def test_a_target_with_one_database_knows_only_its_name(tmp_path):
 
 # --- a connection: one current database, switched by use_database -----------------------
 
-_NOT_FOUND = getattr(errors, "DatabaseNotFoundError", None)
-
 
 class _Conn:
     """The connection's side of the contract over real databases: global operations
@@ -249,9 +226,7 @@ class _Conn:
         if name is not None:
             found = next((n for n in self.dbs if n.upper() == name.upper()), None)
             if found is None:
-                if _NOT_FOUND is None:
-                    pytest.skip("the database layer has no DatabaseNotFoundError yet")
-                raise _NOT_FOUND(name)
+                raise errors.DatabaseNotFoundError(name)
         self.switches.append(name)
         self.current = found
         return found
@@ -262,12 +237,15 @@ class _Conn:
 
 @pytest.fixture
 def conn(inst):
-    return _Conn({"DB": inst, **inst.others})
+    # "Archive": a member may spell a name as configured (a followed mirror's).
+    return _Conn(
+        {"DB": inst, "REPORT": inst.database("REPORT"), "Archive": inst.database("ARCHIVE")}
+    )
 
 
 def test_connection_switches_for_one_operation_and_back(conn, inst):
     s = Session(conn, out=io.StringIO())
-    rep = inst.others["REPORT"].globals
+    rep = inst.database("REPORT").globals
     out(s, 'S ^|"report"|x(1)=1,^x(1)=2')
     assert conn.switches == ["report", None] and conn.current is None
     assert rep["x"][1] == 1 and inst.globals["x"][1] == 2
@@ -288,7 +266,7 @@ def test_connection_switches_for_one_operation_and_back(conn, inst):
     conn.switches.clear()
     s.close()  # the lock released in REPORT, the connection back on its default
     assert conn.switches == ["REPORT", "Archive", None] and conn.current is None
-    assert sum(1 for e in inst.others["REPORT"].locks.snapshot() if e[4]) == 0
+    assert _held(inst.database("REPORT")) == 0
 
 
 def test_connection_unknown_namespace(conn):
@@ -299,3 +277,16 @@ def test_connection_unknown_namespace(conn):
     assert err(s, 'W ^|"NOPE"|x').word == "NAMESPACE"
     assert s.namespace == "REPORT" and conn.current == "REPORT" and conn.switches == []
     s.close()
+
+
+def test_one_transaction_across_namespaces(sess, inst):
+    rep = inst.database("REPORT").globals
+    out(sess, 'TS  S ^t=1,^|"REPORT"|t=1 ZN "REPORT" S ^u=1')
+    assert out(sess, 'W $TL ZN "DB" W $TL') == "11"
+    sess.execute("TRO")  # undoes the writes in both databases
+    assert inst.globals["t"].data(()) == 0 and rep["t"].data(()) == 0 and rep["u"].data(()) == 0
+    out(sess, 'ZN "REPORT" TS  S ^u=2,^|"DB"|t=2 TC')
+    assert rep["u"][()] == 2 and inst.globals["t"][()] == 2 and inst.tlevel == 0
+    out(sess, 'TS  S ^v=3,^|"ARCHIVE"|v=3')
+    sess.close()  # the end of the session rolls back the open transaction, everywhere
+    assert rep["v"].data(()) == 0 and inst.database("ARCHIVE").globals["v"].data(()) == 0

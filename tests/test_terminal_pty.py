@@ -26,7 +26,6 @@ from mirrorkit import cli
 
 import irisrep
 from irisrep.constants import TERMINAL_HISTORY_FILE_NAME
-from irisrep.database import Database
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -312,12 +311,6 @@ def test_piped_stdin(mirror):
     assert p.stdout == "1\np\n" and p.stderr == "<UNDEFINED> *^nope\n"
 
 
-_NAMESPACES = pytest.mark.skipif(
-    not hasattr(Database, "database"), reason="the database layer has no Database.database yet"
-)
-
-
-@_NAMESPACES
 def test_namespaces_on_a_member(term):
     t = term()
     assert t.run("W $NAMESPACE,!,$ZNSPACE") == "DB\nDB\n"
@@ -326,7 +319,6 @@ def test_namespaces_on_a_member(term):
     assert t.run('W ^|"NOPE"|x') == "<NAMESPACE> *NOPE\n"
 
 
-@_NAMESPACES
 def test_namespaces_locally_and_the_prompt(tmp_path):
     path = tmp_path / "inst"
     with irisrep.open(path) as db:

@@ -101,12 +101,8 @@ ERROR_WORDS: dict[type, str] = {
     errors.IllegalValueError: "ILLEGAL VALUE",
     errors.LockTableFullError: "LOCKTABLEFULL",
     errors.TransactionError: "COMMAND",
+    errors.DatabaseNotFoundError: "NAMESPACE",
 }
-# The database layer names an unknown database with DatabaseNotFoundError (IRIS: an
-# unknown namespace); looked up by name while a database layer without it is in use.
-_DATABASE_NOT_FOUND: type | tuple = getattr(errors, "DatabaseNotFoundError", ())
-if _DATABASE_NOT_FOUND:
-    ERROR_WORDS[_DATABASE_NOT_FOUND] = "NAMESPACE"
 
 _WORD_PREFIX = re.compile(r"<[A-Z][A-Z ]*>\s*")
 
@@ -843,7 +839,7 @@ class _Namespaces:
             name = spelled[key]
         try:
             db = self.target.database(name, create=False)
-        except _DATABASE_NOT_FOUND:
+        except (errors.DatabaseNotFoundError, errors.ConfigError):  # ConfigError: not a name
             raise _no_namespace(name) from None
         self._local[key] = db
         return db
@@ -855,7 +851,7 @@ class _Namespaces:
             name = self._spelling.get(name.upper(), name)
         try:
             got = self.target.use_database(name)
-        except _DATABASE_NOT_FOUND:
+        except (errors.DatabaseNotFoundError, errors.ConfigError):  # ConfigError: not a name
             raise _no_namespace(name or self.default) from None
         if isinstance(got, str):
             self._spelling[got.upper()] = got
