@@ -24,11 +24,14 @@ from pathlib import Path
 import pytest
 from mirrorkit import cli
 
+import irisrep
 from irisrep.constants import TERMINAL_HISTORY_FILE_NAME
 
 pexpect = pytest.importorskip("pexpect")
 
-PROMPT = re.compile(r"(?:TL(\d+):)?DB>")
+PROMPT = re.compile(r"(?:TL(\d+):)?(DB)>")
+# Any namespace's prompt (REPORT>, TL1:REPORT>); not the end of an error word (<NAMESPACE>).
+ANY_PROMPT = re.compile(r"(?<![<\w])(?:TL(\d+):)?([A-Z][A-Z0-9]*)>")
 UP, LEFT, RIGHT = "\x1b[A", "\x1b[D", "\x1b[C"
 CTRL_A, CTRL_C, BACKSPACE = "\x01", "\x03", "\x7f"
 
@@ -44,11 +47,18 @@ def mirror(tmp_path_factory):
 class Term:
     """One `irisrep session` on a pseudo terminal."""
 
-    def __init__(self, d: str, member: str = "A") -> None:
+    def __init__(
+        self, d: str, member: str = "A", *, local: bool = False, prompt: re.Pattern = PROMPT
+    ) -> None:
+        """`local`: `irisrep session --local d`; `prompt` matches the prompts expected
+        (group 1 the transaction level, group 2 the namespace)."""
         env = dict(os.environ, TERM="xterm", INPUTRC=os.devnull, NO_COLOR="1")
+        self.prompt = prompt
+        self.namespace = ""
+        where = ["--local", d] if local else ["--dir", d, member]
         self.child = pexpect.spawn(
             sys.executable,
-            ["-m", "irisrep", "session", "--dir", d, member],
+            ["-m", "irisrep", "session", *where],
             env=env,
             encoding="utf-8",
             timeout=20,
@@ -57,8 +67,10 @@ class Term:
         self.level = self.wait_prompt()
 
     def wait_prompt(self) -> int:
-        """Wait for the next prompt; its transaction level (0: `DB>`)."""
-        self.child.expect(PROMPT)
+        """Wait for the next prompt; its transaction level (0: `DB>`). The namespace it
+        shows is kept in `namespace`."""
+        self.child.expect(self.prompt)
+        self.namespace = self.child.match.group(2)
         return int(self.child.match.group(1) or 0)
 
     def run(self, line: str, level: int = 0) -> str:
@@ -297,6 +309,37 @@ def test_piped_stdin(mirror):
     )
     assert p.returncode == 1
     assert p.stdout == "1\np\n" and p.stderr == "<UNDEFINED> *^nope\n"
+
+
+def test_namespaces_on_a_member(term):
+    t = term()
+    assert t.run("W $NAMESPACE,!,$ZNSPACE") == "DB\nDB\n"
+    assert t.run('ZN "db" S ^|"DB"|pns(1)=1 W $Q(^|"db"|pns(""))') == '^|"DB"|pns(1)\n'
+    assert t.run('ZN "nope"') == "<NAMESPACE> *nope\n" and t.namespace == "DB"
+    assert t.run('W ^|"NOPE"|x') == "<NAMESPACE> *NOPE\n"
+
+
+def test_namespaces_locally_and_the_prompt(tmp_path):
+    path = tmp_path / "inst"
+    with irisrep.open(path) as db:
+        db.database("REPORT").global_("r")[1] = "a"
+    t = Term(str(path), local=True, prompt=ANY_PROMPT)
+    try:
+        assert t.namespace == "DB"
+        t.run('ZN "report"')
+        assert t.namespace == "REPORT"
+        assert t.run('W ^r(1)," ",$NAMESPACE') == "a REPORT\n"
+        t.run('TS  S ^|"DB"|d=1,^r(2)="b"', level=1)
+        assert t.namespace == "REPORT"  # TL1:REPORT>
+        assert t.run('ZN "nope"', level=1) == "<NAMESPACE> *nope\n"
+        assert t.namespace == "REPORT"
+        t.run('S $NAMESPACE="DB"', level=1)
+        assert t.namespace == "DB"
+        t.run("TRO")  # one transaction across the two databases
+        assert t.run('W $D(^d),$D(^|"REPORT"|r(2)),$D(^|"REPORT"|r(1))') == "001\n"
+        assert t.end() == 0
+    finally:
+        t.kill()
 
 
 def test_lost_connection_prints_one_line_and_exits_1(term, mirror):

@@ -9,6 +9,9 @@ prompt, readline editing and history, Ctrl-C, Ctrl-D). It runs against a *target
 anything with `globals[name]` (objects with `g[subs]`, `g[subs] = v`, `get`, `del`,
 `zkill`, `data`, `order`, `query`, `increment`, `items`, `lock`) and `tstart`,
 `tcommit`, `trollback`, `tlevel`: a local `Database` or a mirror client connection.
+Namespaces (ZNspace, $Namespace, `^|"NAME"|x`) are the target's databases: a local
+one's `database(name, create=False)` and `database_names()`, a connection's
+`use_database(name)` (see `_Namespaces`); a target without them has one namespace.
 Nothing else of the target is used.
 
 Promises:
@@ -98,6 +101,7 @@ ERROR_WORDS: dict[type, str] = {
     errors.IllegalValueError: "ILLEGAL VALUE",
     errors.LockTableFullError: "LOCKTABLEFULL",
     errors.TransactionError: "COMMAND",
+    errors.DatabaseNotFoundError: "NAMESPACE",
 }
 
 _WORD_PREFIX = re.compile(r"<[A-Z][A-Z ]*>\s*")
@@ -295,8 +299,13 @@ def _show_sub(s: Sub) -> str:
     return _fmt(s[1]) if s[0] == 0 else _quote(s[1])
 
 
-def _ref_text(is_global: bool, name: str, subs: tuple[Sub, ...]) -> str:
+def _ref_text(
+    is_global: bool, name: str, subs: tuple[Sub, ...], namespace: str | None = None
+) -> str:
+    """`^x(1,"a")`; `^|"REPORT"|x(1)` for an extended reference (namespace given)."""
     text = ("^" if is_global else "") + name
+    if namespace is not None:
+        text = '^|"' + namespace.replace('"', '""') + '"|' + name
     if subs:
         text += "(" + ",".join(_show_sub(s) for s in subs) + ")"
     return text
@@ -365,6 +374,7 @@ class Ref:
     name: str
     subs: list[Any]
     pos: int
+    env: Any = None  # ^|env|name: the namespace expression of an extended reference
 
 
 @dataclass(slots=True)
@@ -389,7 +399,7 @@ class Func:
 
 @dataclass(slots=True)
 class SpecialVar:
-    name: str  # TEST TLEVEL
+    name: str  # TEST TLEVEL NAMESPACE
 
 
 @dataclass(slots=True)
@@ -436,10 +446,12 @@ _COMMANDS = {
     "H": "H",  # HALT without an argument, HANG with one
     "HALT": "HALT",
     "HANG": "HANG",
+    "ZN": "ZNSPACE",
+    "ZNSPACE": "ZNSPACE",
 }
 # Commands that take no argument here: one space is enough to end them.
 _NO_ARGS = {"TSTART", "TCOMMIT", "HALT"}
-_ARGS_REQUIRED = {"SET", "ZKILL", "HANG"}
+_ARGS_REQUIRED = {"SET", "ZKILL", "HANG", "ZNSPACE"}
 
 # $function name -> (canonical, min args, max args, first argument is a reference)
 _FUNCTIONS = {
@@ -464,7 +476,16 @@ _FUNCTIONS = {
     "A": ("ASCII", 1, 2, False),
     "ASCII": ("ASCII", 1, 2, False),
 }
-_SPECIAL = {"T": "TEST", "TEST": "TEST", "TL": "TLEVEL", "TLEVEL": "TLEVEL"}
+_SPECIAL = {
+    "T": "TEST",
+    "TEST": "TEST",
+    "TL": "TLEVEL",
+    "TLEVEL": "TLEVEL",
+    # Both name the current namespace and Set switches it (ZNspace); no abbreviations.
+    "NAMESPACE": "NAMESPACE",
+    "ZNSPACE": "NAMESPACE",
+}
+_SETTABLE_SPECIAL = {"NAMESPACE"}
 _BINARY = {
     "_", "+", "-", "*", "/", "\\", "#", "**", "=", "'=", "<", ">", "'<", "'>",
     "<=", ">=", "&", "!", "[", "]", "'[", "']", "]]",
@@ -480,6 +501,8 @@ class Parser:
         self.toks = tokenize(line)
         self.i = 0
         self.depth = 0
+        # Inside ^[env]: "]" ends the environment instead of being the follows operator.
+        self.in_brackets = False
 
     # helpers
     def peek(self, k: int = 0) -> Token:
@@ -558,27 +581,38 @@ class Parser:
             "LOCK": self.lock_arg,
             "HANG": self.expr,
             "H": self.expr,
+            "ZNSPACE": self.expr,
         }[name]
         args = [one()]
         while self.at(","):
             self.take()
             args.append(one())
-        if name == "TROLLBACK" and len(args) > 1:
-            raise self.error("TROLLBACK takes one argument")
+        if name in ("TROLLBACK", "ZNSPACE") and len(args) > 1:
+            raise _syntax(f"{name} takes one argument", self.peek().pos)
         return args
 
-    def set_arg(self) -> tuple[list[Ref], Any]:
+    def set_arg(self) -> tuple[list[Ref | SpecialVar], Any]:
         if self.at("("):
             self.take()
-            targets = [self.ref()]
+            targets = [self.set_target()]
             while self.at(","):
                 self.take()
-                targets.append(self.ref())
+                targets.append(self.set_target())
             self.expect(")")
         else:
-            targets = [self.ref()]
+            targets = [self.set_target()]
         self.expect("=")
         return targets, self.expr()
+
+    def set_target(self) -> Ref | SpecialVar:
+        t = self.peek()
+        if t.kind == "SVAR":
+            special = _SPECIAL.get(t.text[1:].upper())
+            if special not in _SETTABLE_SPECIAL:
+                raise _syntax(f"{t.text} cannot be Set", t.pos)
+            self.take()
+            return SpecialVar(special)
+        return self.ref()
 
     def write_arg(self) -> WriteArg:
         arg = WriteArg()
@@ -622,11 +656,14 @@ class Parser:
     def ref(self) -> Ref:
         t = self.peek()
         is_global = False
+        env = None
         if self.at("^"):
             self.take()
             is_global = True
-            if self.at("(") or self.at("|") or self.at("["):
-                raise self.error("naked and extended references are not supported")
+            if self.at("("):
+                raise self.error("naked references are not supported")
+            if self.at("|") or self.at("["):
+                env = self.environment()
         n = self.take()
         if n.kind != "NAME":
             raise _syntax(f"expected a variable name, found {n.text or 'end of line'!r}", n.pos)
@@ -635,12 +672,26 @@ class Parser:
         subs: list[Any] = []
         if self.at("("):
             self.take()
-            subs.append(self.expr())
+            subs.append(self.inner_expr())
             while self.at(","):
                 self.take()
-                subs.append(self.expr())
+                subs.append(self.inner_expr())
             self.expect(")")
-        return Ref(is_global, n.text, subs, t.pos)
+        return Ref(is_global, n.text, subs, t.pos, env)
+
+    def environment(self) -> Any:
+        """The namespace of an extended reference: ^|expr|name or ^[expr]name."""
+        if self.take().text == "|":
+            env = self.expr()  # "|" is no operator: the expression ends before it
+            self.expect("|")
+            return env
+        outer, self.in_brackets = self.in_brackets, True
+        env = self.expr()
+        self.in_brackets = outer
+        if self.at(","):
+            raise self.error("a system name in ^[namespace,system] is not supported")
+        self.expect("]")
+        return env
 
     # expressions: operands joined by binary operators, strictly left to right
     def enter(self) -> None:
@@ -653,13 +704,20 @@ class Parser:
         node = self.primary_unary()
         while True:
             t = self.peek()
-            if t.kind != "OP" or t.text not in _BINARY:
+            if t.kind != "OP" or t.text not in _BINARY or (self.in_brackets and t.text == "]"):
                 break
             # "'" followed by an operator is the negated operator ('& '! too)
             self.take()
             op = t.text
             node = Binary(op, node, self.primary_unary())
         self.depth -= 1
+        return node
+
+    def inner_expr(self) -> Any:
+        """An expression inside parentheses, where "]" is the follows operator again."""
+        outer, self.in_brackets = self.in_brackets, False
+        node = self.expr()
+        self.in_brackets = outer
         return node
 
     def primary_unary(self) -> Any:
@@ -683,7 +741,7 @@ class Parser:
             return Str(_check_len(t.text[1:-1].replace('""', '"')))
         if t.kind == "OP" and t.text == "(":
             self.take()
-            node = self.expr()
+            node = self.inner_expr()
             self.expect(")")
             return node
         if t.kind == "NAME" or (t.kind == "OP" and t.text == "^"):
@@ -705,10 +763,12 @@ class Parser:
                 raise TerminalError("FUNCTION", f"unknown function {t.text} (column {t.pos + 1})")
             name, lo, hi, by_ref = spec
             self.take()
+            outer, self.in_brackets = self.in_brackets, False
             args = [self.ref() if by_ref else self.expr()]
             while self.at(","):
                 self.take()
                 args.append(self.expr())
+            self.in_brackets = outer
             self.expect(")")
             if not lo <= len(args) <= hi:
                 raise _syntax(f"{t.text} takes {lo} to {hi} arguments", t.pos)
@@ -733,6 +793,113 @@ class _Halt(Exception):
     pass
 
 
+def _no_namespace(name: str) -> TerminalError:
+    return TerminalError("NAMESPACE", "*" + name)
+
+
+class _Namespaces:
+    """A session's namespaces: the current one's name and the globals of each.
+
+    A namespace is a database of the target's instance (irisrep maps each name to
+    one database). Names are case-insensitive and shown upper-case, as IRIS shows
+    explicit namespaces. Two kinds of target:
+    - local (`Database`): `database(name, create=False)` gives another Database of
+      the same instance (its transactions and $TLEVEL are the instance's, so the
+      session's TStart and $TLEVEL stay on the target it was given);
+    - remote (a client connection, `use_database`): a connection reads one database
+      at a time, so an extended reference to another one switches for the one
+      operation and back (in a finally: an error leaves the current one in place).
+    A target with neither knows only its own name: any other is <NAMESPACE>.
+    """
+
+    def __init__(self, target: Any, name: str) -> None:
+        self.target = target
+        self.default = name.upper()
+        self.current = self.default
+        self.remote = callable(getattr(target, "use_database", None))
+        # remote: the name the server gave for the current database (None: the default)
+        self._current_arg: str | None = None
+        # remote: upper name -> the server's spelling (it may not ignore case)
+        self._spelling: dict[str, str] = {}
+        self._local: dict[str, Any] = {self.default: target}  # upper name -> Database
+
+    def _local_db(self, name: str) -> Any:
+        key = name.upper()
+        db = self._local.get(key)
+        if db is not None:
+            return db
+        if not callable(getattr(self.target, "database", None)):
+            raise _no_namespace(name)
+        # The instance may spell a name in any case: find it as IRIS would, ignoring case.
+        listing = getattr(self.target, "database_names", None)
+        if callable(listing):
+            spelled = {str(n).upper(): str(n) for n in listing()}
+            if key not in spelled:
+                raise _no_namespace(name)
+            name = spelled[key]
+        try:
+            db = self.target.database(name, create=False)
+        except (errors.DatabaseNotFoundError, errors.ConfigError):  # ConfigError: not a name
+            raise _no_namespace(name) from None
+        self._local[key] = db
+        return db
+
+    def _use(self, name: str | None) -> str | None:
+        """Remote: make `name` (None: the default) the connection's database; the
+        server's spelling of it."""
+        if name is not None:
+            name = self._spelling.get(name.upper(), name)
+        try:
+            got = self.target.use_database(name)
+        except (errors.DatabaseNotFoundError, errors.ConfigError):  # ConfigError: not a name
+            raise _no_namespace(name or self.default) from None
+        if isinstance(got, str):
+            self._spelling[got.upper()] = got
+        return got
+
+    def switch(self, name: str) -> None:
+        """ZNspace name: <NAMESPACE> (nothing changed) for a name that does not exist."""
+        key = name.upper()
+        if not name:
+            raise _no_namespace(name)
+        if key == self.current:
+            return  # IRIS: switching to the current namespace does nothing
+        if not self.remote:
+            db = self._local_db(name)
+            self.current = str(getattr(db, "name", name)).upper()
+            return
+        arg = None if key == self.default else name
+        got = self._use(arg)
+        self._current_arg = None if arg is None else (got or name)
+        self.current = self.default if arg is None else str(got or name).upper()
+
+    @contextlib.contextmanager
+    def globals(self, env: str | None):
+        """(shown name, globals view) of namespace `env` (None or "": the current
+        one) for one operation; the shown name is None when `env` is None."""
+        if env is None or not env or env.upper() == self.current:
+            target = self.target if self.remote else self._local_db(self.current)
+            yield (None if env is None else self.current), target.globals
+            return
+        if not self.remote:
+            db = self._local_db(env)
+            yield str(getattr(db, "name", env)).upper(), db.globals
+            return
+        arg = None if env.upper() == self.default else env
+        got = self._use(arg)
+        try:
+            yield (self.default if arg is None else str(got or env).upper()), self.target.globals
+        finally:
+            self._use(self._current_arg)
+
+    def close(self) -> None:
+        """Remote: the connection back on its default database (it may be used again)."""
+        if self.remote and self._current_arg is not None:
+            self._current_arg = None
+            self.current = self.default
+            self.target.use_database(None)
+
+
 class Session:
     """One terminal session on a target: its locals, $TEST, locks and output column."""
 
@@ -743,15 +910,17 @@ class Session:
         out: TextIO = sys.stdout,
         sleep=time.sleep,
         interruptible: bool = False,
+        name: str = DEFAULT_DATABASE,
     ) -> None:
         self.target = target
+        self.ns = _Namespaces(target, name)
         self.out = out
         self.halted = False
         self.test = 1
         self.column = 0
         self.locals: dict[str, dict[tuple[Sub, ...], Value]] = {}
-        # (global name, db subscripts, shared) -> entered lock context managers
-        self._locks: dict[tuple[str, tuple, bool], list[Any]] = {}
+        # (namespace, global name, db subscripts, shared) -> entered lock context managers
+        self._locks: dict[tuple[str, str, tuple, bool], list[Any]] = {}
         self._sleep = sleep
         # Interactive sessions wait (Hang, Lock) in slices so that Ctrl-C can stop a
         # wait without interrupting a request half-way (see interrupt()).
@@ -788,6 +957,11 @@ class Session:
             raise TerminalError("ERROR", str(exc) or type(exc).__name__) from None
 
     @property
+    def namespace(self) -> str:
+        """The current namespace (database) name, upper-case: what the prompt shows."""
+        return self.ns.current
+
+    @property
     def interrupted(self) -> bool:
         """A Ctrl-C came since the last line started (execute() clears it)."""
         return self._interrupted
@@ -804,6 +978,8 @@ class Session:
         with contextlib.suppress(errors.IrisrepError, OSError):
             if self.target.tlevel:
                 self.target.trollback()
+        with contextlib.suppress(errors.IrisrepError, OSError):
+            self.ns.close()
 
     # output
     def _write(self, s: str) -> None:
@@ -828,7 +1004,13 @@ class Session:
         for targets, expr in args:
             value = self._eval(expr)
             for ref in targets:
-                self._store(ref, value)
+                if isinstance(ref, SpecialVar):  # Set $Namespace=name: as ZNspace
+                    self.ns.switch(_str(value))
+                else:
+                    self._store(ref, value)
+
+    def _cmd_znspace(self, args: list) -> None:
+        self.ns.switch(_str(self._eval(args[0])))
 
     def _cmd_write(self, args: list | None) -> None:
         if args is None:
@@ -856,17 +1038,19 @@ class Session:
             self.locals.clear()
             return
         for ref in args:
-            is_global, name, subs = self._resolve(ref)
+            is_global, name, subs, env = self._resolve(ref)
             if is_global:
-                del self.target.globals[name][tuple(_sub_to_db(s) for s in subs)]
+                with self.ns.globals(env) as (_ns, globals_):
+                    del globals_[name][tuple(_sub_to_db(s) for s in subs)]
             else:
                 self._local_kill(name, subs, tree=True)
 
     def _cmd_zkill(self, args: list) -> None:
         for ref in args:
-            is_global, name, subs = self._resolve(ref)
+            is_global, name, subs, env = self._resolve(ref)
             if is_global:
-                self.target.globals[name].zkill(tuple(_sub_to_db(s) for s in subs))
+                with self.ns.globals(env) as (_ns, globals_):
+                    globals_[name].zkill(tuple(_sub_to_db(s) for s in subs))
             else:
                 self._local_kill(name, subs, tree=False)
 
@@ -875,15 +1059,17 @@ class Session:
             self._zwrite_locals(None)
             return
         for ref in args:
-            is_global, name, subs = self._resolve(ref)
+            is_global, name, subs, env = self._resolve(ref)
             if not is_global:
                 self._zwrite_locals(name, subs)
                 continue
-            g = self.target.globals[name]
-            for dbsubs, value in g.items(prefix=tuple(_sub_to_db(s) for s in subs)):
-                self._check_interrupt()  # between two pages' requests, never inside one
-                ref_text = _ref_text(True, name, tuple(_sub_from_db(s) for s in dbsubs))
-                self._write(f"{ref_text}={_show(_from_db(value))}\n")
+            # The whole walk in the one namespace: a remote one is switched back after it.
+            with self.ns.globals(env) as (ns, globals_):
+                g = globals_[name]
+                for dbsubs, value in g.items(prefix=tuple(_sub_to_db(s) for s in subs)):
+                    self._check_interrupt()  # between two pages' requests, never inside one
+                    ref_text = _ref_text(True, name, tuple(_sub_from_db(s) for s in dbsubs), ns)
+                    self._write(f"{ref_text}={_show(_from_db(value))}\n")
 
     def _zwrite_locals(self, only: str | None, prefix: tuple[Sub, ...] = ()) -> None:
         names = [only] if only is not None else sorted(self.locals)
@@ -922,7 +1108,7 @@ class Session:
             self._release_all()
             return
         for arg in args:
-            _g, name, subs = self._resolve(arg.ref)
+            _g, name, subs, env = self._resolve(arg.ref)
             dbsubs = tuple(_sub_to_db(s) for s in subs)
             shared = False
             if arg.kind is not None:
@@ -933,16 +1119,18 @@ class Session:
             timeout = None
             if arg.timeout is not None:
                 timeout = min(max(0.0, float(_num(self._eval(arg.timeout)))), _WAIT_MAX_S)
-            key = (name, dbsubs, shared)
+            # A lock belongs to its namespace (^x in DB and in REPORT are two locks).
+            ns = self.ns.current if env is None else self._lock_namespace(env)
+            key = (ns, name, dbsubs, shared)
             if arg.mode == "-":
                 held = self._locks.get(key)
                 if held:
-                    held.pop().__exit__(None, None, None)
+                    self._unlock(key[0], held.pop())
                     if not held:
                         del self._locks[key]
                 continue
             try:
-                cm = self._take_lock(name, dbsubs, timeout, shared)
+                cm = self._take_lock(key[0], name, dbsubs, timeout, shared)
             except errors.LockTimeoutError:
                 if timeout is not None:
                     self.test = 0
@@ -954,9 +1142,24 @@ class Session:
             if timeout is not None:
                 self.test = 1
 
-    def _take_lock(self, name: str, dbsubs: tuple, timeout: float | None, shared: bool) -> Any:
+    def _lock_namespace(self, env: str) -> str:
+        """The upper-case name of namespace `env` (<NAMESPACE> if there is none)."""
+        with self.ns.globals(env) as (ns, _globals):
+            return ns
+
+    def _unlock(self, ns: str, cm: Any) -> None:
+        # A remote lock is released on the database it was taken on.
+        with self.ns.globals(ns):
+            cm.__exit__(None, None, None)
+
+    def _take_lock(
+        self, ns: str, name: str, dbsubs: tuple, timeout: float | None, shared: bool
+    ) -> Any:
         """The entered lock context manager; LockTimeoutError when not granted in time."""
-        g = self.target.globals[name]
+        with self.ns.globals(ns) as (_ns, globals_):
+            return self._take_lock_in(globals_[name], dbsubs, timeout, shared)
+
+    def _take_lock_in(self, g: Any, dbsubs: tuple, timeout: float | None, shared: bool) -> Any:
         if not self.interruptible:
             cm = g.lock(dbsubs, timeout=timeout, shared=shared)
             cm.__enter__()
@@ -979,10 +1182,10 @@ class Session:
 
     def _release_all(self) -> None:
         locks, self._locks = self._locks, {}
-        for held in locks.values():
+        for key, held in locks.items():
             for cm in reversed(held):
-                with contextlib.suppress(errors.IrisrepError, OSError):
-                    cm.__exit__(None, None, None)
+                with contextlib.suppress(errors.IrisrepError, OSError, TerminalError):
+                    self._unlock(key[0], cm)
 
     def _cmd_halt(self, args: None) -> None:
         raise _Halt
@@ -1003,30 +1206,38 @@ class Session:
             self._check_interrupt()
 
     # references
-    def _resolve(self, ref: Ref, *, empty_last: bool = False) -> tuple[bool, str, tuple]:
+    def _resolve(
+        self, ref: Ref, *, empty_last: bool = False
+    ) -> tuple[bool, str, tuple, str | None]:
+        """(is global, name, subscripts, namespace of an extended reference or None);
+        the namespace is evaluated first, then the subscripts left to right."""
+        env = None if ref.env is None else _str(self._eval(ref.env))
         values = [self._eval(e) for e in ref.subs]
         subs = tuple(
             _sub(v, empty_ok=empty_last and i == len(values) - 1) for i, v in enumerate(values)
         )
-        return ref.is_global, ref.name, subs
+        return ref.is_global, ref.name, subs, env
 
     def _fetch(self, ref: Ref, default: Any = _MISSING) -> Any:
-        is_global, name, subs = self._resolve(ref)
+        is_global, name, subs, env = self._resolve(ref)
+        ns = None
         if is_global:
-            v = self.target.globals[name].get(tuple(_sub_to_db(s) for s in subs), _MISSING)
+            with self.ns.globals(env) as (ns, globals_):
+                v = globals_[name].get(tuple(_sub_to_db(s) for s in subs), _MISSING)
             v = _MISSING if v is _MISSING else _from_db(v)
         else:
             v = self.locals.get(name, {}).get(subs, _MISSING)
         if v is _MISSING:
             if default is not _MISSING:
                 return default
-            raise TerminalError("UNDEFINED", "*" + _ref_text(is_global, name, subs))
+            raise TerminalError("UNDEFINED", "*" + _ref_text(is_global, name, subs, ns))
         return v
 
     def _store(self, ref: Ref, value: Value) -> None:
-        is_global, name, subs = self._resolve(ref)
+        is_global, name, subs, env = self._resolve(ref)
         if is_global:
-            self.target.globals[name][tuple(_sub_to_db(s) for s in subs)] = _to_db(value)
+            with self.ns.globals(env) as (_ns, globals_):
+                globals_[name][tuple(_sub_to_db(s) for s in subs)] = _to_db(value)
         else:
             self.locals.setdefault(name, {})[subs] = value
 
@@ -1064,6 +1275,8 @@ class Session:
         if isinstance(node, SpecialVar):
             if node.name == "TEST":
                 return Decimal(self.test)
+            if node.name == "NAMESPACE":
+                return self.ns.current
             return Decimal(self.target.tlevel)
         raise AssertionError(f"unknown node {node!r}")
 
@@ -1119,9 +1332,10 @@ class Session:
         return self._fetch(f.args[0], default)
 
     def _fn_data(self, f: Func) -> Value:
-        is_global, name, subs = self._resolve(f.args[0])
+        is_global, name, subs, env = self._resolve(f.args[0])
         if is_global:
-            return Decimal(self.target.globals[name].data(tuple(_sub_to_db(s) for s in subs)))
+            with self.ns.globals(env) as (_ns, globals_):
+                return Decimal(globals_[name].data(tuple(_sub_to_db(s) for s in subs)))
         nodes = self.locals.get(name, {})
         n = len(subs)
         has_value = subs in nodes
@@ -1141,11 +1355,12 @@ class Session:
         ref = f.args[0]
         if not ref.subs:
             raise TerminalError("FUNCTION", "$ORDER needs a subscripted reference")
-        is_global, name, subs = self._resolve(ref, empty_last=True)
+        is_global, name, subs, env = self._resolve(ref, empty_last=True)
         reverse = self._direction(f)
         if is_global:
             dbsubs = tuple(_sub_to_db(s) for s in subs)
-            nxt = self.target.globals[name].order(dbsubs, reverse=reverse)
+            with self.ns.globals(env) as (_ns, globals_):
+                nxt = globals_[name].order(dbsubs, reverse=reverse)
             return "" if nxt is None else _sub_value(_sub_from_db(nxt))
         parent, last = subs[:-1], subs[-1]
         n = len(parent)
@@ -1164,22 +1379,25 @@ class Session:
         The unsubscripted node is never returned (M standard): a reverse scan ends
         with "" there, as a forward one ends after the last node.
         """
-        is_global, name, subs = self._resolve(f.args[0], empty_last=True)
+        is_global, name, subs, env = self._resolve(f.args[0], empty_last=True)
         reverse = self._direction(f)
         to_end = bool(subs) and subs[-1] == (1, "")
         if to_end:
             subs = subs[:-1]
         if is_global:
             dbsubs = tuple(_sub_to_db(s) for s in subs)
-            g = self.target.globals[name]
-            found = None
-            if reverse and to_end:
-                found = next((k for k, _v in g.items(prefix=dbsubs, reverse=True, batch=1)), None)
-            if found is None:
-                found = g.query(dbsubs, reverse=reverse)
+            with self.ns.globals(env) as (ns, globals_):
+                g = globals_[name]
+                found = None
+                if reverse and to_end:
+                    items = g.items(prefix=dbsubs, reverse=True, batch=1)
+                    found = next((k for k, _v in items), None)
+                if found is None:
+                    found = g.query(dbsubs, reverse=reverse)
             if not found:  # None, or () the unsubscripted node
                 return ""
-            return _ref_text(True, name, tuple(_sub_from_db(s) for s in found))
+            # An extended reference gives an extended one, so that it names the node.
+            return _ref_text(True, name, tuple(_sub_from_db(s) for s in found), ns)
         n = len(subs)
         keys = sorted(self.locals.get(name, {}))
         if reverse:
@@ -1193,10 +1411,11 @@ class Session:
 
     def _fn_increment(self, f: Func) -> Value:
         by = _num(self._eval(f.args[1])) if len(f.args) > 1 else _ONE
-        is_global, name, subs = self._resolve(f.args[0])
+        is_global, name, subs, env = self._resolve(f.args[0])
         if is_global:
             step = _to_db(by)
-            new = self.target.globals[name].increment(tuple(_sub_to_db(s) for s in subs), step)
+            with self.ns.globals(env) as (_ns, globals_):
+                new = globals_[name].increment(tuple(_sub_to_db(s) for s in subs), step)
             return _from_db(new)
         nodes = self.locals.setdefault(name, {})
         new = _num(nodes.get(subs, _ZERO)) + by
@@ -1280,9 +1499,15 @@ def _run_lines(
 
 
 def _run_closing(
-    target: Any, lines: Iterable[str], out: TextIO, err: TextIO, *, end_lines: bool = False
+    target: Any,
+    lines: Iterable[str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    end_lines: bool = False,
+    name: str = DEFAULT_DATABASE,
 ) -> int:
-    session = Session(target, out=out)
+    session = Session(target, out=out, name=name)
     lost = False
     try:
         return _run_lines(session, lines, out, err, end_lines=end_lines)
@@ -1296,19 +1521,30 @@ def _run_closing(
 
 
 def run_commands(
-    target: Any, text: str, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    target: Any,
+    text: str,
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    name: str = DEFAULT_DATABASE,
 ) -> int:
     """Run each line of `text`; on an error print "<WORD> detail" to err and return 1.
 
     Returns 0 when every line ran (or a Halt ended the session). The session is
     closed either way (its locks released, an open transaction rolled back), except
-    after a lost connection, where the member did that already.
+    after a lost connection, where the member did that already. `name` is the
+    target's own database: the session's first namespace ($Namespace).
     """
-    return _run_closing(target, text.splitlines(), out, err)
+    return _run_closing(target, text.splitlines(), out, err, name=name)
 
 
 def run_stream(
-    target: Any, stdin: TextIO, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    target: Any,
+    stdin: TextIO,
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    name: str = DEFAULT_DATABASE,
 ) -> int:
     """`run_commands` on lines read from stdin one at a time, as they come.
 
@@ -1319,11 +1555,12 @@ def run_stream(
     not run after a failed step.
     """
     lines = (line.rstrip("\r\n") for line in iter(stdin.readline, ""))
-    return _run_closing(target, lines, out, err, end_lines=True)
+    return _run_closing(target, lines, out, err, end_lines=True, name=name)
 
 
 def prompt(target: Any, name: str = DEFAULT_DATABASE) -> str:
-    """The IRIS-style prompt: `DB>`, or `TL1:DB>` inside a transaction."""
+    """The IRIS-style prompt: the current namespace (`DB>`, `REPORT>`), with the
+    transaction level inside one (`TL1:REPORT>`)."""
     level = target.tlevel
     return f"TL{level}:{name}>" if level else f"{name}>"
 
@@ -1386,7 +1623,8 @@ def interact(
     err: TextIO = sys.stderr,
     read: Callable[[str], str] | None = None,
 ) -> int:
-    """The interactive terminal: prompt (`DB>`, `TL1:DB>`), one line at a time.
+    """The interactive terminal: prompt (`DB>`, `TL1:DB>`, `REPORT>` after ZNspace
+    "REPORT"), one line at a time; `name` is the target's own database.
 
     `read(prompt)` returns a line (None: the builtin input() with readline editing,
     and `history_file` loaded now and saved at the end). An error is printed to err
@@ -1399,12 +1637,12 @@ def interact(
     if read is None:
         history = _use_readline(None if history_file is None else Path(history_file), err)
         read = input
-    session = Session(target, out=out, interruptible=True)
+    session = Session(target, out=out, interruptible=True, name=name)
     lost = False
     try:
         while not session.halted:
             try:
-                text = read(prompt(target, name))
+                text = read(prompt(target, session.namespace))
             except KeyboardInterrupt:
                 out.write("\n")  # the typed line is dropped; a fresh prompt
                 continue
@@ -1483,7 +1721,7 @@ def run_session(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     if commands is not None:
-        return run_commands(target, commands, out=out, err=err)
+        return run_commands(target, commands, out=out, err=err, name=name)
     if stdin.isatty():
         return interact(target, name=name, history_file=history_file, out=out, err=err)
-    return run_stream(target, stdin, out=out, err=err)
+    return run_stream(target, stdin, out=out, err=err, name=name)
