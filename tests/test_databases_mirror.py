@@ -18,7 +18,7 @@ from mirrorkit import dump, mirror_configs, wait_applied, wait_for
 
 import irisrep
 from irisrep import replay
-from irisrep.config import DatabaseSpec, parse_config
+from irisrep.config import Address, DatabaseSpec, FollowedMirror, parse_config
 from irisrep.database import database_id
 from irisrep.errors import ConfigError, DatabaseNotFoundError, ProtectError, TransactionError
 from irisrep.member import Member
@@ -240,3 +240,75 @@ client_address = "127.0.0.1:9004"
         base_dir=tmp_path,
     )
     assert ok.databases[0] == DatabaseSpec("R", False, False)
+
+
+def test_a_reporting_async_keeps_each_mirrors_databases_apart(tmp_path):
+    """Two mirrors, each with DB and SALES; a reporting async follows both and reads
+    every copy by name: `SALES` (its own mirror's), `M2` and `M2/SALES`."""
+    m1 = mirror_configs(tmp_path / "m1", asyncs=1, qos_timeout_ms=2000, mirror="M1")
+    m2 = mirror_configs(tmp_path / "m2", asyncs=1, qos_timeout_ms=2000, mirror="M2")
+
+    def reporting(cfgs):
+        return tuple(
+            dataclasses.replace(m, kind="async-reporting") if m.name == "C1" else m
+            for m in cfgs[0].members
+        )
+
+    m1 = [dataclasses.replace(c, members=reporting(m1), databases=(SALES,)) for c in m1]
+    m2 = [dataclasses.replace(c, members=reporting(m2), databases=(SALES,)) for c in m2]
+    follow = FollowedMirror(
+        mirror_name="M2",
+        failover_members=tuple((m.name, m.mirror_address) for m in m2[0].members[:2]),
+        mirror_key=m2[0].mirror_key,
+        databases=("sales",),
+    )
+    r_cfg = dataclasses.replace(m1[2], follow=(follow,))
+    ms = [_start(c, client_listener=False) for c in (*m1[:2], *m2[:2])]
+    r = _start(r_cfg, client_listener=False)
+    try:
+        a1, a2 = ms[0], ms[2]
+        for a, tag in ((a1, "m1"), (a2, "m2")):
+            wait_for(lambda a=a: a.replicator.active is not None, what="an Active backup")
+            a.database.globals["g"][1] = f"{tag} DB"
+            a.database.database("SALES", create=False).globals["g"][1] = f"{tag} SALES"
+        want = {
+            "DB": "m1 DB",
+            "SALES": "m1 SALES",
+            "M1": "m1 DB",
+            "M2": "m2 DB",
+            "m2/sales": "m2 SALES",
+            "M1/SALES": "m1 SALES",
+        }
+
+        def read(name):
+            return r.database_named(name)[1].globals["g"].get(1)
+
+        wait_for(
+            lambda: all(read(n) == v for n, v in want.items()),
+            what="every copy on the reporting async",
+        )
+        assert r.database_named("m2/sales")[0] == "M2/SALES"
+        with pytest.raises(DatabaseNotFoundError):
+            r.database_named("M2/NOPE")
+        with pytest.raises(ProtectError):
+            r.database_named("M2/SALES")[1].globals["g"][2] = "no"
+    finally:
+        r.close()
+        for m in reversed(ms):
+            m.close()
+
+
+def test_follow_databases_config(tmp_path):
+    f = FollowedMirror(
+        mirror_name="M2",
+        failover_members=(
+            ("A", Address("127.0.0.1", 9001)),
+            ("B", Address("127.0.0.1", 9002)),
+        ),
+        mirror_key=bytes(32),
+        databases=("sales", "Hist"),
+    )
+    assert f.databases == ("SALES", "HIST")
+    for bad in (("DB",), ("S", "s"), ("1x",), "SALES"):
+        with pytest.raises(ConfigError, match="follow.databases"):
+            dataclasses.replace(f, databases=bad)

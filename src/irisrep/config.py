@@ -234,6 +234,8 @@ class FollowedMirror:
     mirror_key_file: Path | None = None
     # "read-write": clients may change this copy locally (no longer eligible to fail over).
     copy: str = COPY_MODE_DEFAULT
+    # That mirror's mirrored databases besides DB (its members' [[databases]]).
+    databases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate_follow(self, "follow")
@@ -381,6 +383,8 @@ class MemberConfig:
             out += ["\n[[follow]]", f"mirror_name = {_toml_str(f.mirror_name)}"]
             if f.copy != COPY_MODE_DEFAULT:
                 out.append(f"copy = {_toml_str(f.copy)}")
+            if f.databases:
+                out.append(f"databases = [{', '.join(_toml_str(n) for n in f.databases)}]")
             if f.mirror_key_file is not None:
                 out.append(
                     f"mirror_key_file = {_toml_path('follow.mirror_key_file', f.mirror_key_file)}"
@@ -613,11 +617,21 @@ def _parse_follow(base: Path, key: str, item: object) -> FollowedMirror:
     copy = t.get("copy", str)
     if copy is not None:
         kw["copy"] = copy
+    databases = t.get("databases", list)
+    if databases is not None:
+        kw["databases"] = tuple(databases)
     return _build(FollowedMirror, key, kw, local="follow")
 
 
 _DATABASE_KEYS = ("name", "mirrored", "journaling")
-_FOLLOW_KEYS = ("mirror_name", "failover_members", "mirror_key", "mirror_key_file", "copy")
+_FOLLOW_KEYS = (
+    "mirror_name",
+    "failover_members",
+    "mirror_key",
+    "mirror_key_file",
+    "copy",
+    "databases",
+)
 
 _TOP_KEYS = (
     "mirror_name",
@@ -825,7 +839,24 @@ def _validate_database(d: DatabaseSpec, key: str) -> None:
 
 
 def _validate_follow(f: FollowedMirror, key: str) -> None:
+    from .database import DEFAULT_DATABASE, check_database_name
+
     _check_name(f"{key}.mirror_name", f.mirror_name)
+    names = f.databases
+    if isinstance(names, list):
+        names = tuple(names)
+    if not isinstance(names, tuple) or len(names) >= DATABASES_MAX:
+        raise _err(f"{key}.databases", f"expected at most {DATABASES_MAX - 1} database names")
+    canonical: list[str] = []
+    for j, n in enumerate(names):
+        try:
+            c = check_database_name(n)
+        except ConfigError as exc:
+            raise _err(f"{key}.databases[{j}]", str(exc)) from None
+        if c == DEFAULT_DATABASE or c in canonical:
+            raise _err(f"{key}.databases[{j}]", f"{c} is always there or listed twice")
+        canonical.append(c)
+    _set(f, "databases", tuple(canonical))
     members = f.failover_members
     if isinstance(members, list):
         members = tuple(members)

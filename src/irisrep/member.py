@@ -523,6 +523,8 @@ class Member:
             name=DEFAULT_DATABASE,
             journaling=not f.read_write,  # local changes are never journaled
         )
+        for name in f.databases:  # that mirror's other mirrored databases
+            db.database(name)
         fm = _Followed(f.mirror_name, path, db, state_path)
         self.followed[f.mirror_name] = fm
         mirror = f.mirror_name
@@ -624,9 +626,15 @@ class Member:
         if self.database is None:
             raise IrisrepError(f"member {self.name} has no open database")
         if self.config.follow:  # a reporting async: mirror names name the copies
+            # "MIRROR2" is that mirror's DB copy, "MIRROR2/SALES" its SALES copy.
+            mirror_part, _, db_part = str(name).partition("/")
             for mirror in self.config.mirrors_followed:
-                if mirror.lower() == str(name).lower():
-                    return mirror, self.mirror_database(mirror)
+                if mirror.lower() == mirror_part.lower():
+                    copy = self.mirror_database(mirror)
+                    if not db_part:
+                        return mirror, copy
+                    db_name = check_database_name(db_part)
+                    return f"{mirror}/{db_name}", copy.database(db_name, create=False)
         canonical = check_database_name(name)
         instances = [self.database]
         if self.local_instance is not None:
