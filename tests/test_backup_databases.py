@@ -376,3 +376,35 @@ def test_version_1_backup_still_restores(tmp_path):
         root.database("SALES").globals[G]["x"] = 1
         b = create_backup(root, tmp_path / "new")
     assert b.version == 2 and b.database_names == ["DB", "SALES"]
+
+
+def test_mirror_copy_with_a_mirrored_database(tmp_path):
+    """A mirror copy (a backup member's instance, as `backup_create` backs it up in
+    the member's process) with a mirrored SALES: both databases in the backup, a
+    transaction across them open in the stream rolled back by the restore."""
+    with irisrep.open(tmp_path / "p") as prim:
+        sales = prim.database("SALES")
+        for i in range(300):
+            prim.globals[G][i] = i
+            sales.globals[G][i] = f"s{i}"
+        with prim.transaction():
+            prim.globals[G]["both"] = 1
+            sales.globals[G]["both"] = 2
+        prim.tstart()
+        prim.globals[G]["open"] = 1
+        sales.globals[G]["open"] = 1
+        prim.committer.write_out()
+        prim.journal.flush()
+        raw = prim.journal.read_raw(0, prim.journal.end_position, 1 << 30)
+        prim.trollback()
+    with irisrep.open(tmp_path / "c", mirror_copy=True) as copy:
+        copy.database("SALES")  # declared on the member ([[databases]])
+        copy.journal.append_frames(raw)
+        copy.journal.flush()
+        copy.apply_from_journal()
+        info = create_backup(copy, tmp_path / "bk")
+    assert info.database_names == ["DB", "SALES"]
+    got, rep = restored(tmp_path, "r", [info])
+    assert rep["rolled_back"] == 1
+    assert got["DB"] == {**{(i,): i for i in range(300)}, ("both",): 1}
+    assert got["SALES"] == {**{(i,): f"s{i}" for i in range(300)}, ("both",): 2}

@@ -1,29 +1,37 @@
-"""Online backups of a running database: full and incremental, in checksummed files.
+"""Online backups of a running instance: full and incremental, in checksummed files.
 
-Owns the backup file format (`include/irisrep_backup.h`, docs/backup.md), writing a
-backup of an open `Database` (`create_backup`), listing a backup directory and
-verifying a file. Restoring is `irisrep.restore`.
+Owns the backup file format (`include/irisrep_backup.h`, docs/backup.md; writes
+version 2, reads 1 and 2), writing a backup of an open instance with every one of
+its databases (`create_backup`), listing a backup directory and verifying a file.
+Restoring is `irisrep.restore`.
 
 Promises:
-- Consistency: the blocks are copied inside `Database.backup_window()`, which holds
-  every write-daemon cycle off; only a cycle writes the database file, so the copy
-  is the exact image of one checkpoint (blocks = the journal before `checkpoint`),
+- Every database, one image: all of the instance's databases go into one file, a
+  section each, copied inside one `Database.backup_window()`, which holds every
+  write-daemon cycle off; only a cycle writes a database file, and one cycle covers
+  them all, so each copy is the exact image of its checkpoint (blocks = the journal
+  before it), the same for all but a database created since (its creation's),
   never a fuzzy copy of a tree mid-split. Writes and commits go on meanwhile.
-- Self-contained: the file also holds the journal frames from min(checkpoint,
-  transaction floor) to the end of the stream when the copy finished, so the
-  backup alone restores to its end, transactions open in it rolled back.
-- Incremental by content: every backup records a manifest, one xxh3 per block of
-  the whole database; an incremental stores exactly the blocks whose checksum
-  differs from its parent's manifest (or that are new). No change map is kept in
+- Self-contained: the file also holds the journal frames, once, from the earliest
+  min(checkpoint, transaction floor) to the end of the stream when the copies
+  finished, read together with the list of databases so that every record in them
+  names a database the file holds: the backup alone restores every database to its
+  end, transactions open in it rolled back in all of them.
+- Incremental by content: every backup records a manifest per database, one xxh3
+  per block of the whole database; an incremental stores, per database, exactly the
+  blocks whose checksum differs from its parent's manifest of that database (or
+  that are new), and all of a database its parent does not hold. No change map is kept in
   the database, so there is none to lose in a crash; the price is that an
   incremental reads the whole file (but writes only what changed).
-- Crash-safe: a backup is written as `NAME.part`, fsynced, renamed, the directory
-  fsynced; a crash leaves at most a `.part` that nothing treats as a backup.
+- Crash-safe: a backup is written as `NAME.part` (section table and header last),
+  fsynced, renamed, the directory fsynced; a crash leaves at most a `.part` that
+  nothing treats as a backup.
 - Every block read from the database is verified (checksum, number, id) before it
   goes in; every entry of a backup file is verified on every read, and a fault is
-  reported with the block and the byte offset of its entry (BackupCorruptError).
-- Streamed: memory stays bounded by a batch of blocks and the manifest (8 bytes
-  per block), whatever the database's size.
+  reported with the database, the block and the byte offset of its entry
+  (BackupCorruptError).
+- Streamed: memory stays bounded by a batch of blocks and the manifests (8 bytes
+  per block), whatever the databases' sizes.
 - Recorded: once a backup file is complete it is added to the instance's
   `backups.json` (purge.record_backup), where the journal purge learns where the
   last good backup rolls forward from; from the window's opening until then the

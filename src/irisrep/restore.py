@@ -1,5 +1,12 @@
 """Restore: a backup chain into a new instance, then the journal step, as IRIS does.
 
+Every database the last backup holds is rebuilt (`NAME.dat`, from its sections in
+chain order) and the catalog `databases.json` written with each one's journaling
+setting; a database the journal names but no backup holds (created after it) is
+created empty from the source's catalog. Recovery then rolls the journal forward
+over all of them; only a version 1 backup (DB alone) makes it skip the records of
+other databases.
+
 Owns `irisrep restore BACKUP... --target DIR [--journal DIR] [--until TIME |
 --until-position N] [--dry-run]`: which backups and which journal frames make the
 restored instance, and building it. It has no replay of its own: the restored
@@ -18,8 +25,9 @@ Promises:
   everything is built in a staging directory beside the target, renamed into place
   only when the instance is recovered and its integrity walk passes. A corrupt
   backup found while applying it removes the staging directory.
-- The restored image is proven to be the last backup's: after applying the chain,
-  every block's checksum is compared with that backup's manifest.
+- The restored images are proven to be the last backup's: after applying the
+  chain, every block of every database is compared with that backup's manifest of
+  it.
 - `--until TIME` never includes a frame that may have been built after TIME (see
   `_cut_at_time`: time marks in the frames, at most JOURNAL_TIME_MARK_MS apart).
 """
