@@ -1,32 +1,39 @@
-/* On-disk layout of a backup file (`irisrep backup create`; docs/backup.md): one
- * database's blocks at one checkpoint, full or only those changed since the previous
- * backup of its chain, plus the journal the image needs, in one self-describing
- * file. Written as `NAME.part`, fsynced, then renamed to NAME (`*.irbk`) and the
+/* On-disk layout of a backup file (`irisrep backup create`; docs/backup.md): every
+ * database of an instance at one checkpoint (a section each), full or only the
+ * blocks changed since the previous backup of its chain, plus the journal the images
+ * need (once), in one self-describing file. Version 2; version 1 held one database
+ * (DB), with no section table: its header alone described it. Written as `NAME.part`, fsynced, then renamed to NAME (`*.irbk`) and the
  * directory fsynced: a visible backup file is always complete. All integers are
  * little-endian (irisrep_endian.h); every checksum is xxh3_64.
  *
  * The file, by offset:
  *
  *   0                 header (IR_BACKUP_HEADER_BYTES)
- *   4096              block entries: `blocks_stored` x (16-byte entry, stored bytes),
- *                     block numbers strictly increasing
+ *   4096              block entries, section after section: each section's
+ *                     `blocks_stored` x (16-byte entry, stored bytes), block
+ *                     numbers strictly increasing within the section
  *   journal_offset    journal entries: `journal_chunks` x (24-byte entry, stored
  *                     bytes); their raw bytes are the journal stream's frames from
  *                     `journal_start` to `journal_end`, byte for byte
- *   manifest_offset   manifest: `block_count` x u64, the checksum of every block of
- *                     the database at this backup (stored or not); what the next
+ *   manifest_offset   manifests, section after section: the section's
+ *                     `block_count` x u64, the checksum of every block of the
+ *                     database at this backup (stored or not); what the next
  *                     incremental compares against
+ *   sections_offset   section table: `section_count` x IR_BACKUP_SECTION_BYTES
+ *                     (version 2; in version 1 the manifest ends the file)
  *   file_bytes        end of file
  *
- * Header (4096 bytes; bytes from IR_BACKUP_HDR_END to 4088 are zero):
+ * Header (4096 bytes; bytes from IR_BACKUP_HDR_END to 4088 are zero). The totals
+ * are the whole file's: block_count and blocks_stored sum the sections, checkpoint
+ * is the latest section's, txn_floor and journal_start the earliest:
  *
  *   offset size field
  *   0      8    magic              "IRISBKUP"
  *   8      4    version            IR_BACKUP_VERSION
  *   12     4    kind               IR_BACKUP_KIND_FULL or IR_BACKUP_KIND_INCREMENTAL
  *   16     4    block_size         IR_BLOCK_SIZE
- *   20     4    db_id              the database's id (block 0)
- *   24     4    block_count        blocks of the database at this backup
+ *   20     4    db_id              DB's id (the first section's; keys the chain)
+ *   24     4    block_count        blocks of all the databases at this backup
  *   28     4    seq                0 for a full backup, k for the k-th incremental
  *   32     8    backup_id          random, nonzero
  *   40     8    parent_id          the previous backup of the chain (0 for a full)
@@ -44,15 +51,33 @@
  *   116    4    journal_chunks     journal entries
  *   120    8    journal_offset     file offset of the first journal entry
  *   128    8    manifest_offset    file offset of the manifest
- *   136    8    manifest_checksum  xxh3_64 of the manifest's bytes
+ *   136    8    manifest_checksum  xxh3_64 of all the manifests' bytes
  *   144    8    file_bytes         size of the whole file
  *   152    8    epoch              mirror epoch of the journal at the backup
  *   160    4    flags              IR_BACKUP_F_* bits
  *   164    4    reserved           0
  *   168    128  parent_name        the parent backup's file name, UTF-8, NUL-padded
  *   296    1024 source             the instance directory backed up, UTF-8, NUL-padded
- *   1320   2768 reserved           0
+ *   1320   4    section_count      databases in the file (version 2)
+ *   1324   4    reserved           0
+ *   1328   8    sections_offset    file offset of the section table (version 2)
+ *   1336   8    sections_checksum  xxh3_64 of the section table (version 2)
+ *   1344   2744 reserved           0
  *   4088   8    checksum           xxh3_64 of header bytes [0, 4088)
+ *
+ * Section (IR_BACKUP_SECTION_BYTES; bytes from 104 on are zero):
+ *
+ *   0      32   name               database name, NUL-padded
+ *   32     4    db_id              its id (database_id(name), block 0's)
+ *   36     4    flags              IR_BACKUP_S_* bits
+ *   40     8    block_count        blocks of the database at this backup
+ *   48     8    blocks_stored      its block entries
+ *   56     8    blocks_offset      file offset of its first block entry
+ *   64     8    blocks_end         file offset after its last block entry
+ *   72     8    manifest_offset    file offset of its manifest
+ *   80     8    manifest_checksum  xxh3_64 of its manifest's bytes
+ *   88     8    checkpoint         journal position its blocks reflect exactly
+ *   96     8    txn_floor          no transaction open at its checkpoint began before
  *
  * Block entry (16 bytes, then `stored_len` bytes):
  *
@@ -80,7 +105,9 @@
 
 #define IR_BACKUP_MAGIC "IRISBKUP"
 #define IR_BACKUP_MAGIC_SIZE 8
-#define IR_BACKUP_VERSION 1
+#define IR_BACKUP_VERSION 2
+#define IR_BACKUP_SECTION_BYTES 128
+#define IR_BACKUP_SECTION_NAME_BYTES 32
 #define IR_BACKUP_HEADER_BYTES 4096
 #define IR_BACKUP_BLOCK_ENTRY_BYTES 16
 #define IR_BACKUP_JOURNAL_ENTRY_BYTES 24
@@ -92,6 +119,10 @@
 /* flags */
 #define IR_BACKUP_F_MIRROR_COPY 1 /* backed up from a mirror copy (no marker written) */
 #define IR_BACKUP_F_MARKER 2      /* a backup-start MARKER was journaled */
+
+/* section flags */
+#define IR_BACKUP_S_JOURNALING 1 /* the database had journaling on */
+#define IR_BACKUP_S_FULL 2       /* every block stored: its first copy in the chain */
 
 /* Header offsets. */
 #define IR_BK_OFF_MAGIC 0
@@ -121,8 +152,25 @@
 #define IR_BK_OFF_FLAGS 160
 #define IR_BK_OFF_PARENT_NAME 168
 #define IR_BK_OFF_SOURCE 296
-#define IR_BACKUP_HDR_END 1320
+#define IR_BK_OFF_SECTION_COUNT 1320
+#define IR_BK_OFF_SECTIONS_OFFSET 1328
+#define IR_BK_OFF_SECTIONS_CHECKSUM 1336
+#define IR_BACKUP_HDR_END 1344
+#define IR_BACKUP_HDR_END_V1 1320
 #define IR_BK_OFF_CHECKSUM 4088
+
+/* Section offsets. */
+#define IR_BK_SEC_NAME 0
+#define IR_BK_SEC_DB_ID 32
+#define IR_BK_SEC_FLAGS 36
+#define IR_BK_SEC_BLOCK_COUNT 40
+#define IR_BK_SEC_BLOCKS_STORED 48
+#define IR_BK_SEC_BLOCKS_OFFSET 56
+#define IR_BK_SEC_BLOCKS_END 64
+#define IR_BK_SEC_MANIFEST_OFFSET 72
+#define IR_BK_SEC_MANIFEST_CHECKSUM 80
+#define IR_BK_SEC_CHECKPOINT 88
+#define IR_BK_SEC_TXN_FLOOR 96
 
 /* Block entry offsets. */
 #define IR_BK_ENT_BLOCK_NO 0

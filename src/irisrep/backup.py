@@ -1,29 +1,37 @@
-"""Online backups of a running database: full and incremental, in checksummed files.
+"""Online backups of a running instance: full and incremental, in checksummed files.
 
-Owns the backup file format (`include/irisrep_backup.h`, docs/backup.md), writing a
-backup of an open `Database` (`create_backup`), listing a backup directory and
-verifying a file. Restoring is `irisrep.restore`.
+Owns the backup file format (`include/irisrep_backup.h`, docs/backup.md; writes
+version 2, reads 1 and 2), writing a backup of an open instance with every one of
+its databases (`create_backup`), listing a backup directory and verifying a file.
+Restoring is `irisrep.restore`.
 
 Promises:
-- Consistency: the blocks are copied inside `Database.backup_window()`, which holds
-  every write-daemon cycle off; only a cycle writes the database file, so the copy
-  is the exact image of one checkpoint (blocks = the journal before `checkpoint`),
+- Every database, one image: all of the instance's databases go into one file, a
+  section each, copied inside one `Database.backup_window()`, which holds every
+  write-daemon cycle off; only a cycle writes a database file, and one cycle covers
+  them all, so each copy is the exact image of its checkpoint (blocks = the journal
+  before it), the same for all but a database created since (its creation's),
   never a fuzzy copy of a tree mid-split. Writes and commits go on meanwhile.
-- Self-contained: the file also holds the journal frames from min(checkpoint,
-  transaction floor) to the end of the stream when the copy finished, so the
-  backup alone restores to its end, transactions open in it rolled back.
-- Incremental by content: every backup records a manifest, one xxh3 per block of
-  the whole database; an incremental stores exactly the blocks whose checksum
-  differs from its parent's manifest (or that are new). No change map is kept in
+- Self-contained: the file also holds the journal frames, once, from the earliest
+  min(checkpoint, transaction floor) to the end of the stream when the copies
+  finished, read together with the list of databases so that every record in them
+  names a database the file holds: the backup alone restores every database to its
+  end, transactions open in it rolled back in all of them.
+- Incremental by content: every backup records a manifest per database, one xxh3
+  per block of the whole database; an incremental stores, per database, exactly the
+  blocks whose checksum differs from its parent's manifest of that database (or
+  that are new), and all of a database its parent does not hold. No change map is kept in
   the database, so there is none to lose in a crash; the price is that an
   incremental reads the whole file (but writes only what changed).
-- Crash-safe: a backup is written as `NAME.part`, fsynced, renamed, the directory
-  fsynced; a crash leaves at most a `.part` that nothing treats as a backup.
+- Crash-safe: a backup is written as `NAME.part` (section table and header last),
+  fsynced, renamed, the directory fsynced; a crash leaves at most a `.part` that
+  nothing treats as a backup.
 - Every block read from the database is verified (checksum, number, id) before it
   goes in; every entry of a backup file is verified on every read, and a fault is
-  reported with the block and the byte offset of its entry (BackupCorruptError).
-- Streamed: memory stays bounded by a batch of blocks and the manifest (8 bytes
-  per block), whatever the database's size.
+  reported with the database, the block and the byte offset of its entry
+  (BackupCorruptError).
+- Streamed: memory stays bounded by a batch of blocks and the manifests (8 bytes
+  per block), whatever the databases' sizes.
 - Recorded: once a backup file is complete it is added to the instance's
   `backups.json` (purge.record_backup), where the journal purge learns where the
   last good backup rolls forward from; from the window's opening until then the
@@ -63,20 +71,25 @@ from .constants import (
     BACKUP_NAME_BYTES,
     BACKUP_PARTIAL_SUFFIX,
     BACKUP_READ_BYTES,
+    BACKUP_SECTION_BYTES,
+    BACKUP_SECTION_NAME_BYTES,
     BACKUP_SOURCE_BYTES,
     BACKUP_VERSION,
+    BACKUP_VERSIONS_READ,
     BACKUP_ZSTD_LEVEL,
     BLOCK_SIZE,
+    DATABASES_MAX,
     JOURNAL_FRAME_ALIGN,
     JOURNAL_FRAME_BYTES_MAX,
     JOURNAL_FRAME_HEADER_BYTES,
 )
-from .errors import BackupCorruptError, BackupError, CorruptError
+from .errors import BackupCorruptError, BackupError, CorruptError, IrisrepError
 from .purge import record_backup
 
 __all__ = [
     "BackupInfo",
     "BackupReader",
+    "Section",
     "create_backup",
     "backup_instance",
     "list_backups",
@@ -90,13 +103,20 @@ __all__ = [
 KINDS = {BACKUP_KIND_FULL: "full", BACKUP_KIND_INCREMENTAL: "incremental"}
 F_MIRROR_COPY = 1  # IR_BACKUP_F_MIRROR_COPY
 F_MARKER = 2  # IR_BACKUP_F_MARKER
+S_JOURNALING = 1  # IR_BACKUP_S_JOURNALING: the database had journaling on
+S_FULL = 2  # IR_BACKUP_S_FULL: every block stored (the database's first in its chain)
 
 # Header fields up to IR_BACKUP_HDR_END, in the order of include/irisrep_backup.h.
-_HEADER = struct.Struct(
+_HEADER_V1 = struct.Struct(
     f"<8sIIIIII QQQ QQQQQ QQ II QQQQ Q II {BACKUP_NAME_BYTES}s {BACKUP_SOURCE_BYTES}s"
 )
-assert _HEADER.size == 1320
+assert _HEADER_V1.size == 1320
+# Version 2 adds the section table's place (a database per section) after `source`.
+_HEADER = struct.Struct(_HEADER_V1.format + " IIQQ")
+assert _HEADER.size == 1344
 _HEADER_CK_OFF = BACKUP_HEADER_BYTES - 8
+_SECTION = struct.Struct(f"<{BACKUP_SECTION_NAME_BYTES}sII QQQQQQQQ")
+assert _SECTION.size <= BACKUP_SECTION_BYTES
 _BLOCK_ENTRY = struct.Struct("<IIQ")
 _JOURNAL_ENTRY = struct.Struct("<QIIQ")
 assert _BLOCK_ENTRY.size == BACKUP_BLOCK_ENTRY_BYTES
@@ -119,8 +139,78 @@ def block_checksum(block_no: int, image) -> int:
 
 
 @dataclasses.dataclass
+class Section:
+    """One database in a backup file: where its block entries and manifest lie, and
+    the image's consistency point (its file header's checkpoint and floor)."""
+
+    name: str
+    db_id: int
+    flags: int  # S_* bits
+    block_count: int  # blocks of the database at this backup
+    blocks_stored: int  # its block entries in this file
+    blocks_offset: int  # file offset of its first block entry
+    blocks_end: int  # file offset after its last block entry
+    manifest_offset: int  # file offset of its manifest (block_count x u64)
+    manifest_checksum: int  # xxh3_64 of its manifest's bytes
+    checkpoint: int  # journal position its blocks reflect exactly
+    txn_floor: int  # no transaction open at its checkpoint began before this
+
+    @property
+    def journaling(self) -> bool:
+        return bool(self.flags & S_JOURNALING)
+
+    @property
+    def full(self) -> bool:
+        return bool(self.flags & S_FULL)
+
+    @property
+    def journal_start(self) -> int:
+        return min(self.checkpoint, self.txn_floor)
+
+    def pack(self) -> bytes:
+        body = _SECTION.pack(
+            _fixed(self.name, BACKUP_SECTION_NAME_BYTES, "database name"),
+            self.db_id,
+            self.flags,
+            self.block_count,
+            self.blocks_stored,
+            self.blocks_offset,
+            self.blocks_end,
+            self.manifest_offset,
+            self.manifest_checksum,
+            self.checkpoint,
+            self.txn_floor,
+        )
+        return body + bytes(BACKUP_SECTION_BYTES - len(body))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Section:
+        f = _SECTION.unpack_from(raw, 0)
+        return cls(f[0].rstrip(b"\0").decode("utf-8", "replace"), *f[1:])
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["db_id"] = f"{self.db_id:08x}"
+        d["journaling"] = self.journaling
+        d["full"] = self.full
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Section:
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+        kw["db_id"] = int(kw["db_id"], 16)
+        return cls(**kw)
+
+
+@dataclasses.dataclass
 class BackupInfo:
-    """A backup file's header (what `irisrep backup list` shows)."""
+    """A backup file's header and section table (what `irisrep backup list` shows).
+
+    The header's totals are the whole file's: `block_count` and `blocks_stored` sum
+    the sections, `checkpoint` is the latest section's (a restore cannot stop before
+    it), `txn_floor` and `journal_start` the earliest, `manifest_checksum` covers
+    every manifest in order. `db_id` is the instance's first database's (DB), which
+    keys chains and backups.json as in version 1."""
 
     path: str
     kind: str  # "full" or "incremental"
@@ -149,12 +239,25 @@ class BackupInfo:
     source: str
     version: int = BACKUP_VERSION
     block_size: int = BLOCK_SIZE
+    sections_offset: int = 0  # version 2: file offset of the section table
+    sections_checksum: int = 0  # version 2: xxh3_64 of the section table
+    # The databases, in file order (DB first). A version 1 file has one: DB's,
+    # described by the header itself.
+    sections: list[Section] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
 
+    @property
+    def database_names(self) -> list[str]:
+        return [s.name for s in self.sections]
+
+    def section(self, db_id: int) -> Section | None:
+        return next((s for s in self.sections if s.db_id == db_id), None)
+
     def pack(self) -> bytes:
+        """The header (version 2: what this build writes)."""
         kind = next(k for k, v in KINDS.items() if v == self.kind)
         body = _HEADER.pack(
             BACKUP_MAGIC,
@@ -185,6 +288,10 @@ class BackupInfo:
             0,
             _fixed(self.parent_name, BACKUP_NAME_BYTES, "parent name"),
             _fixed(self.source, BACKUP_SOURCE_BYTES, "source path"),
+            len(self.sections),
+            0,
+            self.sections_offset,
+            self.sections_checksum,
         )
         buf = bytearray(BACKUP_HEADER_BYTES)
         buf[: len(body)] = body
@@ -198,6 +305,8 @@ class BackupInfo:
         d["parent_id"] = f"{self.parent_id:016x}"
         d["chain_id"] = f"{self.chain_id:016x}"
         d["db_id"] = f"{self.db_id:08x}"
+        d["sections"] = [s.as_dict() for s in self.sections]
+        d["databases"] = self.database_names
         return d
 
     @classmethod
@@ -205,9 +314,10 @@ class BackupInfo:
         """The inverse of as_dict (a header a member sent back over the client
         protocol); BackupError if it is not one."""
         try:
-            kw = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+            kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
             for name in ("backup_id", "parent_id", "chain_id", "db_id"):
                 kw[name] = int(kw[name], 16)
+            kw["sections"] = [Section.from_dict(s) for s in kw.get("sections", [])]
             return cls(**kw)
         except (KeyError, TypeError, ValueError) as e:
             raise BackupError(f"not a backup header: {e}") from None
@@ -221,19 +331,29 @@ def _fixed(text: str, size: int, what: str) -> bytes:
 
 
 def read_header(path: str | os.PathLike) -> BackupInfo:
-    """Parse and verify a backup file's header (BackupCorruptError names what fails)."""
+    """Parse and verify a backup file's header and section table (BackupCorruptError
+    names what fails). Reads version 1 files too (one section: DB)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         raw = f.read(BACKUP_HEADER_BYTES)
         size = os.fstat(f.fileno()).st_size
-    return _parse_header(path, raw, size)
+        info = _parse_header(path, raw, size)
+        if info.version >= 2:
+            f.seek(info.sections_offset)
+            table = f.read(BACKUP_SECTION_BYTES * len(info.sections))
+            info.sections = _parse_sections(info, table)
+    return info
+
+
+def _bad(path: str, msg: str, offset: int, expected=None, found=None) -> BackupCorruptError:
+    return BackupCorruptError(
+        f"{path}: {msg}", path=path, offset=offset, expected=expected, found=found
+    )
 
 
 def _parse_header(path: str, raw: bytes, size: int) -> BackupInfo:
     def bad(msg: str, offset: int, expected=None, found=None) -> BackupCorruptError:
-        return BackupCorruptError(
-            f"{path}: {msg}", path=path, offset=offset, expected=expected, found=found
-        )
+        return _bad(path, msg, offset, expected, found)
 
     if len(raw) < BACKUP_HEADER_BYTES:
         raise bad(f"not a backup file: {len(raw)} bytes, a header is {BACKUP_HEADER_BYTES}", 0)
@@ -249,12 +369,14 @@ def _parse_header(path: str, raw: bytes, size: int) -> BackupInfo:
             f"{stored:#018x}",
             f"{actual:#018x}",
         )
-    f = _HEADER.unpack_from(raw, 0)
+    (version,) = struct.unpack_from("<I", raw, 8)
+    f = (_HEADER if version >= 2 else _HEADER_V1).unpack_from(raw, 0)
     (_magic, version, kind, bsize, db_id, count, seq) = f[:7]
-    if version != BACKUP_VERSION or bsize != BLOCK_SIZE or kind not in KINDS:
+    if version not in BACKUP_VERSIONS_READ or bsize != BLOCK_SIZE or kind not in KINDS:
         raise bad(
             f"format version {version}, kind {kind}, block size {bsize}: this build reads "
-            f"version {BACKUP_VERSION} with {BLOCK_SIZE}-byte blocks",
+            f"versions {', '.join(map(str, BACKUP_VERSIONS_READ))} with {BLOCK_SIZE}-byte "
+            f"blocks",
             8,
             (BACKUP_VERSION, BLOCK_SIZE),
             (version, bsize),
@@ -288,10 +410,38 @@ def _parse_header(path: str, raw: bytes, size: int) -> BackupInfo:
         version=version,
         block_size=bsize,
     )
+    if version >= 2:
+        n, info.sections_offset, info.sections_checksum = f[28], f[30], f[31]
+        tables_ok = (
+            1 <= n <= DATABASES_MAX
+            and info.manifest_offset + 8 * count == info.sections_offset
+            and info.sections_offset + BACKUP_SECTION_BYTES * n == info.file_bytes
+        )
+        # Placeholders until read_header reads the table (its size is all we know).
+        info.sections = [None] * n if tables_ok else []  # type: ignore[list-item]
+    else:
+        tables_ok = info.manifest_offset + 8 * count == info.file_bytes
+        # Version 1: DB alone, described by the header; journaling was not recorded
+        # (a v1 writer's DB was always journaled).
+        info.sections = [
+            Section(
+                name="DB",
+                db_id=db_id,
+                flags=S_JOURNALING | (S_FULL if kind == BACKUP_KIND_FULL else 0),
+                block_count=count,
+                blocks_stored=info.blocks_stored,
+                blocks_offset=BACKUP_HEADER_BYTES,
+                blocks_end=info.journal_offset,
+                manifest_offset=info.manifest_offset,
+                manifest_checksum=info.manifest_checksum,
+                checkpoint=info.checkpoint,
+                txn_floor=info.txn_floor,
+            )
+        ]
     # The sections must lie where the header says, in order, inside the file.
     ok = (
-        BACKUP_HEADER_BYTES <= info.journal_offset <= info.manifest_offset
-        and info.manifest_offset + 8 * count == info.file_bytes
+        tables_ok
+        and BACKUP_HEADER_BYTES <= info.journal_offset <= info.manifest_offset
         and info.journal_start <= info.checkpoint <= info.journal_end
         and (info.kind == "full") == (seq == 0 and info.parent_id == 0)
         and (info.kind != "full" or info.blocks_stored == count)
@@ -307,6 +457,62 @@ def _parse_header(path: str, raw: bytes, size: int) -> BackupInfo:
             size,
         )
     return info
+
+
+def _parse_sections(info: BackupInfo, table: bytes) -> list[Section]:
+    """A version 2 file's section table, checked against its checksum and the header:
+    one section per database (DB first), its entries and manifest where the file's
+    regions say, in order, adding up to the header's totals."""
+    from .database import check_database_name, database_id
+
+    path, off = info.path, info.sections_offset
+    actual = _xxh3(table)
+    if len(table) != BACKUP_SECTION_BYTES * len(info.sections) or actual != info.sections_checksum:
+        raise _bad(
+            path,
+            f"section table at byte offset {off}: checksum mismatch (expected "
+            f"{info.sections_checksum:#018x}, found {actual:#018x})",
+            off,
+            f"{info.sections_checksum:#018x}",
+            f"{actual:#018x}",
+        )
+    out = [
+        Section.unpack(table[i : i + BACKUP_SECTION_BYTES])
+        for i in range(0, len(table), BACKUP_SECTION_BYTES)
+    ]
+    blocks_at, manifest_at = BACKUP_HEADER_BYTES, info.manifest_offset
+    for i, s in enumerate(out):
+        where = off + i * BACKUP_SECTION_BYTES
+        try:
+            named = database_id(s.name) == s.db_id and check_database_name(s.name) == s.name
+        except IrisrepError:
+            named = False
+        ok = (
+            named
+            and s.blocks_offset == blocks_at
+            and s.blocks_offset <= s.blocks_end
+            and s.manifest_offset == manifest_at
+            and s.blocks_stored <= s.block_count
+            and (not s.full or s.blocks_stored == s.block_count)
+            and (info.kind != "full" or s.full)
+            and info.journal_start <= s.journal_start
+            and s.checkpoint <= info.checkpoint
+        )
+        if not ok:
+            raise _bad(
+                path, f"section {i} ({s.name!r}) at byte offset {where} is inconsistent", where
+            )
+        blocks_at, manifest_at = s.blocks_end, s.manifest_offset + 8 * s.block_count
+    ids = {s.db_id for s in out}
+    if (
+        out[0].db_id != info.db_id
+        or len(ids) != len(out)
+        or blocks_at != info.journal_offset
+        or sum(s.block_count for s in out) != info.block_count
+        or sum(s.blocks_stored for s in out) != info.blocks_stored
+    ):
+        raise _bad(path, f"section table at byte offset {off} disagrees with the header", off)
+    return out
 
 
 # --- reading a backup file ---------------------------------------------------------------
@@ -325,59 +531,71 @@ class BackupReader:
             f"{self.path}: {msg}", path=self.path, offset=offset, block=block, **kw
         )
 
-    def blocks(self, progress: Progress = None) -> Iterator[tuple[int, bytes]]:
-        """(block_no, image) of every block entry, in order, each verified: entry bounds,
-        decompression to exactly one block, the checksum bound to its number."""
-        for block_no, image, _checksum in self.entries(progress):
+    def _sections(self, section: Section | None) -> list[Section]:
+        return self.info.sections if section is None else [section]
+
+    def blocks(
+        self, progress: Progress = None, section: Section | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(block_no, image) of every block entry (of `section`, else of every section
+        in file order), each verified: entry bounds, decompression to exactly one
+        block, the checksum bound to its number."""
+        for block_no, image, _checksum in self.entries(progress, section):
             yield block_no, image
 
-    def entries(self, progress: Progress = None) -> Iterator[tuple[int, bytes, int]]:
+    def entries(
+        self, progress: Progress = None, section: Section | None = None
+    ) -> Iterator[tuple[int, bytes, int]]:
         """blocks(), with each entry's (verified) checksum."""
-        info = self.info
-        off = BACKUP_HEADER_BYTES
-        prev = -1
         with open(self.path, "rb", buffering=1 << 20) as f:
-            f.seek(off)
-            for i in range(info.blocks_stored):
-                head = f.read(BACKUP_BLOCK_ENTRY_BYTES)
-                if len(head) < BACKUP_BLOCK_ENTRY_BYTES:
-                    raise self._corrupt(f"block entry {i} at byte offset {off} is cut short", off)
-                block_no, stored_len, checksum = _BLOCK_ENTRY.unpack(head)
-                where = f"block {block_no} (entry {i} at byte offset {off})"
-                if (
-                    not 0 < stored_len <= BLOCK_SIZE
-                    or block_no <= prev
-                    or block_no >= info.block_count
-                    or off + BACKUP_BLOCK_ENTRY_BYTES + stored_len > info.journal_offset
-                ):
-                    raise self._corrupt(
-                        f"{where}: impossible entry (stored length {stored_len}, previous "
-                        f"block {prev}, {info.block_count} blocks)",
-                        off,
-                        block_no,
-                    )
-                data = f.read(stored_len)
-                image = self._image(data, where, off, block_no)
-                actual = block_checksum(block_no, image)
-                if actual != checksum:
-                    raise self._corrupt(
-                        f"{where}: checksum mismatch (expected {checksum:#018x}, found "
-                        f"{actual:#018x})",
-                        off,
-                        block_no,
-                        expected=f"{checksum:#018x}",
-                        found=f"{actual:#018x}",
-                    )
-                yield block_no, image, checksum
-                prev = block_no
-                n = BACKUP_BLOCK_ENTRY_BYTES + stored_len
-                off += n
-                if progress is not None:
-                    progress(n)
-        if off != info.journal_offset:
+            for sec in self._sections(section):
+                yield from self._section_entries(f, sec, progress)
+
+    def _section_entries(self, f, sec: Section, progress: Progress):
+        off = sec.blocks_offset
+        prev = -1
+        multi = self.info.version >= 2
+        f.seek(off)
+        for i in range(sec.blocks_stored):
+            head = f.read(BACKUP_BLOCK_ENTRY_BYTES)
+            db = f"database {sec.name} " if multi else ""
+            if len(head) < BACKUP_BLOCK_ENTRY_BYTES:
+                raise self._corrupt(f"{db}block entry {i} at byte offset {off} is cut short", off)
+            block_no, stored_len, checksum = _BLOCK_ENTRY.unpack(head)
+            where = f"{db}block {block_no} (entry {i} at byte offset {off})"
+            if (
+                not 0 < stored_len <= BLOCK_SIZE
+                or block_no <= prev
+                or block_no >= sec.block_count
+                or off + BACKUP_BLOCK_ENTRY_BYTES + stored_len > sec.blocks_end
+            ):
+                raise self._corrupt(
+                    f"{where}: impossible entry (stored length {stored_len}, previous "
+                    f"block {prev}, {sec.block_count} blocks)",
+                    off,
+                    block_no,
+                )
+            data = f.read(stored_len)
+            image = self._image(data, where, off, block_no)
+            actual = block_checksum(block_no, image)
+            if actual != checksum:
+                raise self._corrupt(
+                    f"{where}: checksum mismatch (expected {checksum:#018x}, found {actual:#018x})",
+                    off,
+                    block_no,
+                    expected=f"{checksum:#018x}",
+                    found=f"{actual:#018x}",
+                )
+            yield block_no, image, checksum
+            prev = block_no
+            n = BACKUP_BLOCK_ENTRY_BYTES + stored_len
+            off += n
+            if progress is not None:
+                progress(n)
+        if off != sec.blocks_end:
             raise self._corrupt(
-                f"block entries end at byte offset {off}, the journal section starts at "
-                f"{info.journal_offset}",
+                f"database {sec.name}'s block entries end at byte offset {off}, the next "
+                f"region starts at {sec.blocks_end}",
                 off,
             )
 
@@ -446,20 +664,39 @@ class BackupReader:
                 off,
             )
 
-    def manifest(self) -> np.ndarray:
-        """The per-block checksums of the database at this backup (u64 array)."""
-        info = self.info
+    def manifest(self, section: Section | None = None) -> np.ndarray:
+        """The per-block checksums of a database at this backup (u64 array): of
+        `section`, else of the first (DB)."""
+        sec = section if section is not None else self.info.sections[0]
         with open(self.path, "rb") as f:
-            f.seek(info.manifest_offset)
-            raw = f.read(8 * info.block_count)
+            f.seek(sec.manifest_offset)
+            raw = f.read(8 * sec.block_count)
         actual = _xxh3(raw)
-        if len(raw) != 8 * info.block_count or actual != info.manifest_checksum:
+        if len(raw) != 8 * sec.block_count or actual != sec.manifest_checksum:
             raise self._corrupt(
-                f"manifest at byte offset {info.manifest_offset}: checksum mismatch (expected "
-                f"{info.manifest_checksum:#018x}, found {actual:#018x})",
-                info.manifest_offset,
+                f"database {sec.name}'s manifest at byte offset {sec.manifest_offset}: "
+                f"checksum mismatch (expected {sec.manifest_checksum:#018x}, found "
+                f"{actual:#018x})",
+                sec.manifest_offset,
             )
         return np.frombuffer(raw, dtype="<u8")
+
+    def check_manifests(self) -> None:
+        """Every manifest, and (version 2) the header's checksum over all of them."""
+        info = self.info
+        for sec in info.sections:
+            self.manifest(sec)
+        if info.version >= 2:
+            with open(self.path, "rb") as f:
+                f.seek(info.manifest_offset)
+                raw = f.read(8 * info.block_count)
+            actual = _xxh3(raw)
+            if actual != info.manifest_checksum:
+                raise self._corrupt(
+                    f"manifests at byte offset {info.manifest_offset}: checksum mismatch "
+                    f"(expected {info.manifest_checksum:#018x}, found {actual:#018x})",
+                    info.manifest_offset,
+                )
 
 
 def verify_backup(path: str | os.PathLike, progress: Progress = None) -> dict:
@@ -473,8 +710,21 @@ def verify_backup(path: str | os.PathLike, progress: Progress = None) -> dict:
     if progress is not None:
         progress(BACKUP_HEADER_BYTES)
     blocks = 0
-    for _block_no, _image in reader.blocks(progress):
-        blocks += 1
+    databases = []
+    for sec in info.sections:
+        n = sum(1 for _ in reader.blocks(progress, sec))
+        blocks += n
+        databases.append(
+            {
+                "name": sec.name,
+                "db_id": f"{sec.db_id:08x}",
+                "blocks": n,
+                "block_count": sec.block_count,
+                "journaling": sec.journaling,
+                "full": sec.full,
+                "checkpoint": sec.checkpoint,
+            }
+        )
     codec = _resolve_codec()
     frames = records = 0
     for position, data in reader.journal(progress):
@@ -489,15 +739,17 @@ def verify_backup(path: str | os.PathLike, progress: Progress = None) -> dict:
                 ) from None
             frames += 1
             off = nxt
-    reader.manifest()
+    reader.check_manifests()
     if progress is not None:
         progress(8 * info.block_count)
     return {
         "path": reader.path,
         "ok": True,
+        "version": info.version,
         "kind": info.kind,
         "seq": info.seq,
         "blocks": blocks,
+        "databases": databases,
         "journal_frames": frames,
         "journal_records": records,
         "journal_range": [info.journal_start, info.journal_end],
@@ -615,28 +867,31 @@ def create_backup(
     checkpoint: bool = False,
     clock: Callable[[], int] = time.time_ns,
 ) -> BackupInfo:
-    """Back up the open Database `db` into `out_dir` while it keeps running.
+    """Back up every database of the open instance of `db` into `out_dir` (one file)
+    while it keeps running.
 
     Full, or (`incremental`) only the blocks changed since the newest backup of this
-    database in `out_dir` (BackupError if there is none). Returns the new backup's
-    header. `progress(n)` is called with the bytes of the database file copied.
+    instance in `out_dir` (BackupError if there is none): per database, against that
+    database's section there; a database that backup does not hold (created since)
+    gets all its blocks. Returns the new backup's header. `progress(n)` is called with
+    the bytes of the database files copied.
 
-    The image is the last checkpoint's (the write daemon's, at most its interval
+    Each image is the last checkpoint's (the write daemon's, at most its interval
     old): what came after is in the backup's journal frames. `checkpoint` runs one
     first (`db.flush()`: writers wait for that one cycle), so that a restore
     replays less."""
-    from .blockstore import BlockStore
     from .journal import read_raw_stream
 
+    root = db if db.parent is None else db.parent
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     parent = None
-    parent_manifest = None
+    parent_reader = None
     if incremental:
-        parent = latest_backup(out_dir, db.db_id)
+        parent = latest_backup(out_dir, root.db_id)
         if parent is None:
             raise BackupError(
-                f"{out_dir}: no backup of database {db.db_id:08x} to be incremental to: "
+                f"{out_dir}: no backup of database {root.db_id:08x} to be incremental to: "
                 f"take a full backup first"
             )
         if parent.seq >= BACKUP_CHAIN_MAX:
@@ -644,65 +899,93 @@ def create_backup(
                 f"{parent.name} is incremental {parent.seq} of its chain, the most "
                 f"(BACKUP_CHAIN_MAX): take a full backup"
             )
-        parent_manifest = BackupReader(parent.path).manifest()
+        parent_reader = BackupReader(parent.path)
     seq = parent.seq + 1 if parent is not None else 0
     backup_id = secrets.randbits(64) or 1
-    final = os.path.join(out_dir, backup_file_name(clock(), db.db_id, seq))
+    final = os.path.join(out_dir, backup_file_name(clock(), root.db_id, seq))
     if os.path.exists(final):
         raise BackupError(f"{final} already exists")
     threads = threads if threads is not None else min(4, os.cpu_count() or 1)
     comp = _Compressor(threads)
     writer = _Writer(final + BACKUP_PARTIAL_SUFFIX)
-    manifest = bytearray()
+    manifests: list[bytearray] = []
+    sections: list[Section] = []
     kind = "incremental" if parent is not None else "full"
     marker = f"backup-start id={backup_id:016x} kind={kind} seq={seq}"
     try:
         if checkpoint:
-            db.flush()
-        with db.backup_window(marker=marker) as point:
+            root.flush()
+        # One window for the whole instance: its one WIJ cycle writes every database,
+        # so holding cycles off freezes every file at the same checkpoint.
+        with root.backup_window(marker=marker) as point:
             # From here until the record below, a purge keeps what this backup needs
             # (inside the window a purge's checkpoint waits anyway; after it, only this
             # says so until backups.json does).
-            db.backups_in_progress[backup_id] = min(point.checkpoint, point.txn_floor)
-            # Inside the window the file is the image of `point.checkpoint` and stays so.
-            store = BlockStore(db.fs, db.file_path)
-            try:
-                if (store.db_id, store.checkpoint, store.txn_floor) != (
-                    point.db_id,
-                    point.checkpoint,
-                    point.txn_floor,
-                ):
-                    raise BackupError(
-                        f"{db.file_path}: the header on disk (checkpoint {store.checkpoint}) is "
-                        f"not the last checkpoint ({point.checkpoint}): a cycle is running"
+            root.backups_in_progress[backup_id] = min(point.checkpoint, point.txn_floor)
+            todo, _end = _databases_now(root)
+            while todo:
+                for name, member, ckpt, floor in todo:
+                    parent_sec = parent.section(member.db_id) if parent is not None else None
+                    parent_manifest = (
+                        parent_reader.manifest(parent_sec) if parent_sec is not None else None
                     )
-                count = store.block_count
-                _copy_blocks(store, count, parent_manifest, comp, writer, manifest, progress)
-            finally:
-                store.close()
-            # The journal the image needs: from where recovery would read (the floor
-            # of transactions open at the checkpoint) to the end of the durable stream.
-            # Still inside the window: no checkpoint moves, so no purge can take it.
-            journal_start = min(point.checkpoint, point.txn_floor)
-            journal_end = db.journal.durable_position
+                    manifest = bytearray()
+                    sections.append(
+                        _copy_database(
+                            name,
+                            member,
+                            ckpt,
+                            floor,
+                            parent_manifest,
+                            comp,
+                            writer,
+                            manifest,
+                            progress,
+                        )
+                    )
+                    manifests.append(manifest)
+                # A database created while the others were copied is in the window too:
+                # its file is the empty image of its creation, no cycle having run since.
+                # The journal end is read under the instance lock with the list, so every
+                # record before it names a database the backup holds (a record is logged
+                # under that lock, after its database was created under it).
+                now, journal_end = _databases_now(root)
+                done = {s.name for s in sections}
+                todo = [d for d in now if d[0] not in done]
+            # The journal the images need: from where recovery would read (the floor
+            # of transactions open at the earliest checkpoint) to the end of the durable
+            # stream. Still inside the window: no checkpoint moves, so no purge takes it.
+            journal_start = min(s.journal_start for s in sections)
             journal_offset = writer.offset
             _copy_journal(
-                db.fs, db.journal.dirpath, journal_start, journal_end, comp, writer, read_raw_stream
+                root.fs,
+                root.journal.dirpath,
+                journal_start,
+                journal_end,
+                comp,
+                writer,
+                read_raw_stream,
             )
         time_end = clock()
         manifest_offset = writer.offset
-        writer.write(manifest)
+        for sec, manifest in zip(sections, manifests, strict=True):
+            sec.manifest_offset = writer.offset
+            writer.write(manifest)
+        all_manifests = b"".join(manifests)
+        sections_offset = writer.offset
+        table = b"".join(sec.pack() for sec in sections)
+        writer.write(table)
         info = BackupInfo(
             path=final,
             kind=kind,
-            db_id=db.db_id,
-            block_count=count,
+            db_id=root.db_id,
+            block_count=sum(sec.block_count for sec in sections),
             seq=seq,
             backup_id=backup_id,
             parent_id=parent.backup_id if parent else 0,
             chain_id=parent.chain_id if parent else backup_id,
-            checkpoint=point.checkpoint,
-            txn_floor=point.txn_floor,
+            checkpoint=max(sec.checkpoint for sec in sections),
+            txn_floor=min(sec.txn_floor for sec in sections),
             journal_start=journal_start,
             journal_end=journal_end,
             open_position=point.position,
@@ -712,31 +995,82 @@ def create_backup(
             journal_chunks=writer.chunks,
             journal_offset=journal_offset,
             manifest_offset=manifest_offset,
-            manifest_checksum=_xxh3(bytes(manifest)),
+            manifest_checksum=_xxh3(all_manifests),
             file_bytes=writer.offset,
             epoch=point.epoch,
             flags=(F_MIRROR_COPY if point.mirror_copy else 0) | (F_MARKER if point.marker else 0),
             parent_name=parent.name if parent else "",
-            source=os.path.abspath(db.path),
+            source=os.path.abspath(root.path),
+            sections_offset=sections_offset,
+            sections_checksum=_xxh3(table),
+            sections=sections,
         )
         writer.finish(info.pack(), final)
     except BaseException:
         writer.abort()
-        db.backups_in_progress.pop(backup_id, None)
+        root.backups_in_progress.pop(backup_id, None)
         raise
     # The file is durable under its final name: only now may a record name it (a
     # crash before this loses the record, never the backup; the purge then keeps
     # what the older record holds, which is more).
     try:
-        record_backup(db.path, info)
+        record_backup(root.path, info)
     except OSError as e:
         raise BackupError(
-            f"{final} is complete, but recording it in {db.path}/backups.json failed "
+            f"{final} is complete, but recording it in {root.path}/backups.json failed "
             f"({e}): the journal purge does not know of it"
         ) from None
     finally:
-        db.backups_in_progress.pop(backup_id, None)
+        root.backups_in_progress.pop(backup_id, None)
     return info
+
+
+def _databases_now(root) -> tuple[list[tuple], int]:
+    """Under the instance lock: (name, Database, checkpoint, txn_floor) of each of its
+    databases (DB first), and the durable journal end at that moment. Inside the
+    backup window no cycle runs, so each in-memory checkpoint is its file's header."""
+    with root._lock:
+        out = []
+        for name in root.database_names_locked():
+            member = root.database(name, create=False)
+            out.append((name, member, member.store.checkpoint, member.store.txn_floor))
+        return out, root.journal.durable_position
+
+
+def _copy_database(
+    name, member, ckpt, floor, parent_manifest, comp, writer, manifest, progress
+) -> Section:
+    """One database's blocks into the backup (a section; its manifest into
+    `manifest`, placed by the caller)."""
+    from .blockstore import BlockStore
+
+    # Inside the window the file is the image of its checkpoint and stays so.
+    store = BlockStore(member.fs, member.file_path)
+    try:
+        if (store.db_id, store.checkpoint, store.txn_floor) != (member.db_id, ckpt, floor):
+            raise BackupError(
+                f"{member.file_path}: the header on disk (checkpoint {store.checkpoint}) is "
+                f"not the last checkpoint ({ckpt}): a cycle is running"
+            )
+        count = store.block_count
+        first_offset, first_blocks = writer.offset, writer.blocks
+        _copy_blocks(store, count, parent_manifest, comp, writer, manifest, progress)
+    finally:
+        store.close()
+    return Section(
+        name=name,
+        db_id=member.db_id,
+        flags=(S_JOURNALING if member.journaling else 0)
+        | (S_FULL if parent_manifest is None else 0),
+        block_count=count,
+        blocks_stored=writer.blocks - first_blocks,
+        blocks_offset=first_offset,
+        blocks_end=writer.offset,
+        manifest_offset=0,  # placed after the journal
+        manifest_checksum=_xxh3(bytes(manifest)),
+        checkpoint=ckpt,
+        txn_floor=floor,
+    )
 
 
 def _copy_blocks(store, count, parent_manifest, comp, writer, manifest, progress) -> None:
@@ -976,7 +1310,7 @@ def backup_instance(
     db = irisrep.open(path, create=False, mirror_copy=mirror_copy)
     try:
         if progress_total is not None:
-            progress_total(db.store.block_count * BLOCK_SIZE)
+            progress_total(sum(d.store.block_count for d in db._databases()) * BLOCK_SIZE)
         return create_backup(db, out_dir, incremental=incremental, progress=progress)
     finally:
         db.close()

@@ -516,10 +516,24 @@ def backup_create(path, out_dir, incremental, member, dir_, as_json) -> None:
         f"{info.path}: {info.kind} backup {info.seq}, {info.blocks_stored} of "
         f"{info.block_count} blocks, checkpoint {info.checkpoint}, journal "
         f"{info.journal_start}..{info.journal_end}, {info.file_bytes} bytes, "
-        f"{info.block_count * 8192 / secs / 1e6:.0f} MB/s",
+        f"{info.block_count * 8192 / secs / 1e6:.0f} MB/s; databases "
+        f"{_sections_text(info)}",
         markup=False,
         highlight=False,
     )
+
+
+def _sections_text(info) -> str:
+    """`DB 3/120, SALES 120/120 (full), REPORT 0/4 (journaling off)`: each database's
+    blocks stored of its blocks, as `backup create` and `backup list` show them."""
+    parts = []
+    for s in info.sections:
+        notes = ["full"] if s.full and info.kind != "full" else []
+        if not s.journaling:
+            notes.append("journaling off")
+        extra = f" ({', '.join(notes)})" if notes else ""
+        parts.append(f"{s.name} {s.blocks_stored}/{s.block_count}{extra}")
+    return ", ".join(parts)
 
 
 @backup.command("list")
@@ -537,7 +551,18 @@ def backup_list(directory, as_json) -> None:
         click.echo(json.dumps({"backups": [b.as_dict() for b in good], "other": other}, indent=2))
         return
     t = Table(title=f"backups in {directory}")
-    for col in ("file", "kind", "seq", "db", "taken", "checkpoint", "journal", "blocks", "bytes"):
+    for col in (
+        "file",
+        "kind",
+        "seq",
+        "db",
+        "taken",
+        "checkpoint",
+        "journal",
+        "blocks",
+        "bytes",
+        "databases",
+    ):
         t.add_column(col)
     for b in good:
         t.add_row(
@@ -550,6 +575,7 @@ def backup_list(directory, as_json) -> None:
             f"{b.journal_start}..{b.journal_end}",
             f"{b.blocks_stored}/{b.block_count}",
             str(b.file_bytes),
+            _sections_text(b) + ("" if b.version >= 2 else " (format 1: DB only)"),
         )
     console.print(t)
     for o in other:
@@ -581,6 +607,14 @@ def backup_verify(file, as_json) -> None:
         markup=False,
         highlight=False,
     )
+    for d in report["databases"]:
+        console.print(
+            f"  database {d['name']} (id {d['db_id']}, journaling "
+            f"{'on' if d['journaling'] else 'off'}): {d['blocks']} of {d['block_count']} "
+            f"blocks{' (full copy)' if d['full'] else ''}, checkpoint {d['checkpoint']}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @main.command()
@@ -652,7 +686,8 @@ def restore(
     for line in plan.lines():
         console.print(line, markup=False, highlight=False)
     console.print(
-        f"restored {report['target']}: {report['blocks_written']} blocks, "
+        f"restored {report['target']} (databases {', '.join(report['databases'])}): "
+        f"{report['blocks_written']} blocks, "
         f"{report['journal_frames']} journal frames, {report['applied_records']} records "
         f"rolled forward, {report['rolled_back']} transactions rolled back, integrity "
         f"{report['integrity']}, {report['seconds']:.2f} s",

@@ -113,12 +113,15 @@ JOURNAL_TIME_MARK_MS = 10
 
 # --- backup and restore (backup.py, restore.py; docs/backup.md, include/irisrep_backup.h)
 BACKUP_MAGIC = b"IRISBKUP"
-BACKUP_VERSION = 1
+BACKUP_VERSION = 2  # written; one file holds every database of the instance
+BACKUP_VERSIONS_READ = (1, 2)  # 1: DB alone (before several databases); still restored
 BACKUP_HEADER_BYTES = 4096  # the header; block entries start here
 BACKUP_BLOCK_ENTRY_BYTES = 16  # block_no, stored_len, checksum; then the stored bytes
 BACKUP_JOURNAL_ENTRY_BYTES = 24  # position, raw_len, stored_len, checksum; then the bytes
 BACKUP_NAME_BYTES = 128  # the parent backup's file name in the header (UTF-8, NUL-padded)
 BACKUP_SOURCE_BYTES = 1024  # the source instance directory in the header
+BACKUP_SECTION_BYTES = 128  # one database's entry in a v2 file's section table
+BACKUP_SECTION_NAME_BYTES = 32  # its database name (DATABASE_NAME_MAX, NUL-padded)
 BACKUP_KIND_FULL = 1
 BACKUP_KIND_INCREMENTAL = 2
 BACKUP_FILE_SUFFIX = ".irbk"

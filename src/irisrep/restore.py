@@ -1,5 +1,12 @@
 """Restore: a backup chain into a new instance, then the journal step, as IRIS does.
 
+Every database the last backup holds is rebuilt (`NAME.dat`, from its sections in
+chain order) and the catalog `databases.json` written with each one's journaling
+setting; a database the journal names but no backup holds (created after it) is
+created empty from the source's catalog. Recovery then rolls the journal forward
+over all of them; only a version 1 backup (DB alone) makes it skip the records of
+other databases.
+
 Owns `irisrep restore BACKUP... --target DIR [--journal DIR] [--until TIME |
 --until-position N] [--dry-run]`: which backups and which journal frames make the
 restored instance, and building it. It has no replay of its own: the restored
@@ -18,8 +25,9 @@ Promises:
   everything is built in a staging directory beside the target, renamed into place
   only when the instance is recovered and its integrity walk passes. A corrupt
   backup found while applying it removes the staging directory.
-- The restored image is proven to be the last backup's: after applying the chain,
-  every block's checksum is compared with that backup's manifest.
+- The restored images are proven to be the last backup's: after applying the
+  chain, every block of every database is compared with that backup's manifest of
+  it.
 - `--until TIME` never includes a frame that may have been built after TIME (see
   `_cut_at_time`: time marks in the frames, at most JOURNAL_TIME_MARK_MS apart).
 """
@@ -46,7 +54,7 @@ from .constants import (
     RESTORE_JOURNAL_FILE_BYTES,
     WRITE_RUN_BLOCKS_MAX,
 )
-from .errors import BackupChainError, BackupError, CorruptError
+from .errors import BackupChainError, BackupError, CorruptError, IrisrepError
 
 __all__ = ["RestorePlan", "plan_restore", "restore", "parse_time"]
 
@@ -75,12 +83,30 @@ class RestorePlan:
     open_txns: list = dataclasses.field(default_factory=list)  # rolled back at `end`
     end_time: int | None = None  # the last time mark before `end` (unix ns)
     epoch: int = 0  # epoch of the last frame before `end`
+    # The databases restored, from the last backup's sections (DB first): name,
+    # db_id, journaling, block_count, and `steps`, the indexes in `backups` of the
+    # backups whose sections of it are applied in order (a full copy first).
+    databases: list = dataclasses.field(default_factory=list)
+    # Databases the journal names that no backup holds (created after the last
+    # backup): found by id in the source's catalog, each created empty at `start`
+    # and rolled forward like the others (name, db_id, journaling, records).
+    created: list = dataclasses.field(default_factory=list)
+    # Data records of database ids neither in the backup nor in a catalog found (a
+    # version 1 backup: every database but DB), skipped by recovery: id -> records.
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def only_these(self) -> bool:
+        """Whether recovery skips the journal records of databases it does not have
+        (instead of refusing them): a version 1 backup holds DB alone."""
+        return bool(self.skipped) or self.backups[-1].version < 2
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["backups"] = [b.name for b in self.backups]
         d["blocks"] = sum(b.blocks_stored for b in self.backups)
         d["open_txns"] = len(self.open_txns)
+        d["skipped"] = {f"{k:08x}": v for k, v in self.skipped.items()}
         return d
 
     def lines(self) -> list[str]:
@@ -89,6 +115,23 @@ class RestorePlan:
             out.append(
                 f"  {b.kind:<11} {b.name}: {b.blocks_stored} of {b.block_count} blocks, "
                 f"checkpoint {b.checkpoint}"
+            )
+        for d in self.databases:
+            steps = " + ".join(f"{self.backups[i].kind} {self.backups[i].seq}" for i in d["steps"])
+            out.append(
+                f"  database {d['name']} (id {d['db_id']:08x}, journaling "
+                f"{'on' if d['journaling'] else 'off'}): {d['block_count']} blocks from "
+                f"{steps}"
+            )
+        for d in self.created:
+            out.append(
+                f"  database {d['name']} (id {d['db_id']:08x}): not in the backup (created "
+                f"after it): created empty, {d['records']} journal records roll it forward"
+            )
+        for db_id, n in sorted(self.skipped.items()):
+            out.append(
+                f"  database id {db_id:08x}: not in the backup and in no catalog: its "
+                f"{n} journal records are skipped"
             )
         out.append(f"  journal: {self.journal_note}")
         when = f" (last time mark {_fmt_ns(self.end_time)})" if self.end_time else ""
@@ -298,6 +341,7 @@ def plan_restore(
         raise BackupError("give --until or --until-position, not both")
     infos = [read_header(p) for p in backups]
     check_chain(infos)
+    databases = _database_steps(infos)
     last = infos[-1]
     target = os.path.abspath(os.fspath(target))
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
@@ -336,13 +380,92 @@ def plan_restore(
         available_end=last.journal_end,
         embedded_end=last.journal_end,
         epoch=last.epoch,
+        databases=databases,
     )
-    _scan(plan, until_time, until_position, progress)
+    unknown = _scan(plan, until_time, until_position, progress)
+    _place_unknown(plan, unknown)
     return plan
 
 
-def _scan(plan: RestorePlan, until_time, until_position, progress) -> None:
-    """One pass over the frames: where to stop, and what lies before it."""
+def _database_steps(infos: list[BackupInfo]) -> list[dict]:
+    """Per database of the last backup: which backups' sections rebuild it, in order.
+
+    Each backup of a chain holds every database of the instance at its time, a
+    database's first section in the chain being a full copy (a database created since
+    the previous backup gets one); a later full section starts it over. A database
+    whose sections do not start with a full copy cannot be rebuilt: refused by name."""
+    out = []
+    for sec in infos[-1].sections:
+        steps: list[int] = []
+        for i, info in enumerate(infos):
+            s = info.section(sec.db_id)
+            if s is None:
+                if steps:
+                    raise BackupChainError(
+                        f"{info.name} holds no copy of database {sec.name}, which "
+                        f"{infos[steps[-1]].name} before it holds: not one chain"
+                    )
+                continue
+            if s.full:
+                steps = []
+            steps.append(i)
+        if not infos[steps[0]].section(sec.db_id).full:
+            raise BackupChainError(
+                f"database {sec.name}: {infos[steps[0]].name} holds only its changed blocks, "
+                f"and no backup given before it holds a full copy of it"
+            )
+        out.append(
+            {
+                "name": sec.name,
+                "db_id": sec.db_id,
+                "journaling": sec.journaling,
+                "block_count": sec.block_count,
+                "steps": steps,
+            }
+        )
+    return out
+
+
+def _place_unknown(plan: RestorePlan, unknown: dict[int, int]) -> None:
+    """Data records of databases the backup does not hold: a database created after
+    the backup (its records are all after its creation, so an empty database at the
+    journal start rolls forward to exactly its state) is named by the source's
+    catalog, or that of the instance whose journal is given; found there, it is
+    created; else (a version 1 backup, or no catalog) its records are skipped."""
+    import json
+
+    from .constants import DATABASE_CATALOG_NAME
+    from .database import check_database_name, database_id
+
+    if not unknown:
+        return
+    names: dict[int, tuple[str, bool]] = {}
+    if plan.backups[-1].version >= 2:
+        dirs = [plan.backups[-1].source]
+        if plan.journal_dir is not None:
+            dirs.append(os.path.dirname(os.path.abspath(plan.journal_dir)))
+        for d in dirs:
+            try:
+                with open(os.path.join(d, DATABASE_CATALOG_NAME), "rb") as f:
+                    entries = json.load(f)["databases"]
+                for n, e in entries.items():
+                    n = check_database_name(n)
+                    names.setdefault(database_id(n), (n, bool(e.get("journaling", True))))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, IrisrepError):
+                continue  # no catalog there, or not one: nothing to learn
+    for db_id, n in sorted(unknown.items()):
+        if db_id in names:
+            name, journaling = names[db_id]
+            plan.created.append(
+                {"name": name, "db_id": db_id, "journaling": journaling, "records": n}
+            )
+        else:
+            plan.skipped[db_id] = n
+
+
+def _scan(plan: RestorePlan, until_time, until_position, progress) -> dict[int, int]:
+    """One pass over the frames: where to stop, and what lies before it. Returns the
+    data records per database id that no restored database has."""
     from .journal import marker_time
     from .replay import DATA_TYPES, TCOMMIT, TROLLBACK, TSTART
 
@@ -352,6 +475,8 @@ def _scan(plan: RestorePlan, until_time, until_position, progress) -> None:
     cut = None  # where the target stops the stream short of its end
     last_mark = None  # the last time mark seen (scanning from the journal start)
     open_txns: dict[int, int] = {}
+    known = {d["db_id"] for d in plan.databases}
+    unknown: dict[int, int] = {}
     pos = plan.start  # the end of the frames taken so far
     for fpos, data, header, raw in src.frames(progress):
         if until_position is not None and fpos >= until_position:
@@ -373,8 +498,11 @@ def _scan(plan: RestorePlan, until_time, until_position, progress) -> None:
                 open_txns[txn] = fpos
             elif kind in (TCOMMIT, TROLLBACK):
                 open_txns.pop(txn, None)
-            elif kind in DATA_TYPES and fpos >= plan.checkpoint:
-                plan.data_records += 1
+            elif kind in DATA_TYPES:
+                if rec[2] not in known:
+                    unknown[rec[2]] = unknown.get(rec[2], 0) + 1
+                elif fpos >= plan.checkpoint:
+                    plan.data_records += 1
         pos = fpos + len(data)
     plan.end = pos
     if cut is None:
@@ -414,6 +542,8 @@ def _scan(plan: RestorePlan, until_time, until_position, progress) -> None:
                 f"{_fmt_ns(last.time_start)}, checkpoint {plan.checkpoint}): restore from an "
                 f"earlier backup (leave the later incrementals out)"
             )
+
+    return unknown
 
 
 def _built_by(t, fpos: int, until: int, last: BackupInfo, last_mark, mark_ns: int) -> bool:
@@ -470,22 +600,28 @@ def restore(
         shutil.rmtree(staging)  # a restore that crashed here: ours by its name
     fs.makedirs(staging)
     try:
-        blocks = _restore_blocks(fs, plan, staging, progress)
+        blocks = sum(_restore_blocks(fs, plan, d, staging, progress) for d in plan.databases)
+        for d in plan.created:
+            _create_empty(fs, staging, d["name"], d["db_id"], plan.start)
+        # The catalog last: the files it names are all there and durable.
+        _write_catalog(fs, staging, plan.databases + plan.created)
         t_blocks = time.perf_counter()
         frames = _restore_journal(fs, plan, staging, progress)
-        # The journal step: recovery on open rolls forward from the image's checkpoint
-        # to the end of this journal and rolls back what is open there, journaled.
-        # A backup holds the instance's DB: the journal's records of its other
-        # databases are not for this restore.
+        # The journal step: recovery on open rolls forward every database from its
+        # image's checkpoint to the end of this journal and rolls back what is open
+        # there, in every database it touched, journaled. Only a version 1 backup (DB
+        # alone), or records of databases nobody can name, make it skip records.
         db = irisrep.open(
             staging,
             create=False,
             write_daemon=False,
             epoch=plan.epoch,
-            only_these_databases=True,
+            only_these_databases=plan.only_these,
         )
         try:
             rec = db.journal_recovery
+            skipped = db.skipped_records
+            names = db.database_names()
         finally:
             db.close()
         t_recovered = time.perf_counter()
@@ -504,8 +640,10 @@ def restore(
     return {
         "target": target,
         "backups": [b.name for b in plan.backups],
+        "databases": names,
         "blocks_written": blocks,
         "block_bytes": plan.backups[-1].block_count * BLOCK_SIZE,
+        "skipped_records": skipped,
         "journal_frames": frames,
         "journal_range": [plan.start, plan.end],
         "until": plan.until,
@@ -518,61 +656,115 @@ def restore(
     }
 
 
-def _restore_blocks(fs, plan: RestorePlan, staging: str, progress: Progress) -> int:
-    """The chain's blocks into DB.dat (via DB.dat.new), then proven equal to the last
-    backup's manifest block by block."""
-    from .database import DATABASE_FILE_SUFFIX, DEFAULT_DATABASE
+def _restore_blocks(fs, plan: RestorePlan, d: dict, staging: str, progress: Progress) -> int:
+    """One database's sections, in chain order, into NAME.dat (via NAME.dat.new),
+    then proven equal to the last backup's manifest of it block by block."""
+    from .database import DATABASE_FILE_SUFFIX
 
     last = plan.backups[-1]
-    final = os.path.join(staging, DEFAULT_DATABASE + DATABASE_FILE_SUFFIX)
+    sec_last = last.section(d["db_id"])
+    final = os.path.join(staging, d["name"] + DATABASE_FILE_SUFFIX)
     tmp = final + ".new"
+    count = sec_last.block_count
     # The checksum each block ends up with (the last entry written to it wins), from
     # the entries as they are verified: compared with the manifest at the end.
-    sums = np.zeros(last.block_count, dtype="<u8")
-    seen = np.zeros(last.block_count, dtype=bool)
+    sums = np.zeros(count, dtype="<u8")
+    seen = np.zeros(count, dtype=bool)
     f = fs.open(tmp, create=True, direct="optional")
     written = 0
     try:
-        for info in plan.backups:
+        for i in d["steps"]:
+            info = plan.backups[i]
             # Consecutive blocks go out in one write (a full backup: runs of up to
             # WRITE_RUN_BLOCKS_MAX); the file is fdatasynced once at the end.
             run_first, run = -1, []
-            for block_no, image, checksum in BackupReader(info.path).entries(progress):
+            reader = BackupReader(info.path)
+            for block_no, image, checksum in reader.entries(progress, info.section(d["db_id"])):
                 if run and (block_no != run_first + len(run) or len(run) >= WRITE_RUN_BLOCKS_MAX):
                     f.pwrite(run_first * BLOCK_SIZE, b"".join(run))
                     run = []
                 if not run:
                     run_first = block_no
                 run.append(image)
-                if block_no < last.block_count:
+                if block_no < count:
                     sums[block_no] = checksum
                     seen[block_no] = True
                 written += 1
             if run:
                 f.pwrite(run_first * BLOCK_SIZE, b"".join(run))
-        size = last.block_count * BLOCK_SIZE
+        size = count * BLOCK_SIZE
         if f.size() != size:
             f.truncate(size)
         f.fdatasync()
     finally:
         f.close()
-    _check_manifest(sums, seen, last)
+    _check_manifest(sums, seen, last, sec_last)
     fs.rename(tmp, final)
     return written
 
 
-def _check_manifest(sums: np.ndarray, seen: np.ndarray, last: BackupInfo) -> None:
+def _check_manifest(sums: np.ndarray, seen: np.ndarray, last: BackupInfo, sec) -> None:
     """Every block of the restored file has the checksum the last backup recorded:
     the chain applied really rebuilds that backup's image (ids aside, by content)."""
-    manifest = BackupReader(last.path).manifest()
+    manifest = BackupReader(last.path).manifest(sec)
     bad = np.flatnonzero((sums != manifest) | ~seen)
     if len(bad):
         b = int(bad[0])
         why = "no backup given holds it" if not seen[b] else "its content differs"
         raise BackupError(
-            f"restored block {b} is not {last.name}'s ({why}): the backups given do not "
-            f"rebuild its image"
+            f"restored block {b} of database {sec.name} is not {last.name}'s ({why}): the "
+            f"backups given do not rebuild its image"
         )
+
+
+def _create_empty(fs, staging: str, name: str, db_id: int, checkpoint: int) -> None:
+    """An empty database file (as Database creates one) whose image is at
+    `checkpoint`: recovery applies every record of it from there."""
+    from . import _core
+    from .blockstore import BlockStore
+    from .constants import BUFFER_POOL_BLOCKS_MIN
+    from .database import DATABASE_FILE_SUFFIX
+
+    final = os.path.join(staging, name + DATABASE_FILE_SUFFIX)
+    tmp = final + ".new"
+    store = BlockStore(fs, tmp, create=True, direct="optional", db_id=db_id)
+    store.checkpoint = store.txn_floor = checkpoint
+    try:
+        tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
+        tree.init_empty()
+        images = tree.take_dirty() + store.take_pending() + [(0, store.header_image())]
+        store.write_images(sorted(images))
+        store.sync()
+    finally:
+        store.close()
+    fs.rename(tmp, final)
+
+
+def _write_catalog(fs, staging: str, databases: list[dict]) -> None:
+    """databases.json as Database writes it: every database but DB, and DB too when
+    its journaling is off (the setting the backup recorded)."""
+    import json
+
+    from .constants import DATABASE_CATALOG_NAME
+    from .database import DEFAULT_DATABASE
+
+    entries = {
+        d["name"]: {"journaling": bool(d["journaling"])}
+        for d in databases
+        if d["name"] != DEFAULT_DATABASE or not d["journaling"]
+    }
+    if not entries:
+        return
+    path = os.path.join(staging, DATABASE_CATALOG_NAME)
+    data = json.dumps({"version": 1, "databases": entries}, sort_keys=True, indent=1)
+    f = fs.open(path + ".new", create=True, direct="disabled")
+    try:
+        f.truncate(0)
+        f.pwrite(0, data.encode())
+        f.fsync()
+    finally:
+        f.close()
+    fs.rename(path + ".new", path)
 
 
 def _restore_journal(fs, plan: RestorePlan, staging: str, progress: Progress) -> int:
