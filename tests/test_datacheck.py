@@ -310,6 +310,22 @@ class _CatchingUp(LocalSource):
         return super().position()
 
 
+def test_check_compares_another_database_of_each(pair):
+    """Several databases per instance: the check compares the databases it is given
+    (`--database` on members); DB's equality says nothing about SALES's."""
+    a, b = pair
+    _fill(a, 500)
+    _fill(b, 500)
+    sa, sb = a.database("SALES"), b.database("SALES")
+    _fill(sa, 300)
+    _fill(sb, 300)
+    sb.globals["x"][7] = "planted in SALES"
+    assert check(a, b).ok
+    report = check(sa, sb)
+    assert not report.ok
+    assert _diffs(report) == {("x", (7,)): ("different", b"\x01value 7", b"\x01planted in SALES")}
+
+
 def test_a_transient_difference_is_matched_after_recheck(pair):
     a, b = pair
     _fill(a)
@@ -577,6 +593,8 @@ def test_check_finds_a_difference_planted_in_the_backup(mirror):
         db.close()
     cli("start", "--dir", d, "B", "--wait")
 
+    p = cli("check", "--dir", d, "--against", "B", "--database", "nope", check=False)
+    assert p.returncode == 1 and "no database NOPE" in p.stderr, p.stderr
     p = cli("check", "--dir", d, "--against", "B", check=False)
     assert p.returncode == 1, p.stdout + p.stderr
     out = p.stdout

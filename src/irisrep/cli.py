@@ -1291,8 +1291,13 @@ def _datacheck_default(name: str):
     default=_datacheck_default("DATACHECK_RECHECKS_DEFAULT"),
     help="Recheck rounds for differences (each after the copy caught up).",
 )
+@click.option(
+    "--database",
+    default=None,
+    help="The database compared on both (default DB; e.g. SALES, or MIRROR2 on reporting asyncs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check_cmd(dir_, against, member, leaf_size, rechecks, as_json) -> None:
+def check_cmd(dir_, against, member, leaf_size, rechecks, database, as_json) -> None:
     """Compare two members' databases while both run and take writes (IRIS DataCheck):
     the primary (or --member) against --against, by hashing key ranges on both and
     narrowing differing ones down; differences are rechecked once the copy has caught
@@ -1340,7 +1345,13 @@ def check_cmd(dir_, against, member, leaf_size, rechecks, as_json) -> None:
     try:
         with bar if bar is not None else contextlib.nullcontext():
             report = check_members(
-                d, against, member, leaf_nodes=leaf_size, rechecks=rechecks, progress=progress
+                d,
+                against,
+                member,
+                database=database,
+                leaf_nodes=leaf_size,
+                rechecks=rechecks,
+                progress=progress,
             )
     except DeployError as exc:
         raise click.ClickException(str(exc)) from None

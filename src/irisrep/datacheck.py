@@ -793,11 +793,14 @@ def check_members(
     dirpath,
     against: str,
     member: str | None = None,
+    *,
+    database: str | None = None,
     **options,
 ) -> Report:
-    """`irisrep check --against B [--member A]`: A (default: the member that answers
-    as primary) against B, both members of the deployment in `dirpath` (deploy.py),
-    through their client listeners. DeployError for an unknown or missing member."""
+    """`irisrep check --against B [--member A] [--database NAME]`: A (default: the
+    member that answers as primary) against B, both members of the deployment in
+    `dirpath` (deploy.py), through their client listeners, on database NAME (default
+    DB) of each. DeployError for an unknown or missing member."""
     from .client import connect_member
     from .deploy import DeployError, credentials, load, member_statuses
 
@@ -823,6 +826,8 @@ def check_members(
                 conns.append(connect_member(address, user=user, password=password))
             except (OSError, IrisrepError) as exc:
                 raise DeployError(f"cannot connect to {who} at {address}: {exc}") from None
+            if database is not None:
+                conns[-1].use_database(database)  # DatabaseNotFoundError: not on that one
         return check(conns[0], conns[1], name_a=member, name_b=against, **options)
     finally:
         for c in conns:
