@@ -1,8 +1,26 @@
 """The client listener: serves the client protocol (clientproto.py) over a member's database.
 
-Owns the server side of docs/client-protocol.md: accepting connections, LOGIN, one
-thread per connection running its requests against `host.database` through the
-local `Global`/`Database` API, and the cleanup when a connection ends.
+Owns the server side of docs/client-protocol.md: accepting connections, LOGIN, the
+threads that run requests against `host.database` through the local
+`Global`/`Database` API, and the cleanup when a connection ends.
+
+Threads (why: a thread per connection cost ~10 context switches and ~24 system calls
+per commit, bench/profile_member.py):
+- ONE loop thread (epoll, one-shot registrations) accepts, reads whole frames
+  through each connection's buffer and answers the requests in `_LOOP_OPS` itself.
+  It never blocks on a commit: `commit.capture_commits` makes its `sync(ticket)` a
+  note, and the reply is held (`_Deferred`) while the connection reads nothing more;
+- `CLIENT_COMMIT_THREADS` syncer threads take every held reply, run one
+  `Committer.sync_many` per group (local write + fdatasync, then the Active
+  backup's ack) and only then write the replies (DESIGN.md rule 1), rearming the
+  connections in the loop's epoll; anything unusual goes back to the loop;
+- worker threads, on demand, for requests that block (LOGIN's scrypt, LOCK waits,
+  admin ops, a write meeting a member mid-promotion) and for connections holding
+  per-thread state: the database ties a transaction and lock ownership to the
+  calling thread, so a connection that has either stays on its worker (served
+  there with blocking reads, as before the loop) and returns to the loop when it
+  holds neither. A connection on the loop therefore never has a transaction or a
+  lock (a BATCH run there must end what it starts).
 
 Promises:
 - bounded: at most `connections_max` connections; when full, the oldest connection
@@ -10,16 +28,20 @@ Promises:
   with an error and closed. A connection must complete its first request (LOGIN
   when users are configured) within `login_timeout_ms` of its accept, and each frame
   must arrive whole within the frame timeout, so idle or trickling connections
-  cannot pin memory or threads;
+  cannot pin memory; an idle connection costs a socket and a small object, no
+  thread. A connection's buffer holds at most one frame and one read chunk: while a
+  request is in flight its socket is not read;
+- a reply is never written before every commit of its request is durable locally
+  and acknowledged by the Active backup (or that backup declared not Active first);
+  one request per connection at a time, so replies come in request order;
 - a failed LOGIN is answered with `HandshakeError("authentication failed")`, logged
   on `logging.getLogger("irisrep.server")`, and the connection closed; nothing else
   changes. An unknown user costs the same scrypt check as a known one;
 - a malformed frame or request closes that connection (with its reason logged) and
   nothing else; other connections and the listener go on;
-- each connection's requests run one at a time on its own thread, so the database's
-  per-thread transaction state and lock ownership belong to the connection; when
-  the connection ends (close, error, listener close), its open transaction is
-  rolled back (all levels) and its locks are released;
+- when a connection ends (close, error, listener close), its open transaction is
+  rolled back (all levels) and its locks are released, on the worker that holds
+  them;
 - an `IrisrepError` from the database is answered as `("err", class name, message,
   extra)` and the connection goes on; any other exception is a bug: it is logged
   with its traceback and the connection is closed, never turned into a reply;
@@ -311,10 +333,12 @@ class _Workers:
         with self._lock:
             if self._stop:
                 raise RuntimeError("workers stopped")
+            # An idle thread is reserved for this job (counted busy from now), else
+            # a new one: a job never waits behind a connection that keeps a worker.
             spawn = self._idle == 0
-            if spawn:
-                self._idle += 1  # counted idle until it takes this job
-        self._jobs.put((session, req))
+            if not spawn:
+                self._idle -= 1
+            self._jobs.put((session, req))  # under the lock: see _loop's idle exit
         if spawn:
             t = threading.Thread(target=self._loop, name="irisrep-client-worker", daemon=True)
             with self._lock:
@@ -329,17 +353,14 @@ class _Workers:
                     job = self._jobs.get(timeout=CLIENT_WORKER_IDLE_S)
                 except queue.Empty:
                     with self._lock:
-                        # Leave only if no job slipped in meanwhile for an idle thread.
+                        # No job queued (submit puts under this lock): no reservation
+                        # is waiting for a thread, so this idle one may go.
                         if self._jobs.empty():
                             self._idle -= 1
                             return
                     continue
                 if job is None:
-                    with self._lock:
-                        self._idle -= 1
                     return
-                with self._lock:
-                    self._idle -= 1
                 try:
                     self._run_job(*job)
                 finally:
