@@ -91,6 +91,7 @@ from .constants import (
     CLIENT_REFUSED_PENDING_MAX,
     CLIENT_SEND_TIMEOUT_MS,
     CLIENT_WORKER_IDLE_S,
+    CLIENT_WORKER_LINGER_MS,
     SERVER_PROMOTION_WAIT_S,
     WIRE_LISTEN_BACKLOG_COUNT,
 )
@@ -932,16 +933,27 @@ class ClientListener:
     def _serve_thread(self, s: _Session, req: object) -> bool:
         """Requests on this thread while the connection needs it; True: give it back
         to the loop, False: close it."""
+        held = False  # the connection had a transaction or locks on this thread
         while True:
             reply = self._answer(s, req, on_loop=False)
             if reply is None or not self._send(s, reply):
                 return False
             if self._stop.is_set():
                 return False
-            if not self._needs_thread(s):
+            deadline = None
+            if self._needs_thread(s):
+                held = True
+            elif not held:
                 return True
+            else:
+                # A connection that just ended a transaction usually starts the next
+                # one at once: it stays here a moment rather than going back to the
+                # loop and coming back again (two hand-offs per transaction).
+                deadline = time.monotonic() + CLIENT_WORKER_LINGER_MS / 1000.0
             try:
-                req = s.stream.recv(idle_deadline=None, frame_timeout_ms=self._frame_timeout_ms)
+                req = s.stream.recv(idle_deadline=deadline, frame_timeout_ms=self._frame_timeout_ms)
+            except TimeoutError:
+                return True  # idle past the linger, holding nothing: back to the loop
             except ProtocolError as e:
                 log.warning("client %s closed: malformed frame: %s", s.peer, e)
                 self._send(s, error_reply(e))
