@@ -5,6 +5,7 @@ no thread per idle connection."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import irisrep
 from irisrep.client import connect
 from irisrep.clientproto import MessageStream, encode_frame, recv_message, send_message
-from irisrep.errors import LockTimeoutError, TransactionError, UndefinedError
+from irisrep.errors import DurabilityError, LockTimeoutError, TransactionError, UndefinedError
 from irisrep.server import ClientListener, LocalHost
 
 
@@ -209,3 +210,19 @@ def test_several_transactions_open_at_once_each_on_its_worker(db):
     assert db.globals["many"].data(5) == 0 and db._open_txns == {}
     for c in conns:
         c.close()
+
+
+def test_a_failed_commit_is_answered_with_its_error(tmp_path):
+    """The syncer's DurabilityError reaches the one request whose commit failed; the
+    connection and the listener go on."""
+    d = irisrep.open(tmp_path / "db", pool_blocks=256)
+    try:
+        with ClientListener(LocalHost(d), users=None) as lis, connect(_addr(lis)) as c:
+            c.globals["a"][1] = 1
+            d.committer._fail(OSError("disk gone"))  # as a failed journal write does
+            with pytest.raises(DurabilityError, match="disk gone"):
+                c.globals["a"][2] = 2
+            c.ping()
+    finally:
+        with contextlib.suppress(DurabilityError):
+            d.close()
