@@ -6,6 +6,7 @@ no thread per idle connection."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -226,3 +227,31 @@ def test_a_failed_commit_is_answered_with_its_error(tmp_path):
     finally:
         with contextlib.suppress(DurabilityError):
             d.close()
+
+
+def test_a_trickling_frame_is_cut_off_by_the_loop(db, caplog):
+    caplog.set_level(logging.WARNING, logger="irisrep.server")
+    with ClientListener(LocalHost(db), users=None, frame_timeout_ms=200) as lis:
+        s = socket.create_connection(lis.address, timeout=5)
+        s.sendall(encode_frame(("ping",))[:3])  # a header begun, never finished
+        resp = recv_message(s, idle_deadline=time.monotonic() + 5)
+        assert resp[0] == "err" and resp[3][0] == "timeout"
+        assert s.recv(1) == b""  # then closed
+        s.close()
+        assert "malformed frame: client protocol: timeout" in caplog.text
+        with connect(_addr(lis)) as c:
+            c.ping()
+
+
+def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(db):
+    big = "x" * 1_000_000
+    db.globals["big"][1] = big
+    with ClientListener(LocalHost(db), users=None, send_timeout_ms=300) as lis:
+        s = socket.create_connection(lis.address, timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(20):  # replies pile up unread: the loop's write stalls
+            s.sendall(encode_frame(("get", "big", (1,), True)))
+        _wait(lambda: lis.connections == 0, timeout=10)
+        with connect(_addr(lis)) as c:
+            assert c.globals["big"][1] == big  # the others are served meanwhile
+        s.close()
