@@ -490,6 +490,36 @@ class Connection:
         """TROLLBACK (all levels) or TROLLBACK n."""
         self._tlevel = self._request(("trollback", levels))
 
+    def batch(self, requests: Sequence[tuple]) -> list:
+        """Several requests in one round trip (the BATCH op, docs/client-protocol.md):
+        data operations and TSTART/TCOMMIT/TROLLBACK as request tuples, e.g.
+        `[("tstart",), ("set", "acct", (1,), 100), ("tcommit",)]`. Returns their values
+        in order. The first error ends the batch and is raised, with `.results` the
+        values of the requests before it. Outside a transaction a batch must end every
+        transaction it starts (else the member rolls it back and says so). Arguments
+        are checked by the member: subscripts must be tuples, and a malformed request
+        closes the connection as any would."""
+        reqs = tuple(tuple(r) for r in requests)
+        replies = self._request(("batch", reqs))
+        results: list = []
+        failed = None
+        for r in replies:
+            if r[0] == "ok":
+                results.append(r[1])
+            else:
+                failed = make_error(r[1], r[2], r[3])
+                break
+        brackets = ("tstart", "tcommit", "trollback", "tlevel")
+        for req, value in zip(reqs, results, strict=False):  # results may stop early
+            if req[0] in brackets:
+                self._tlevel = value
+        if failed is not None:
+            if any(req[0] in brackets for req in reqs):
+                _ = self.tlevel  # what the member left (a rollback of the batch's own)
+            failed.results = results
+            raise failed
+        return results
+
     @contextlib.contextmanager
     def transaction(self):
         """TSTART ... TCOMMIT; an exception rolls back this level and propagates."""

@@ -404,6 +404,40 @@ class MessageStream:
         del buf[:end]
         return payload
 
+    # --- non-blocking use (the listener's event loop feeds the buffer itself) ---
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes read elsewhere (a non-blocking socket) to the buffer."""
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: a partial frame, or whole frames not taken yet."""
+        return len(self._buf)
+
+    def cut_frame(self) -> bytes | None:
+        """The next whole frame's payload from the buffer, or None while it is partial.
+        The length is checked as soon as the header is in (ProtocolError("length"))."""
+        buf = self._buf
+        if len(buf) < FRAME_HEADER_BYTES:
+            return None
+        (length,) = _U32.unpack_from(buf)
+        if length > CLIENT_FRAME_BYTES_MAX:
+            raise ProtocolError(
+                "length", f"frame of {length} bytes: the most is {CLIENT_FRAME_BYTES_MAX}"
+            )
+        end = FRAME_HEADER_BYTES + length
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[FRAME_HEADER_BYTES:end])
+        del buf[:end]
+        return payload
+
+    def use_timeouts(self) -> None:
+        """Back to blocking reads with timeouts (the socket was non-blocking)."""
+        self.sock.settimeout(self._steady_s)
+        self._timeout_s = self._steady_s
+
     def recv(
         self, *, idle_deadline: float | None = None, frame_timeout_ms: int = CLIENT_FRAME_TIMEOUT_MS
     ) -> object:

@@ -22,6 +22,14 @@ encodes each record at once into the pending payload (`_core.CommitLog`); the I/
 side takes `_io` (held over journal I/O, never while waiting for the database lock)
 and `take()`s everything logged so far in one atomic step; `_lock` guards the
 failure record.
+
+Deferred commits (`capture_commits`, `sync_many`): a thread that must never block
+on an fdatasync or on the backup's ack (the client listener's event loop) applies
+and logs a change as any thread does, but its `sync(ticket)` only records
+(committer, ticket) and returns; another thread later calls `sync_many` for the
+highest such ticket, which is the same group commit and the same mirror wait as
+`sync`. Whoever deferred must not report the commit before `sync_many` returned
+(DESIGN.md rule 1).
 """
 
 from __future__ import annotations
@@ -34,6 +42,25 @@ import time
 from . import crashpoints
 from ._core import CommitLog
 from .errors import DurabilityError
+
+
+class _Capture(threading.local):
+    box: list | None = None  # per thread: where deferred commits go (None: wait)
+
+
+_capture = _Capture()
+
+
+def capture_commits(box: list | None) -> None:
+    """From now on, on the calling thread: `Committer.sync(ticket)` of a commit
+    (`mirror=True`, a ticket) appends `(committer, ticket)` to `box` and returns at
+    once, the change applied and logged but not yet durable. None: wait again.
+
+    The caller owns the promise: nothing may say "committed" (no reply, no return)
+    before `committer.sync_many(ticket, ...)` for a ticket at least as high returned
+    (DESIGN.md rule 1). Waits with `mirror=False` (the write daemon, recovery) are
+    never deferred."""
+    _capture.box = box
 
 
 class Committer(CommitLog):
@@ -101,6 +128,11 @@ class Committer(CommitLog):
         ticket (it may be a little further: waiting longer is safe, shorter never).
         The write daemon passes mirror=False: blocks need local durability only.
         """
+        if mirror and ticket:
+            box = _capture.box
+            if box is not None:  # an event loop: the caller waits elsewhere (sync_many)
+                box.append((self, ticket))
+                return
         rep = self.replicator if mirror else None
         # Only commits are timed (the write daemon syncs with mirror=False); one
         # clock pair and the observer's own lock, nothing more on this path.
@@ -113,6 +145,24 @@ class Committer(CommitLog):
             crashpoints.hit("commit_after_ack_before_return")
         if observe is not None:
             observe(time.perf_counter() - t0)
+
+    def sync_many(self, ticket: int, started: list[float]) -> None:
+        """`sync(ticket)` (mirror wait included) on behalf of several deferred commits
+        (`capture_commits`), each timed from its own `started` (time.perf_counter())
+        for the commit latency histogram."""
+        rep = self.replicator
+        if not ticket:
+            return
+        acked = self._sync_local(ticket, rep)
+        if not acked and rep is not None:
+            rep.wait(self._durable_position)
+        if rep is not None:
+            crashpoints.hit("commit_after_ack_before_return")
+        observe = self.observe_commit_s
+        if observe is not None:
+            now = time.perf_counter()
+            for t0 in started:
+                observe(now - t0)
 
     def _sync_local(self, ticket: int, rep) -> bool:
         """Return when the records up to `ticket` are durable (group commit); True

@@ -264,6 +264,10 @@ CLIENT_READ_CHUNK_BYTES = 64 * 1024  # one recv of a connection's buffered reade
 CLIENT_REQUEST_TIMEOUT_S = 60.0  # irisrep.connect: default wait for one reply (plus a lock's)
 CLIENT_LOCK_WAIT_SLICE_MS = 1_000  # a long lock wait rechecks that its client is still there
 CLIENT_REFUSED_PENDING_MAX = 64  # refused connections kept open briefly so the refusal is read
+CLIENT_COMMIT_THREADS = 3  # a listener's threads making deferred commits durable (groups in flight)
+CLIENT_WORKER_IDLE_S = 30.0  # an idle worker thread of a client listener ends after this
+CLIENT_WORKER_LINGER_MS = 50  # a connection whose transaction ended stays on its worker this long
+CLIENT_BATCH_REQUESTS_MAX = 10_000  # requests in one BATCH (each also bounded by the frame)
 SCRYPT_MAXMEM_BYTES = 64 * 1024 * 1024  # bound on a stored hash's 128*N*r*p (config input)
 
 # --- the terminal (terminal.py, irisrep session) -------------------------------------

@@ -416,6 +416,11 @@ class LockTable:
             for db_id, keys in freed.items():
                 self._wake_overlapping(db_id, keys)
 
+    def owns_any(self, owner: Hashable) -> bool:
+        """True while the owner has any entry in the table or an open hold."""
+        with self._cond:
+            return bool(self._owned.get(owner)) or self._holds.get(owner, 0) > 0
+
     def holding(self, owner: Hashable) -> int:
         """The owner's open `begin_hold` depth (0: unlocks release at once)."""
         with self._cond:

@@ -1,8 +1,26 @@
 """The client listener: serves the client protocol (clientproto.py) over a member's database.
 
-Owns the server side of docs/client-protocol.md: accepting connections, LOGIN, one
-thread per connection running its requests against `host.database` through the
-local `Global`/`Database` API, and the cleanup when a connection ends.
+Owns the server side of docs/client-protocol.md: accepting connections, LOGIN, the
+threads that run requests against `host.database` through the local
+`Global`/`Database` API, and the cleanup when a connection ends.
+
+Threads (why: a thread per connection cost ~10 context switches and ~24 system calls
+per commit, bench/profile_member.py):
+- ONE loop thread (epoll, one-shot registrations) accepts, reads whole frames
+  through each connection's buffer and answers the requests in `_LOOP_OPS` itself.
+  It never blocks on a commit: `commit.capture_commits` makes its `sync(ticket)` a
+  note, and the reply is held (`_Deferred`) while the connection reads nothing more;
+- `CLIENT_COMMIT_THREADS` syncer threads take every held reply, run one
+  `Committer.sync_many` per group (local write + fdatasync, then the Active
+  backup's ack) and only then write the replies (DESIGN.md rule 1), rearming the
+  connections in the loop's epoll; anything unusual goes back to the loop;
+- worker threads, on demand, for requests that block (LOGIN's scrypt, LOCK waits,
+  admin ops, a write meeting a member mid-promotion) and for connections holding
+  per-thread state: the database ties a transaction and lock ownership to the
+  calling thread, so a connection that has either stays on its worker (served
+  there with blocking reads, as before the loop) and returns to the loop when it
+  holds neither. A connection on the loop therefore never has a transaction or a
+  lock (a BATCH run there must end what it starts).
 
 Promises:
 - bounded: at most `connections_max` connections; when full, the oldest connection
@@ -10,16 +28,20 @@ Promises:
   with an error and closed. A connection must complete its first request (LOGIN
   when users are configured) within `login_timeout_ms` of its accept, and each frame
   must arrive whole within the frame timeout, so idle or trickling connections
-  cannot pin memory or threads;
+  cannot pin memory; an idle connection costs a socket and a small object, no
+  thread. A connection's buffer holds at most one frame and one read chunk: while a
+  request is in flight its socket is not read;
+- a reply is never written before every commit of its request is durable locally
+  and acknowledged by the Active backup (or that backup declared not Active first);
+  one request per connection at a time, so replies come in request order;
 - a failed LOGIN is answered with `HandshakeError("authentication failed")`, logged
   on `logging.getLogger("irisrep.server")`, and the connection closed; nothing else
   changes. An unknown user costs the same scrypt check as a known one;
 - a malformed frame or request closes that connection (with its reason logged) and
   nothing else; other connections and the listener go on;
-- each connection's requests run one at a time on its own thread, so the database's
-  per-thread transaction state and lock ownership belong to the connection; when
-  the connection ends (close, error, listener close), its open transaction is
-  rolled back (all levels) and its locks are released;
+- when a connection ends (close, error, listener close), its open transaction is
+  rolled back (all levels) and its locks are released, on the worker that holds
+  them;
 - an `IrisrepError` from the database is answered as `("err", class name, message,
   extra)` and the connection goes on; any other exception is a bug: it is logged
   with its traceback and the connection is closed, never turned into a reply;
@@ -33,10 +55,13 @@ Promises:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import math
+import queue
+import select
 import socket
 import threading
 import time
@@ -48,19 +73,25 @@ from .clientproto import (
     CLOSED,
     MessageStream,
     ProtocolError,
+    decode_value,
+    encode_frame,
     err,
     ok,
-    send_message,
 )
 from .constants import (
+    CLIENT_BATCH_REQUESTS_MAX,
+    CLIENT_COMMIT_THREADS,
     CLIENT_CONNECTIONS_MAX,
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_FRAME_TIMEOUT_MS,
     CLIENT_ITEMS_PAGE_MAX,
     CLIENT_LOCK_WAIT_SLICE_MS,
     CLIENT_LOGIN_TIMEOUT_MS,
+    CLIENT_READ_CHUNK_BYTES,
     CLIENT_REFUSED_PENDING_MAX,
     CLIENT_SEND_TIMEOUT_MS,
+    CLIENT_WORKER_IDLE_S,
+    CLIENT_WORKER_LINGER_MS,
     SERVER_PROMOTION_WAIT_S,
     WIRE_LISTEN_BACKLOG_COUNT,
 )
@@ -74,8 +105,12 @@ log = logging.getLogger("irisrep.server")
 # in the rest); one node always fits alone (a max string in UTF-8 is below it).
 ITEMS_PAGE_BYTES = CLIENT_FRAME_BYTES_MAX - 64 * 1024
 _ITEMS_BATCH = 256
-_ACCEPT_POLL_S = 0.1
 _REFUSED_LINGER_S = 1.0
+_SWEEP_S = 0.05  # the loop looks at its connections' deadlines this often
+_ACCEPT_BATCH = 64  # accepts per wake-up of the listening socket
+_ACCEPT_PAUSE_S = 0.1  # after a failed accept (EMFILE ...), before trying again
+_READ = select.EPOLLIN | select.EPOLLONESHOT
+_WRITE = select.EPOLLOUT | select.EPOLLONESHOT
 # A dummy hash for unknown users: their login costs the same scrypt check.
 _DUMMY_HASH = (
     "scrypt$16384$8$1$00000000000000000000000000000000$"
@@ -157,37 +192,209 @@ def _bool(v: object, what: str) -> bool:
 
 
 class _Session:
-    """One client connection and the thread serving it."""
+    """One client connection: its buffer, its login, and where it is served.
+
+    `where` says which thread may touch the socket: "loop" (the event loop, idle or
+    with a request in flight), "worker" (a pool thread has it; the loop has
+    unregistered it), "closed"."""
 
     __slots__ = (
         "sock",
+        "fd",
         "stream",
         "peer",
         "accepted",
         "logged_in",
         "user",
-        "thread",
-        "closed",
+        "where",
+        "busy",
+        "out",
+        "out_since",
+        "frame_since",
         "database",
     )
 
     def __init__(self, sock: socket.socket, peer: Any, send_timeout_ms: int) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.stream = MessageStream(sock, steady_s=send_timeout_ms / 1000.0)
+        sock.setblocking(False)  # the loop's mode; a worker switches to timeouts
         self.peer = peer
         self.accepted = time.monotonic()
         self.logged_in = False
         self.user: str | None = None
-        self.thread: threading.Thread | None = None
-        self.closed = False
+        self.where = "loop"
+        # On the loop: a request is in flight (its commit waits for durability and
+        # the backup's ack, or its reply is partly sent): the next one waits.
+        self.busy = False
+        self.out: memoryview | None = None  # the rest of a reply the socket did not take
+        self.out_since = 0.0
+        self.frame_since: float | None = None  # first byte of a partial frame
         # `use_database`: the followed mirror's copy this connection reads (a
         # reporting async); None: the host's own database.
         self.database: Any = None
 
     def shutdown(self) -> None:
-        """Wake the serving thread (its recv returns) without racing its close."""
+        """Wake a worker blocked on the socket (its recv returns) without racing its
+        close."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deferred:
+    """A reply held until its commits are durable and acknowledged (rule 1)."""
+
+    __slots__ = ("session", "reply", "tickets", "started")
+
+    def __init__(self, session: _Session, reply: tuple, tickets: list, started: float) -> None:
+        self.session = session
+        self.reply = reply
+        self.tickets = tickets  # [(committer, ticket)] captured while it ran
+        self.started = started
+
+
+class _Syncers:
+    """A few threads that make deferred commits durable: each takes every reply
+    waiting, runs ONE `Committer.sync_many` per committer for the highest ticket
+    (the group commit: local write + fdatasync, then the Active backup's ack) and
+    hands the replies back to the loop. Two or more threads keep the pipelining of
+    `commit.py`: one group waits for its ack while the next one writes and syncs."""
+
+    def __init__(self, post, count: int) -> None:
+        self._post = post  # callable(list of (session, reply, exc)) -> the loop
+        self._cv = threading.Condition(threading.Lock())
+        self._pending: list[_Deferred] = []
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"irisrep-client-commit-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, items: list[_Deferred]) -> None:
+        with self._cv:
+            self._pending.extend(items)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stop:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            groups: dict[Any, list] = {}
+            for d in batch:
+                for committer, ticket in d.tickets:
+                    g = groups.get(committer)
+                    if g is None:
+                        groups[committer] = [ticket, [d]]
+                    else:
+                        if ticket > g[0]:
+                            g[0] = ticket
+                        g[1].append(d)
+            failed: dict[int, BaseException] = {}
+            for committer, (ticket, items) in groups.items():
+                try:
+                    committer.sync_many(ticket, [d.started for d in items])
+                except BaseException as exc:  # each reply says so (DurabilityError ...)
+                    for d in items:
+                        failed[id(d)] = exc
+            # Only now, every commit of every reply durable here and acknowledged by
+            # the Active backup (or that backup declared not Active first), may the
+            # replies go out (DESIGN.md rule 1).
+            self._post([(d.session, d.reply, failed.get(id(d))) for d in batch])
+
+
+class _Workers:
+    """Threads for what must not run on the loop: requests that block (a LOGIN's
+    scrypt, LOCK waits, admin ops, waiting for a promotion) and connections that
+    hold per-thread state (an open transaction, locks: the database ties both to
+    the calling thread). Grows on demand, one thread per such connection at most;
+    an idle thread ends after CLIENT_WORKER_IDLE_S."""
+
+    def __init__(self, run) -> None:
+        self._run_job = run  # callable(session, request) on a worker thread
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._stop = False
+
+    def submit(self, session: _Session, req: tuple) -> None:
+        with self._lock:
+            if self._stop:
+                raise RuntimeError("workers stopped")
+            # An idle thread is reserved for this job (counted busy from now), else
+            # a new one: a job never waits behind a connection that keeps a worker.
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+            self._jobs.put((session, req))  # under the lock: see _loop's idle exit
+        if spawn:
+            t = threading.Thread(target=self._loop, name="irisrep-client-worker", daemon=True)
+            with self._lock:
+                self._threads.add(t)
+            t.start()
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        try:
+            while True:
+                try:
+                    job = self._jobs.get(timeout=CLIENT_WORKER_IDLE_S)
+                except queue.Empty:
+                    with self._lock:
+                        # No job queued (submit puts under this lock): no reservation
+                        # is waiting for a thread, so this idle one may go.
+                        if self._jobs.empty():
+                            self._idle -= 1
+                            return
+                    continue
+                if job is None:
+                    return
+                try:
+                    self._run_job(*job)
+                finally:
+                    with self._lock:
+                        self._idle += 1
+        finally:
+            with self._lock:
+                self._threads.discard(me)
+
+    def close(self, timeout_s: float) -> None:
+        with self._lock:
+            self._stop = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._jobs.put(None)
+        end = time.monotonic() + timeout_s
+        for t in threads:
+            t.join(timeout=max(0.0, end - time.monotonic()))
+
+
+_TO_WORKER = object()  # an answer on the loop: this request goes to a worker
+# Requests the loop answers itself: none blocks for long (the database lock is held
+# for bounded work; a commit's wait is deferred) and none depends on the calling
+# thread (a loop connection never has a transaction or locks open: TSTART and LOCK
+# go to a worker, which keeps the connection while it holds them).
+_LOOP_OPS = frozenset(
+    "ping role globals get set kill zkill data order query increment items tlevel "
+    "use_database stream_position batch".split()
+)
+# What a BATCH may hold: data operations and transaction brackets (no LOCK, no admin).
+_BATCH_OPS = frozenset(
+    "ping get set kill zkill data order query increment tstart tcommit trollback tlevel".split()
+)
 
 
 class ClientListener:
@@ -236,10 +443,26 @@ class ClientListener:
         self._stop = threading.Event()
         self.stats = {"accepted": 0, "refused": 0, "evicted": 0, "login_failed": 0}
         self._sock = socket.create_server(address, backlog=WIRE_LISTEN_BACKLOG_COUNT)
-        self._sock.settimeout(_ACCEPT_POLL_S)
+        self._sock.setblocking(False)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        # --- the loop's own state (touched by the loop thread only) ---
+        self._by_fd: dict[int, _Session] = {}
+        self._ep = select.epoll()
+        self._ep.register(self._sock.fileno(), select.EPOLLIN)
+        self._accept_paused_until = 0.0
+        self._box: list = []  # commits deferred by the request running on the loop
+        self._deferred: list[_Deferred] = []  # replies waiting for their commits
+        # --- handed to the loop by other threads ---
+        self._done: collections.deque = collections.deque()  # (kind, session, reply, exc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self._ep.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._syncers = _Syncers(self._post_commits, CLIENT_COMMIT_THREADS)
+        self._workers = _Workers(self._work)
         self._thread = threading.Thread(
-            target=self._accept_loop, name=f"irisrep-client-listen {self.address}", daemon=True
+            target=self._loop, name=f"irisrep-client-loop {self.address}", daemon=True
         )
         self._thread.start()
 
@@ -256,46 +479,208 @@ class ClientListener:
             return len(self._sessions)
 
     def close(self) -> None:
-        """Stop accepting, close every connection (each rolls back its transaction
-        and releases its locks on its own thread) and wait for them."""
+        """Stop accepting, close every connection (a worker's connection rolls back
+        its transaction and releases its locks on its thread) and wait for them."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self._wake()
         self._thread.join(timeout=5)
         with self._lock:
             sessions = list(self._sessions)
         for s in sessions:
-            s.shutdown()
-        for s in sessions:
-            if s.thread is not None:
-                s.thread.join(timeout=5)
+            s.shutdown()  # the workers' connections: their recv returns
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            self._close_done()  # handed back after the loop stopped: close them
+            with self._lock:
+                if not self._sessions:
+                    break
+            time.sleep(0.01)
+        self._workers.close(max(0.0, end - time.monotonic()))
+        self._syncers.close()
+        self._close_done()
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()
+        with contextlib.suppress(OSError):
+            self._ep.close()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Called by other threads after they queued something for the loop."""
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    def _post_commits(self, done: list) -> None:
+        """On a syncer: replies whose commits are durable and acknowledged (or failed).
+
+        The common case is sent right here, from the syncer: a busy connection is
+        disarmed in the loop's epoll (one-shot) and the loop does not touch it until
+        it is rearmed, so this thread may write the reply and rearm it itself; that
+        saves the hand-back to the loop (a wake-up and a context switch per group).
+        Anything else (an error, pipelined requests already buffered, a reply the
+        socket does not take whole) goes back to the loop."""
+        back = False
+        for s, reply, exc in done:
+            if exc is not None or s.stream.buffered or self._stop.is_set() or s.where != "loop":
+                self._done.append(("reply", s, reply, exc))
+                back = True
+                continue
+            try:
+                data = encode_frame(reply)
+                n = s.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (TypeError, ValueError, OSError):  # the loop says why and closes
+                self._done.append(("reply", s, reply, None))
+                back = True
+                continue
+            if n < len(data):
+                self._done.append(("rest", s, memoryview(data)[n:], None))
+                back = True
+                continue
+            s.busy = False
+            try:
+                self._ep.modify(s.fd, _READ)
+            except (OSError, ValueError):  # closed by the loop meanwhile (shutdown)
+                pass
+        if back:
+            self._wake()
+
+    def _loop(self) -> None:
+        from .commit import capture_commits
+
+        # Every commit a request makes on this thread is deferred to the syncers: the
+        # loop never waits for an fdatasync or for the backup's ack.
+        capture_commits(self._box)
+        listen_fd = self._sock.fileno()
+        wake_fd = self._wake_r.fileno()
+        next_sweep = time.monotonic() + _SWEEP_S
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(_SWEEP_S, next_sweep - time.monotonic()))
+                try:
+                    events = self._ep.poll(timeout)
+                except InterruptedError:
+                    events = ()
+                for fd, _ev in events:
+                    if fd == listen_fd:
+                        self._accept()
+                    elif fd == wake_fd:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    else:
+                        s = self._by_fd.get(fd)
+                        if s is None or s.where != "loop":
+                            continue
+                        try:
+                            if s.out is not None:
+                                self._on_writable(s)
+                            else:
+                                self._on_readable(s)
+                        except Exception:  # a bug: that connection only
+                            log.exception("client %s: internal error; connection closed", s.peer)
+                            self._close_loop_session(s)
+                self._drain_done()
+                if self._deferred:
+                    # One hand-off per loop pass: every reply that waits for a commit
+                    # goes to the syncers together (one group, one wake-up).
+                    deferred, self._deferred = self._deferred, []
+                    self._syncers.submit(deferred)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + _SWEEP_S
+        except Exception:
+            log.exception("client listener %s: the loop failed", self.address)
+        finally:
+            capture_commits(None)
+            self._loop_exit()
+
+    def _loop_exit(self) -> None:
+        with contextlib.suppress(OSError):
+            self._ep.unregister(self._sock.fileno())
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for _t, conn in self._refused:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._refused.clear()
+        # Connections on the loop hold no transaction and no lock: closing is all.
+        # A reply still waiting for its commit is never sent (the client sees the
+        # connection end: a commit whose reply it did not get may have happened).
+        for s in list(self._by_fd.values()):
+            if s.where == "loop":
+                self._close_loop_session(s)
+
+    def _drain_done(self) -> None:
+        # Cleared before draining: a later hand-off writes the wake byte again.
+        self._woken = False
+        done = self._done
+        while done:
+            kind, s, reply, exc = done.popleft()
+            if kind == "resume":  # a worker gives the connection back
+                if s.where == "closed":
+                    continue
+                s.where = "loop"
+                s.busy = False
+                self._by_fd[s.fd] = s
+                self._ep.register(s.fd, _READ)
+                self._next(s)
+                continue
+            if s.where != "loop":
+                continue  # closed meanwhile: the reply has nowhere to go
+            if kind == "rest":  # a syncer sent the start of the reply
+                s.busy = False
+                s.out = reply
+                s.out_since = time.monotonic()
+                if self._flush_out(s):
+                    self._next(s)
+                continue
+            # kind == "reply": a deferred reply, its commits durable and acknowledged
+            if exc is not None:
+                if not isinstance(exc, IrisrepError):
+                    log.error(
+                        "client %s: internal error in the commit; connection closed",
+                        s.peer,
+                        exc_info=exc,
+                    )
+                    self._close_loop_session(s)
+                    continue
+                reply = error_reply(exc)
+            s.busy = False
+            if self._send_loop(s, reply):
+                self._next(s)
+
+    def _close_done(self) -> None:
+        """After the loop stopped: close what was handed back to it."""
+        while self._done:
+            kind, s, _reply, _exc = self._done.popleft()
+            if s.where != "closed":
+                self._close_loop_session(s)
 
     # --- accepting ---------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._close_refused(time.monotonic())
-                try:
-                    conn, peer = self._sock.accept()
-                except TimeoutError:
-                    continue
-                except OSError as e:  # EMFILE and friends: log, keep serving
-                    if self._stop.is_set():
-                        return
-                    log.warning("accept failed: %s", e)
-                    time.sleep(_ACCEPT_POLL_S)
-                    continue
-                self._admit(conn, peer)
-        finally:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            for _t, conn in self._refused:
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log, pause accepting a moment
+                log.warning("accept failed: %s", e)
                 with contextlib.suppress(OSError):
-                    conn.close()
-            self._refused.clear()
+                    self._ep.unregister(self._sock.fileno())
+                self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE_S
+                return
+            self._admit(conn, peer)
 
     def _admit(self, conn: socket.socket, peer: Any) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = _Session(conn, peer, self._send_timeout_ms)
         victim = None
         with self._lock:
             if len(self._sessions) >= self._connections_max:
@@ -305,7 +690,6 @@ class ClientListener:
                     self.stats["evicted"] += 1
             full = len(self._sessions) >= self._connections_max
             if not full:
-                self._sessions[session] = None
                 self.stats["accepted"] += 1
             else:
                 self.stats["refused"] += 1
@@ -315,16 +699,19 @@ class ClientListener:
                 victim.peer,
                 self._connections_max,
             )
-            victim.shutdown()
+            if victim.where == "loop":
+                self._close_loop_session(victim)
+            else:
+                victim.shutdown()  # its worker ends it
         if full:
             log.warning("client %s refused: %d connections are open", peer, self._connections_max)
             self._refuse(conn)
             return
-        t = threading.Thread(
-            target=self._serve, args=(session,), name=f"irisrep-client {peer}", daemon=True
-        )
-        session.thread = t
-        t.start()
+        session = _Session(conn, peer, self._send_timeout_ms)
+        with self._lock:
+            self._sessions[session] = None
+        self._by_fd[session.fd] = session
+        self._ep.register(session.fd, _READ)
 
     def _refuse(self, conn: socket.socket) -> None:
         """Answer with an error and half-close; the socket is closed a moment later
@@ -335,7 +722,8 @@ class ClientListener:
             "connection limit",
         )
         try:
-            send_message(conn, reply, timeout_ms=100)
+            conn.setblocking(False)
+            conn.send(encode_frame(reply))  # a fresh socket's buffer takes it whole
             conn.shutdown(socket.SHUT_WR)
         except OSError:
             conn.close()
@@ -346,27 +734,240 @@ class ClientListener:
             with contextlib.suppress(OSError):
                 old.close()
 
-    def _close_refused(self, now: float) -> None:
+    def _sweep(self, now: float) -> None:
+        """Deadlines of the loop's connections (login, a partial frame, a reply the
+        client does not read), refused sockets' linger, a paused accept."""
         while self._refused and self._refused[0][0] <= now:
             _t, conn = self._refused.pop(0)
             with contextlib.suppress(OSError):
                 conn.close()
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            with contextlib.suppress(OSError):
+                self._ep.register(self._sock.fileno(), select.EPOLLIN)
+        frame_s = self._frame_timeout_ms / 1000.0
+        send_s = self._send_timeout_ms / 1000.0
+        for s in list(self._by_fd.values()):
+            if s.where != "loop":
+                continue
+            if s.out is not None:
+                if now - s.out_since > send_s:
+                    log.info("client %s: reply not sent (timed out); connection closed", s.peer)
+                    self._close_loop_session(s)
+                continue
+            if s.busy:
+                continue
+            if s.frame_since is not None and now - s.frame_since > frame_s:
+                e = ProtocolError(
+                    "timeout", f"{s.stream.buffered} bytes of a frame before the deadline"
+                )
+                log.warning("client %s closed: malformed frame: %s", s.peer, e)
+                self._send_loop(s, error_reply(e))
+                self._close_loop_session(s)
+            elif not s.logged_in and now - s.accepted > self._login_timeout:
+                log.warning(
+                    "client %s closed: no %s within %d ms of connecting",
+                    s.peer,
+                    "login" if self._users is not None else "request",
+                    int(self._login_timeout * 1000),
+                )
+                self._close_loop_session(s)
 
-    # --- one connection ----------------------------------------------------------------
+    # --- one connection on the loop ------------------------------------------------------
 
-    def _serve(self, session: _Session) -> None:
+    def _close_loop_session(self, s: _Session) -> None:
+        """End a connection the loop holds (no transaction, no lock: nothing to undo)."""
+        if s.where == "closed":
+            return
+        s.where = "closed"
+        if self._by_fd.get(s.fd) is s:
+            del self._by_fd[s.fd]
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.unregister(s.fd)
+        with contextlib.suppress(OSError):
+            s.sock.close()
+        with self._lock:
+            self._sessions.pop(s, None)
+
+    def _on_readable(self, s: _Session) -> None:
+        try:
+            data = s.sock.recv(CLIENT_READ_CHUNK_BYTES)
+        except (BlockingIOError, InterruptedError):
+            self._rearm(s, _READ)
+            return
+        except (ConnectionResetError, ConnectionAbortedError):
+            data = b""  # an abrupt close is a close
+        except OSError as e:
+            log.info("client %s: connection lost: %s", s.peer, e)
+            self._close_loop_session(s)
+            return
+        if not data:
+            if s.stream.buffered:
+                e = ProtocolError(
+                    "truncated", f"connection closed after {s.stream.buffered} bytes of a frame"
+                )
+                log.warning("client %s closed: malformed frame: %s", s.peer, e)
+                self._send_loop(s, error_reply(e))
+            self._close_loop_session(s)
+            return
+        if not s.stream.buffered:
+            s.frame_since = time.monotonic()
+        s.stream.feed(data)
+        self._next(s)
+
+    def _on_writable(self, s: _Session) -> None:
+        if self._flush_out(s):
+            self._next(s)
+
+    def _rearm(self, s: _Session, mask: int) -> None:
+        # One-shot registrations: the loop hears of a connection only when it can
+        # act on it (idle and readable, or a reply pending and writable). A busy
+        # connection's next request waits in the kernel (bounded memory here).
+        self._ep.modify(s.fd, mask)
+
+    def _next(self, s: _Session) -> None:
+        """Serve whatever whole requests are buffered, one at a time; then wait for
+        more (or for the request in flight to finish)."""
+        while s.where == "loop" and not s.busy and s.out is None:
+            try:
+                payload = s.stream.cut_frame()
+                if payload is None:
+                    if not s.stream.buffered:
+                        s.frame_since = None
+                    self._rearm(s, _READ)
+                    return
+                s.frame_since = time.monotonic() if s.stream.buffered else None
+                req = decode_value(payload)
+            except ProtocolError as e:
+                log.warning("client %s closed: malformed frame: %s", s.peer, e)
+                self._send_loop(s, error_reply(e))
+                self._close_loop_session(s)
+                return
+            started = time.perf_counter()
+            box = self._box
+            try:
+                reply = self._answer(s, req, on_loop=True)
+            except Exception:  # a bug: logged with its traceback, that connection closed
+                log.exception("client %s: internal error; connection closed", s.peer)
+                # Its commits (if any) stay logged; no reply says they committed.
+                box.clear()
+                self._close_loop_session(s)
+                return
+            if reply is _TO_WORKER:
+                # The worker owns the socket from here (nothing was deferred: a
+                # request goes to a worker before it changed anything).
+                del self._by_fd[s.fd]
+                self._ep.unregister(s.fd)
+                s.where = "worker"
+                self._workers.submit(s, req)
+                return
+            if box:
+                # Applied and logged, not yet durable: the reply waits (rule 1).
+                tickets = box[:]
+                box.clear()
+                if reply is None:
+                    self._close_loop_session(s)
+                    return
+                s.busy = True
+                self._deferred.append(_Deferred(s, reply, tickets, started))
+                return
+            if reply is None:
+                self._close_loop_session(s)
+                return
+            self._send_loop(s, reply)
+
+    def _send_loop(self, s: _Session, reply: tuple) -> bool:
+        """Send a reply from the loop without blocking; True when it went whole (else
+        the rest waits for EPOLLOUT, or the connection was closed)."""
+        try:
+            data = encode_frame(reply)
+        except (TypeError, ValueError) as e:  # the reply cannot be encoded: say so
+            if reply[0] != "ok":
+                self._close_loop_session(s)
+                return False
+            data = encode_frame(
+                err("IllegalValueError", f"<ILLEGAL VALUE> the reply cannot be sent: {e}")
+            )
+        s.out = memoryview(data)
+        s.out_since = time.monotonic()
+        return self._flush_out(s)
+
+    def _flush_out(self, s: _Session) -> bool:
+        out = s.out
+        try:
+            n = s.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            log.info("client %s: reply not sent (%s); connection closed", s.peer, e)
+            self._close_loop_session(s)
+            return False
+        if n < len(out):
+            s.out = out[n:]
+            self._rearm(s, _WRITE)
+            return False
+        s.out = None
+        return True
+
+    # --- one connection on a worker -------------------------------------------------------
+
+    def _work(self, s: _Session, req: tuple) -> None:
+        """On a worker: answer `req`, then serve the connection here while it holds a
+        transaction or locks (they belong to this thread); then hand it back."""
         db = self.host.database
         try:
-            self._serve_requests(session)
+            s.stream.use_timeouts()
+            if self._serve_thread(s, req):
+                s.sock.setblocking(False)
+                self._done.append(("resume", s, None, None))
+                self._wake()
+                return
         except Exception:  # a bug: logged with its traceback, the connection closed
-            log.exception("client %s: internal error; connection closed", session.peer)
-        finally:
-            self._end_session(session, db)
+            log.exception("client %s: internal error; connection closed", s.peer)
+        self._end_session(s, db)
+
+    def _needs_thread(self, s: _Session) -> bool:
+        db = self.host.database
+        return bool(db.tlevel) or db.locks.owns_any(self._owner(db))
+
+    def _serve_thread(self, s: _Session, req: object) -> bool:
+        """Requests on this thread while the connection needs it; True: give it back
+        to the loop, False: close it."""
+        held = False  # the connection had a transaction or locks on this thread
+        while True:
+            reply = self._answer(s, req, on_loop=False)
+            if reply is None or not self._send(s, reply):
+                return False
+            if self._stop.is_set():
+                return False
+            deadline = None
+            if self._needs_thread(s):
+                held = True
+            elif not held:
+                return True
+            else:
+                # A connection that just ended a transaction usually starts the next
+                # one at once: it stays here a moment rather than going back to the
+                # loop and coming back again (two hand-offs per transaction).
+                deadline = time.monotonic() + CLIENT_WORKER_LINGER_MS / 1000.0
+            try:
+                req = s.stream.recv(idle_deadline=deadline, frame_timeout_ms=self._frame_timeout_ms)
+            except TimeoutError:
+                return True  # idle past the linger, holding nothing: back to the loop
+            except ProtocolError as e:
+                log.warning("client %s closed: malformed frame: %s", s.peer, e)
+                self._send(s, error_reply(e))
+                return False
+            except OSError as e:
+                log.info("client %s: connection lost: %s", s.peer, e)
+                return False
+            if req is CLOSED:
+                return False
 
     def _end_session(self, session: _Session, db) -> None:
-        """Close, roll back, release; the session leaves the table only then (so
-        `connections` going down means its cleanup is done)."""
-        session.closed = True
+        """On the worker that holds it: close, roll back, release; the session leaves
+        the table only then (so `connections` going down means its cleanup is done)."""
+        session.where = "closed"
         with contextlib.suppress(OSError):
             session.sock.close()
         try:
@@ -403,6 +1004,7 @@ class ClientListener:
         return owner() if owner is not None else threading.get_ident()
 
     def _send(self, session: _Session, reply: tuple) -> bool:
+        """Send from a worker (blocking, with the send timeout)."""
         try:
             session.stream.send(reply)
         except ValueError as e:  # the reply cannot be encoded: say so instead
@@ -413,66 +1015,66 @@ class ClientListener:
             return False
         return True
 
-    def _serve_requests(self, session: _Session) -> None:
-        deadline: float | None = session.accepted + self._login_timeout
-        while True:
+    # --- answering one request (the loop or a worker) ---------------------------------------
+
+    def _answer(self, session: _Session, req: object, *, on_loop: bool) -> Any:
+        """The reply to `req`; None: close the connection (a refusal or an error reply
+        was sent already); on the loop, `_TO_WORKER` for a request that may block or
+        needs a thread of its own (nothing changed yet)."""
+        try:
+            if type(req) is not tuple or not req or type(req[0]) is not str:
+                raise _BadRequest(f"a request is a tuple (op, args...), not {_short(req)}")
+            op = req[0]
+            if not session.logged_in:
+                if on_loop and (
+                    (op == "login" and self._users is not None)
+                    or (op != "login" and self._users is None and op not in _LOOP_OPS)
+                ):
+                    return _TO_WORKER  # a LOGIN's scrypt check takes tens of ms
+                return self._first_request(session, req, on_loop)
+            if on_loop and op not in _LOOP_OPS:
+                return _TO_WORKER
             try:
-                req = session.stream.recv(
-                    idle_deadline=deadline, frame_timeout_ms=self._frame_timeout_ms
-                )
-            except TimeoutError:
-                log.warning(
-                    "client %s closed: no %s within %d ms of connecting",
-                    session.peer,
-                    "login" if self._users is not None else "request",
-                    int(self._login_timeout * 1000),
-                )
-                return
-            except ProtocolError as e:
-                log.warning("client %s closed: malformed frame: %s", session.peer, e)
-                self._send(session, error_reply(e))
-                return
-            except OSError as e:
-                log.info("client %s: connection lost: %s", session.peer, e)
-                return
-            if req is CLOSED:
-                return
-            try:
-                if type(req) is not tuple or not req or type(req[0]) is not str:
-                    raise _BadRequest(f"a request is a tuple (op, args...), not {_short(req)}")
-                if not session.logged_in:
-                    reply = self._first_request(session, req)
-                    if reply is None:
-                        return
-                    deadline = None
-                else:
-                    try:
-                        reply = self._dispatch(session, req)
-                    except errors.ProtectError:
-                        # A member that is becoming primary says so before its database
-                        # opens for writes (its replicator attaches in between): a
-                        # write that arrives then changed nothing and waits for it.
-                        if not self._wait_writable():
-                            raise
-                        reply = self._dispatch(session, req)
-            except _BadRequest as e:
-                log.warning("client %s closed: bad request: %s", session.peer, e)
-                self._send(session, error_reply(ProtocolError("request", str(e))))
-                return
-            except _PeerGone:
-                log.info("client %s went away during a lock wait", session.peer)
-                return
-            except IrisrepError as e:
-                if type(e) is errors.ProtectError and self.host.role not in ("primary", "local"):
-                    # Say who is primary now (a fenced or demoted member, a backup), so
-                    # a client can go there; still a <PROTECT> for the terminal.
-                    e = errors.NotPrimaryError(
-                        f"{e} (the primary is {self.host.primary_client_address or 'unknown'})",
-                        self.host.primary_client_address,
-                    )
-                reply = error_reply(e)
-            if not self._send(session, reply):
-                return
+                return self._dispatch(session, req)
+            except errors.ProtectError:
+                # A member that is becoming primary says so before its database
+                # opens for writes (its replicator attaches in between): a write
+                # that arrives then changed nothing and waits for it (on a worker).
+                if on_loop:
+                    if self._may_become_writable() and not self._box:
+                        return _TO_WORKER
+                    raise
+                if not self._wait_writable():
+                    raise
+                return self._dispatch(session, req)
+        except _BadRequest as e:
+            log.warning("client %s closed: bad request: %s", session.peer, e)
+            self._reply_then_close(session, error_reply(ProtocolError("request", str(e))), on_loop)
+            return None
+        except _PeerGone:
+            log.info("client %s went away during a lock wait", session.peer)
+            return None
+        except IrisrepError as e:
+            return self._error(e)
+
+    def _error(self, e: IrisrepError) -> tuple:
+        if type(e) is errors.ProtectError and self.host.role not in ("primary", "local"):
+            # Say who is primary now (a fenced or demoted member, a backup), so
+            # a client can go there; still a <PROTECT> for the terminal.
+            e = errors.NotPrimaryError(
+                f"{e} (the primary is {self.host.primary_client_address or 'unknown'})",
+                self.host.primary_client_address,
+            )
+        return error_reply(e)
+
+    def _reply_then_close(self, session: _Session, reply: tuple, on_loop: bool) -> None:
+        if on_loop:
+            self._send_loop(session, reply)
+        else:
+            self._send(session, reply)
+
+    def _may_become_writable(self) -> bool:
+        return getattr(self.host, "wait_writable", None) is not None and self.host.role == "primary"
 
     def _wait_writable(self) -> bool:
         """True once a member in the middle of its promotion is writable (within
@@ -480,7 +1082,7 @@ class ClientListener:
         wait = getattr(self.host, "wait_writable", None)
         return wait is not None and self.host.role == "primary" and wait(SERVER_PROMOTION_WAIT_S)
 
-    def _first_request(self, session: _Session, req: tuple) -> tuple | None:
+    def _first_request(self, session: _Session, req: tuple, on_loop: bool) -> Any:
         """LOGIN (or, with no users configured, any request). None: refused, close."""
         op = req[0]
         if op == "login":
@@ -498,11 +1100,12 @@ class ClientListener:
                         session.peer,
                         user[:64],
                     )
-                    self._send(
+                    self._reply_then_close(
                         session,
                         error_reply(
                             HandshakeError("authentication failed", "bad user or password")
                         ),
+                        on_loop,
                     )
                     return None
             session.logged_in = True
@@ -510,9 +1113,10 @@ class ClientListener:
             return ok(None)
         if self._users is not None:
             log.warning("client %s: %r before login; connection closed", session.peer, op[:32])
-            self._send(
+            self._reply_then_close(
                 session,
                 error_reply(HandshakeError("authentication failed", f"log in before {op[:32]!r}")),
+                on_loop,
             )
             return None
         session.logged_in = True
@@ -766,6 +1370,47 @@ class ClientListener:
         _arity(req, 0)
         return datacheck.current_position(self._db(session))
 
+    def _op_batch(self, session, req):
+        """(requests) -> (replies): data operations and transaction brackets run in
+        order in one round trip, each reply as the request alone would get it; the
+        first error ends the batch (its reply last). On a connection outside a
+        transaction (served by the loop) a batch must end every transaction it
+        starts: one left open is rolled back and the last reply says so. The
+        replies go out when every commit in the batch is durable and acknowledged."""
+        _arity(req, 1)
+        reqs = _tuple(req[1], "requests")
+        if len(reqs) > CLIENT_BATCH_REQUESTS_MAX:
+            raise _BadRequest(f"a batch holds at most {CLIENT_BATCH_REQUESTS_MAX} requests")
+        for r in reqs:
+            if type(r) is not tuple or not r or type(r[0]) is not str:
+                raise _BadRequest(f"a batched request is a tuple (op, args...), not {_short(r)}")
+            if r[0] not in _BATCH_OPS:
+                raise _BadRequest(f"{r[0][:32]!r} cannot be batched")
+        db = self.host.database
+        level = db.tlevel
+        replies = []
+        try:
+            for r in reqs:
+                try:
+                    replies.append(ok(_OPS[r[0]](self, session, r)))
+                except IrisrepError as e:
+                    replies.append(self._error(e))
+                    break
+        finally:
+            # The loop's thread serves every loop connection: a transaction of this
+            # batch must not outlive it there (its state is the thread's).
+            if threading.get_ident() == self._thread.ident and db.tlevel > level:
+                left = db.tlevel
+                db.trollback()
+                replies.append(
+                    self._error(
+                        errors.TransactionError(
+                            f"a batch outside a transaction left $TLEVEL {left}: rolled back"
+                        )
+                    )
+                )
+        return tuple(replies)
+
     def _op_tstart(self, session, req):
         _arity(req, 0)
         db = self.host.database
@@ -871,13 +1516,19 @@ def _node_size(subs: tuple, value: object) -> int:
 
 def _peer_closed(sock: socket.socket) -> bool:
     """True when the client has closed its side (EOF or error), without consuming."""
+    # Non-blocking for the peek (a socket with a timeout polls first and would wait),
+    # then back to its timeout: the connection's stream keeps using it.
+    timeout = sock.gettimeout()
     try:
-        sock.setblocking(False)  # the next read or send sets its own timeout again
+        sock.setblocking(False)
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
         return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
     return data == b""
 
 
