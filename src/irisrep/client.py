@@ -408,13 +408,15 @@ class Connection:
         """The member's status (as `irisrep ps --json` shows it)."""
         return json.loads(self._request(("status",)))
 
-    def use_database(self, mirror: str | None) -> str | None:
-        """On a reporting async: read `mirror`'s copy with this connection's global
-        operations (None: the member's own database again); kept across reconnects.
-        Returns the mirror's name as configured."""
-        name = self._request(("use_database", mirror))
-        self._database = name if mirror is not None else None
-        return name
+    def use_database(self, name: str | None) -> str | None:
+        """This connection's global operations use database `name` from now on
+        (None: the member's DB again), kept across reconnects: one of the member's
+        databases (DB, mirrored, local) or, on a reporting async, a followed
+        mirror's copy (`MIRROR2`, `MIRROR2/SALES`). Returns its canonical name;
+        DatabaseNotFoundError (<NAMESPACE>) for one the member does not have."""
+        canonical = self._request(("use_database", name))
+        self._database = canonical if name is not None else None
+        return canonical
 
     def dejournal(self, action: str, mirror: str | None = None) -> dict:
         """Pause or resume (`action`) dejournaling `mirror` on the connected async
