@@ -50,6 +50,7 @@ cdef class Node:
     # one bytes object per probe. Valid only while fp_n >= 0; any change drops it.
     cdef uint64_t *fp
     cdef uint16_t *fp_len           # key lengths after the prefix: ties without a memcmp
+    cdef uint16_t *fp_vlen          # leaf: value lengths (a split sizes halves from these)
     cdef Py_ssize_t fp_n
     cdef Py_ssize_t fp_base         # 1 for internal nodes (keys[0] is -inf), 0 for leaves
     cdef bytes fp_prefix            # the common prefix of keys[fp_base:]
@@ -58,10 +59,12 @@ cdef class Node:
     # other object before the fingerprints (each one a likely cache miss).
     cdef unsigned char fp_pfx[32]  # FP_PREFIX_INLINE in _btree.pxi
     cdef int fp_reads               # searches since the last change
-    cdef Py_ssize_t fp_cap          # allocated slots in fp and fp_len
+    cdef Py_ssize_t fp_cap          # allocated slots in fp, fp_len and fp_vlen
     cdef void _changed(self)
     cdef void _fp_build(self)
-    cdef void _fp_insert(self, Py_ssize_t i, bytes key)
+    cdef bint _fp_alloc(self, Py_ssize_t cap)
+    cdef void _fp_split(self, Node right, Py_ssize_t left_n, Py_ssize_t right_from)
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key, Py_ssize_t vlen)
 
 
 cdef class BTree:
@@ -81,6 +84,9 @@ cdef class BTree:
     cdef bytes _hint_lo, _hint_hi
     cdef uint32_t _hint_root
     cdef uint64_t _hint_shape
+    # Record the hint at the next descent (see set): keys seemed to arrive in order.
+    cdef bint _hint_want
+    cdef Node _last_leaf            # the leaf of the last set() (same-leaf detection)
     cdef uint64_t _shape            # bumped by every split, merge, free and range kill
     cpdef object get(self, bytes key)
     cpdef object set(self, bytes key, bytes value, uint64_t position=*, bint want_old=*)
