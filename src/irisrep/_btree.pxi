@@ -310,21 +310,23 @@ cdef class Node:
         self.fp = NULL
         self.fp_len = NULL
         self.fp_vlen = NULL
+        self.fp_child = NULL
         self.fp_n = -1
 
     def __dealloc__(self):
         free(self.fp)
         free(self.fp_len)
         free(self.fp_vlen)
+        free(self.fp_child)
 
     cdef void _changed(self):
         """Keys changed: the fingerprints are stale."""
         self.fp_n = -1
         self.fp_reads = 0
 
-    cdef void _fp_insert(self, Py_ssize_t i, bytes key, Py_ssize_t vlen):
-        """keys[i] (a leaf: with a value of vlen bytes) was just inserted: keep the
-        fingerprints valid if that is cheap.
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key, Py_ssize_t vlen, uint32_t child):
+        """keys[i] (a leaf: with a value of vlen bytes; internal: with child) was just
+        inserted: keep the fingerprints valid if that is cheap.
 
         A key that starts with the common prefix slots its fingerprint in with a
         memmove (the prefix stays common to all, which is all a search needs); one
@@ -335,6 +337,7 @@ cdef class Node:
         cdef uint64_t *nfp
         cdef uint16_t *nlen
         cdef uint16_t *nvlen
+        cdef uint32_t *nchild
         if self.fp_n < 0:
             return
         if (j < 0 or j > self.fp_n or PyBytes_GET_SIZE(key) < lcp
@@ -359,11 +362,22 @@ cdef class Node:
                 self._changed()
                 return
             self.fp_vlen = nvlen
+            if self.fp_child != NULL:
+                nchild = <uint32_t *>realloc(self.fp_child,
+                                             (self.fp_cap * 2) * sizeof(uint32_t))
+                if nchild == NULL:
+                    self._changed()
+                    return
+                self.fp_child = nchild
             self.fp_cap *= 2
         memmove(self.fp + j + 1, self.fp + j, (self.fp_n - j) * sizeof(uint64_t))
         memmove(self.fp_len + j + 1, self.fp_len + j, (self.fp_n - j) * sizeof(uint16_t))
         memmove(self.fp_vlen + j + 1, self.fp_vlen + j, (self.fp_n - j) * sizeof(uint16_t))
         self.fp_vlen[j] = <uint16_t>vlen
+        if self.fp_child != NULL:
+            memmove(self.fp_child + j + 1, self.fp_child + j,
+                    (self.fp_n - j) * sizeof(uint32_t))
+            self.fp_child[j] = child
         self.fp[j] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(key) + lcp,
                                   PyBytes_GET_SIZE(key) - lcp)
         self.fp_len[j] = <uint16_t>(PyBytes_GET_SIZE(key) - lcp)
@@ -394,8 +408,13 @@ cdef class Node:
             self.fp[i] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(k) + lcp,
                                       PyBytes_GET_SIZE(k) - lcp)
             self.fp_len[i] = <uint16_t>(PyBytes_GET_SIZE(k) - lcp)
-            self.fp_vlen[i] = (<uint16_t>PyBytes_GET_SIZE(<bytes>self.vals[i])
-                               if self.level == 0 else 0)
+            if self.level == 0:
+                self.fp_vlen[i] = <uint16_t>PyBytes_GET_SIZE(<bytes>self.vals[i])
+            else:
+                self.fp_vlen[i] = 0
+                self.fp_child[i] = <uint32_t>self.children[base + i]
+        if self.level > 0:
+            self.fp_child0 = <uint32_t>self.children[0]
         self.fp_prefix = first[:lcp]
         self.fp_lcp = lcp
         if lcp <= FP_PREFIX_INLINE:
@@ -408,18 +427,24 @@ cdef class Node:
         free(self.fp)
         free(self.fp_len)
         free(self.fp_vlen)
+        free(self.fp_child)
         self.fp_n = -1
         self.fp_cap = cap
         self.fp = <uint64_t *>malloc(cap * sizeof(uint64_t))
         self.fp_len = <uint16_t *>malloc(cap * sizeof(uint16_t))
         self.fp_vlen = <uint16_t *>malloc(cap * sizeof(uint16_t))
-        if self.fp == NULL or self.fp_len == NULL or self.fp_vlen == NULL:
+        # Internal nodes only: the descent reads child numbers from here.
+        self.fp_child = <uint32_t *>malloc(cap * sizeof(uint32_t)) if self.level > 0 else NULL
+        if (self.fp == NULL or self.fp_len == NULL or self.fp_vlen == NULL
+                or (self.level > 0 and self.fp_child == NULL)):
             free(self.fp)
             free(self.fp_len)
             free(self.fp_vlen)
+            free(self.fp_child)
             self.fp = NULL
             self.fp_len = NULL
             self.fp_vlen = NULL
+            self.fp_child = NULL
             self.fp_cap = 0
             return False
         return True
@@ -441,6 +466,10 @@ cdef class Node:
         memcpy(right.fp, self.fp + right_from, m * sizeof(uint64_t))
         memcpy(right.fp_len, self.fp_len + right_from, m * sizeof(uint16_t))
         memcpy(right.fp_vlen, self.fp_vlen + right_from, m * sizeof(uint16_t))
+        if self.fp_child != NULL:
+            memcpy(right.fp_child, self.fp_child + right_from, m * sizeof(uint32_t))
+            # The separator's child (slot right_from - 1) heads the right node.
+            right.fp_child0 = self.fp_child[right_from - 1]
         right.fp_prefix = self.fp_prefix
         right.fp_lcp = self.fp_lcp
         memcpy(right.fp_pfx, self.fp_pfx, FP_PREFIX_INLINE)
@@ -548,6 +577,9 @@ cdef class BTree:
         self.closed = False
         self.protected = False
 
+    def __dealloc__(self):
+        free(self._frames)                   # borrowed pointers: nothing to release
+
     def init_empty(self):
         """Make the root an empty leaf (a new database); it is written at the next flush."""
         cdef Node node = Node(self.root, 0)
@@ -556,11 +588,36 @@ cdef class BTree:
 
     # --- the buffer pool -------------------------------------------------------------
 
+    cdef int _frame_set(self, uint32_t block_no, Node node) except -1:
+        """Mirror pool[block_no] = node in the frame table (grown as needed)."""
+        cdef Py_ssize_t n
+        cdef PyObject **nf
+        if block_no >= self._nframes:
+            n = self._nframes * 2 if self._nframes else 4096
+            while n <= block_no:
+                n *= 2
+            nf = <PyObject **>realloc(self._frames, n * sizeof(PyObject *))
+            if nf == NULL:
+                raise MemoryError()
+            memset(nf + self._nframes, 0, (n - self._nframes) * sizeof(PyObject *))
+            self._frames = nf
+            self._nframes = n
+        self._frames[block_no] = <PyObject *>node
+        return 0
+
+    cdef inline void _frame_clear(self, uint32_t block_no):
+        if block_no < self._nframes:
+            self._frames[block_no] = NULL
+
     cdef Node _get(self, object block_no):
-        # block_no is the int object from a parent's children list (or the root):
-        # passing it through as is saves building a new int for every dict probe.
-        cdef Node node = <Node>self.pool.get(block_no)
-        if node is not None:
+        return self._get_b(<uint32_t>block_no)
+
+    cdef Node _get_b(self, uint32_t block_no):
+        # The frame table answers for every pooled node without an int object or a
+        # dict probe (each one a likely cache miss on a large pool).
+        cdef Node node
+        if block_no < self._nframes and self._frames[block_no] != NULL:
+            node = <Node>self._frames[block_no]
             node.ref = True
             return node
         node = decode_node(self.store.read_image(block_no), block_no, self.db_id,
@@ -569,7 +626,15 @@ cdef class BTree:
             self.evict()
         _untrack(node)
         self.pool[block_no] = node
+        self._frame_set(block_no, node)
         return node
+
+    cdef inline Node _child(self, Node node, Py_ssize_t i):
+        """Child i of an internal node: from its fingerprints' child numbers when
+        valid (no list item or int object to read), else from its children list."""
+        if node.fp_n >= 0:
+            return self._get_b(node.fp_child0 if i == 0 else node.fp_child[i - 1])
+        return self._get(node.children[i])
 
     def node(self, uint32_t block_no):
         """The decoded node of a block (through the pool)."""
@@ -596,12 +661,14 @@ cdef class BTree:
                 second.append(block_no)
                 continue
             del self.pool[block_no]
+            self._frame_clear(node.block_no)
         for block_no in second:
             if len(self.pool) <= target:
                 break
             node = <Node>self.pool.get(block_no)
             if node is not None and not node.dirty and not node.ref:
                 del self.pool[block_no]
+                self._frame_clear(node.block_no)
 
     cdef void _touch_dirty(self, Node node):
         # Not a place to drop search fingerprints: a value replacement keeps the keys.
@@ -616,6 +683,7 @@ cdef class BTree:
         node.ref = True
         self.dirty[node.block_no] = node
         self.pool[node.block_no] = node
+        self._frame_set(node.block_no, node)
 
     cdef Node _new_node(self, int level):
         cdef Node node = Node(self.store.allocate(), level)
@@ -627,6 +695,7 @@ cdef class BTree:
     cdef void _free_node(self, Node node):
         self._shape += 1
         self.pool.pop(node.block_no, None)
+        self._frame_clear(node.block_no)
         self.dirty.pop(node.block_no, None)
         node.dirty = False
         self.store.free(node.block_no)
@@ -656,6 +725,7 @@ cdef class BTree:
         for block_no, node in list(self.pool.items()):
             if not node.dirty:
                 del self.pool[block_no]
+                self._frame_clear(node.block_no)
 
     # --- values ----------------------------------------------------------------------
 
@@ -729,7 +799,7 @@ cdef class BTree:
         cdef Node node = self._get(self.root)
         cdef Py_ssize_t i
         while node.level > 0:
-            node = self._get(node.children[_child_index(node, key)])
+            node = self._child(node, _child_index(node, key))
         cdef int exact
         i = _node_search(node, key, False, &exact)
         if exact == 1:
@@ -769,7 +839,7 @@ cdef class BTree:
                         lo = <bytes>node.keys[i]
                     if i + 1 < len(node.keys):
                         hi = <bytes>node.keys[i + 1]
-                node = self._get(node.children[i])
+                node = self._child(node, i)
             if self._hint_want:
                 self._hint = node
                 self._hint_lo = lo
@@ -796,7 +866,7 @@ cdef class BTree:
             _list_insert(node.keys, i, key)
             _list_insert(node.vals, i, stored)
             node.nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(stored)
-            node._fp_insert(i, key, PyBytes_GET_SIZE(stored))
+            node._fp_insert(i, key, PyBytes_GET_SIZE(stored), 0)
         # Keys arriving in order show as a hint hit, a second key in the same leaf or
         # an entry at either end of it: then the next descent records the hint.
         self._hint_want = (hit or node is self._last_leaf or i == 0
@@ -834,7 +904,7 @@ cdef class BTree:
                 _list_insert((<Node>parent).keys, i, sep)
                 _list_insert((<Node>parent).children, i, (<Node>right).block_no)
                 (<Node>parent).nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
-                (<Node>parent)._fp_insert(i, sep, 0)
+                (<Node>parent)._fp_insert(i, sep, 0, (<Node>right).block_no)
                 self._touch_dirty(<Node>parent)
                 node = <Node>parent
             else:
