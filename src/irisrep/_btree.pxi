@@ -8,6 +8,11 @@
 # level 0 and every non-root node holds at least one entry; keys are compared as
 # bytes, so the key codec's encoding decides the order.
 #
+# In memory a node keeps its entries in Python lists, beside C arrays of search
+# fingerprints (with value lengths and, for internal nodes, child block numbers),
+# and the pool's dict is mirrored by a frame table of borrowed pointers by block
+# number: a random descent then reads no int object, dict or separator key.
+#
 # The tree never writes a file itself: it marks nodes dirty and hands images to the
 # block store, and a flush cycle (Database) writes a consistent set of them. That is
 # the seam the write image journal hooks into.
