@@ -52,6 +52,7 @@ cdef class Node:
     cdef uint64_t *fp
     cdef uint16_t *fp_len           # key lengths after the prefix: ties without a memcmp
     cdef uint16_t *fp_vlen          # leaf: value lengths (a split sizes halves from these)
+    cdef bint fp_vlen_ok            # fp_vlen is filled (a leaf's build leaves it to _split)
     cdef uint32_t *fp_child         # internal: children[1:] as block numbers (else NULL)
     cdef uint32_t fp_child0         # internal: children[0] while the fingerprints are valid
     cdef Py_ssize_t fp_n

@@ -413,13 +413,15 @@ cdef class Node:
             self.fp[i] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(k) + lcp,
                                       PyBytes_GET_SIZE(k) - lcp)
             self.fp_len[i] = <uint16_t>(PyBytes_GET_SIZE(k) - lcp)
-            if self.level == 0:
-                self.fp_vlen[i] = <uint16_t>PyBytes_GET_SIZE(<bytes>self.vals[i])
-            else:
+            if self.level > 0:
                 self.fp_vlen[i] = 0
                 self.fp_child[i] = <uint32_t>self.children[base + i]
         if self.level > 0:
             self.fp_child0 = <uint32_t>self.children[0]
+        # A leaf's value lengths are filled by its first split (_split), not here: a
+        # build serves searches, and reading every value object would cost a node
+        # that is only read (a GET load) a cache miss per entry for nothing.
+        self.fp_vlen_ok = self.level > 0
         self.fp_prefix = first[:lcp]
         self.fp_lcp = lcp
         if lcp <= FP_PREFIX_INLINE:
@@ -479,6 +481,7 @@ cdef class Node:
         right.fp_lcp = self.fp_lcp
         memcpy(right.fp_pfx, self.fp_pfx, FP_PREFIX_INLINE)
         right.fp_base = self.fp_base
+        right.fp_vlen_ok = self.fp_vlen_ok
         right.fp_reads = 0
         right.fp_n = m
         self.fp_n = left_n
@@ -943,6 +946,12 @@ cdef class BTree:
         cdef Node right = self._new_node(node.level)
         cdef bytes sep
         self._shape += 1
+        if fast and not node.fp_vlen_ok:
+            # Once per leaf (and its halves after it): the value lengths a build
+            # left out. Internal nodes have none (fp_vlen_ok from their build).
+            for j in range(node.fp_n):
+                node.fp_vlen[j] = <uint16_t>PyBytes_GET_SIZE(<bytes>node.vals[j])
+            node.fp_vlen_ok = True
         for i in range(n):
             if fast:
                 j = i - base
