@@ -1,4 +1,5 @@
 # Declarations for _btree.pxi: block images, B+tree nodes, the tree and its cursor.
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -50,6 +51,10 @@ cdef class Node:
     # one bytes object per probe. Valid only while fp_n >= 0; any change drops it.
     cdef uint64_t *fp
     cdef uint16_t *fp_len           # key lengths after the prefix: ties without a memcmp
+    cdef uint16_t *fp_vlen          # leaf: value lengths (a split sizes halves from these)
+    cdef bint fp_vlen_ok            # fp_vlen is filled (a leaf's build leaves it to _split)
+    cdef uint32_t *fp_child         # internal: children[1:] as block numbers (else NULL)
+    cdef uint32_t fp_child0         # internal: children[0] while the fingerprints are valid
     cdef Py_ssize_t fp_n
     cdef Py_ssize_t fp_base         # 1 for internal nodes (keys[0] is -inf), 0 for leaves
     cdef bytes fp_prefix            # the common prefix of keys[fp_base:]
@@ -58,17 +63,19 @@ cdef class Node:
     # other object before the fingerprints (each one a likely cache miss).
     cdef unsigned char fp_pfx[32]  # FP_PREFIX_INLINE in _btree.pxi
     cdef int fp_reads               # searches since the last change
-    cdef Py_ssize_t fp_cap          # allocated slots in fp and fp_len
+    cdef Py_ssize_t fp_cap          # allocated slots in fp, fp_len and fp_vlen
     cdef void _changed(self)
     cdef void _fp_build(self)
-    cdef void _fp_insert(self, Py_ssize_t i, bytes key)
+    cdef bint _fp_alloc(self, Py_ssize_t cap)
+    cdef void _fp_split(self, Node right, Py_ssize_t left_n, Py_ssize_t right_from)
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key, Py_ssize_t vlen, uint32_t child)
 
 
 cdef class BTree:
     cdef public object store        # BlockStore: allocate/free/read_image/put_image
     cdef public uint32_t db_id
     cdef public uint32_t root       # root block number
-    cdef public dict pool           # block_no -> Node, bounded by capacity (clean ones)
+    cdef readonly dict pool         # block_no -> Node, bounded by capacity (clean ones)
     cdef public dict dirty          # block_no -> Node changed since the last flush
     cdef public Py_ssize_t capacity  # pool size in blocks
     cdef public uint64_t mod_count  # bumped by every structural or value change
@@ -81,11 +88,23 @@ cdef class BTree:
     cdef bytes _hint_lo, _hint_hi
     cdef uint32_t _hint_root
     cdef uint64_t _hint_shape
+    # Record the hint at the next descent (see set): keys seemed to arrive in order.
+    cdef bint _hint_want
+    cdef Node _last_leaf            # the leaf of the last set() (same-leaf detection)
     cdef uint64_t _shape            # bumped by every split, merge, free and range kill
+    # The pool again as a table by block number of borrowed Node pointers (the dict
+    # holds the references): _frames[b] is pool[b] or NULL. Every change to the pool
+    # goes through _frame_set/_frame_clear too (pool is readonly outside for this).
+    cdef PyObject **_frames
+    cdef Py_ssize_t _nframes
     cpdef object get(self, bytes key)
     cpdef object set(self, bytes key, bytes value, uint64_t position=*, bint want_old=*)
     cpdef object load_value(self, bytes stored)
     cdef Node _get(self, object block_no)
+    cdef Node _get_b(self, uint32_t block_no)
+    cdef Node _child(self, Node node, Py_ssize_t i)
+    cdef int _frame_set(self, uint32_t block_no, Node node) except -1
+    cdef void _frame_clear(self, uint32_t block_no)
     cdef bytes _store_value(self, bytes value)
     cdef void _touch_dirty(self, Node node)
     cdef Node _new_node(self, int level)

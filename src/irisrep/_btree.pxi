@@ -8,10 +8,17 @@
 # level 0 and every non-root node holds at least one entry; keys are compared as
 # bytes, so the key codec's encoding decides the order.
 #
+# In memory a node keeps its entries in Python lists, beside C arrays of search
+# fingerprints (with value lengths and, for internal nodes, child block numbers),
+# and the pool's dict is mirrored by a frame table of borrowed pointers by block
+# number: a random descent then reads no int object, dict or separator key.
+#
 # The tree never writes a file itself: it marks nodes dirty and hands images to the
 # block store, and a flush cycle (Database) writes a consistent set of them. That is
 # the seam the write image journal hooks into.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_Append, PyList_GET_SIZE, PyList_New
+from cpython.object cimport PyObject
 cimport cython
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
@@ -38,6 +45,40 @@ cdef bytes MINUS_INF = b""
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
     bint _PyObject_GC_IS_TRACKED "PyObject_GC_IsTracked"(object op)
+    ctypedef struct PyListObject:
+        PyObject **ob_item
+    void Py_SET_SIZE(object o, Py_ssize_t size)
+
+
+cdef list _list_cut(list lst, Py_ssize_t i):
+    """lst[i:] as a new list, removed from lst: the references move, untouched.
+
+    A slice and a del would incref and decref every moved object, each one a likely
+    cache miss on a large pool; here only the pointers are copied.
+    """
+    cdef Py_ssize_t n = PyList_GET_SIZE(lst)
+    cdef list out = PyList_New(n - i)
+    memcpy((<PyListObject *>out).ob_item, (<PyListObject *>lst).ob_item + i,
+           (n - i) * sizeof(PyObject *))
+    Py_SET_SIZE(lst, i)                      # lst no longer owns them: out does
+    return out
+
+
+cdef inline int _list_insert(list lst, Py_ssize_t i, object item) except -1:
+    """lst.insert(i, item) with one memmove of the tail.
+
+    CPython's own insert moves the tail one pointer at a time; on a random load the
+    two leaf lists' tails (~100 pointers each) were a tenth of a SET.
+    """
+    cdef Py_ssize_t n
+    cdef PyObject **items
+    PyList_Append(lst, item)                 # grows the list (amortised), owns a ref
+    n = PyList_GET_SIZE(lst)
+    if i < n - 1:
+        items = (<PyListObject *>lst).ob_item
+        memmove(items + i + 1, items + i, (n - 1 - i) * sizeof(PyObject *))
+        items[i] = <PyObject *>item          # the reference taken by the append
+    return 0
 
 
 cdef inline void _untrack(Node node):
@@ -273,19 +314,24 @@ cdef class Node:
         self.position = 0
         self.fp = NULL
         self.fp_len = NULL
+        self.fp_vlen = NULL
+        self.fp_child = NULL
         self.fp_n = -1
 
     def __dealloc__(self):
         free(self.fp)
         free(self.fp_len)
+        free(self.fp_vlen)
+        free(self.fp_child)
 
     cdef void _changed(self):
         """Keys changed: the fingerprints are stale."""
         self.fp_n = -1
         self.fp_reads = 0
 
-    cdef void _fp_insert(self, Py_ssize_t i, bytes key):
-        """keys[i] was just inserted: keep the fingerprints valid if that is cheap.
+    cdef void _fp_insert(self, Py_ssize_t i, bytes key, Py_ssize_t vlen, uint32_t child):
+        """keys[i] (a leaf: with a value of vlen bytes; internal: with child) was just
+        inserted: keep the fingerprints valid if that is cheap.
 
         A key that starts with the common prefix slots its fingerprint in with a
         memmove (the prefix stays common to all, which is all a search needs); one
@@ -295,6 +341,8 @@ cdef class Node:
         cdef Py_ssize_t lcp = PyBytes_GET_SIZE(self.fp_prefix) if self.fp_n >= 0 else 0
         cdef uint64_t *nfp
         cdef uint16_t *nlen
+        cdef uint16_t *nvlen
+        cdef uint32_t *nchild
         if self.fp_n < 0:
             return
         if (j < 0 or j > self.fp_n or PyBytes_GET_SIZE(key) < lcp
@@ -314,9 +362,27 @@ cdef class Node:
                 self._changed()
                 return
             self.fp_len = nlen
+            nvlen = <uint16_t *>realloc(self.fp_vlen, (self.fp_cap * 2) * sizeof(uint16_t))
+            if nvlen == NULL:
+                self._changed()
+                return
+            self.fp_vlen = nvlen
+            if self.fp_child != NULL:
+                nchild = <uint32_t *>realloc(self.fp_child,
+                                             (self.fp_cap * 2) * sizeof(uint32_t))
+                if nchild == NULL:
+                    self._changed()
+                    return
+                self.fp_child = nchild
             self.fp_cap *= 2
         memmove(self.fp + j + 1, self.fp + j, (self.fp_n - j) * sizeof(uint64_t))
         memmove(self.fp_len + j + 1, self.fp_len + j, (self.fp_n - j) * sizeof(uint16_t))
+        memmove(self.fp_vlen + j + 1, self.fp_vlen + j, (self.fp_n - j) * sizeof(uint16_t))
+        self.fp_vlen[j] = <uint16_t>vlen
+        if self.fp_child != NULL:
+            memmove(self.fp_child + j + 1, self.fp_child + j,
+                    (self.fp_n - j) * sizeof(uint32_t))
+            self.fp_child[j] = child
         self.fp[j] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(key) + lcp,
                                   PyBytes_GET_SIZE(key) - lcp)
         self.fp_len[j] = <uint16_t>(PyBytes_GET_SIZE(key) - lcp)
@@ -340,24 +406,85 @@ cdef class Node:
         lcp = 0
         while lcp < la and lcp < lb and a[lcp] == b[lcp]:
             lcp += 1
-        free(self.fp)
-        free(self.fp_len)
-        self.fp_cap = n + 32
-        self.fp = <uint64_t *>malloc(self.fp_cap * sizeof(uint64_t))
-        self.fp_len = <uint16_t *>malloc(self.fp_cap * sizeof(uint16_t))
-        if self.fp == NULL or self.fp_len == NULL:
-            raise MemoryError()
+        if not self._fp_alloc(n + 32):
+            return
         for i in range(n):
             k = <bytes>self.keys[base + i]
             self.fp[i] = _fingerprint(<const unsigned char *>PyBytes_AS_STRING(k) + lcp,
                                       PyBytes_GET_SIZE(k) - lcp)
             self.fp_len[i] = <uint16_t>(PyBytes_GET_SIZE(k) - lcp)
+            if self.level > 0:
+                self.fp_vlen[i] = 0
+                self.fp_child[i] = <uint32_t>self.children[base + i]
+        if self.level > 0:
+            self.fp_child0 = <uint32_t>self.children[0]
+        # A leaf's value lengths are filled by its first split (_split), not here: a
+        # build serves searches, and reading every value object would cost a node
+        # that is only read (a GET load) a cache miss per entry for nothing.
+        self.fp_vlen_ok = self.level > 0
         self.fp_prefix = first[:lcp]
         self.fp_lcp = lcp
         if lcp <= FP_PREFIX_INLINE:
             memcpy(self.fp_pfx, a, lcp)
         self.fp_base = base
         self.fp_n = n
+
+    cdef bint _fp_alloc(self, Py_ssize_t cap):
+        """Fresh (invalid) fingerprint arrays of cap slots; False (none) without memory."""
+        free(self.fp)
+        free(self.fp_len)
+        free(self.fp_vlen)
+        free(self.fp_child)
+        self.fp_n = -1
+        self.fp_cap = cap
+        self.fp = <uint64_t *>malloc(cap * sizeof(uint64_t))
+        self.fp_len = <uint16_t *>malloc(cap * sizeof(uint16_t))
+        self.fp_vlen = <uint16_t *>malloc(cap * sizeof(uint16_t))
+        # Internal nodes only: the descent reads child numbers from here.
+        self.fp_child = <uint32_t *>malloc(cap * sizeof(uint32_t)) if self.level > 0 else NULL
+        if (self.fp == NULL or self.fp_len == NULL or self.fp_vlen == NULL
+                or (self.level > 0 and self.fp_child == NULL)):
+            free(self.fp)
+            free(self.fp_len)
+            free(self.fp_vlen)
+            free(self.fp_child)
+            self.fp = NULL
+            self.fp_len = NULL
+            self.fp_vlen = NULL
+            self.fp_child = NULL
+            self.fp_cap = 0
+            return False
+        return True
+
+    cdef void _fp_split(self, Node right, Py_ssize_t left_n, Py_ssize_t right_from):
+        """Hand fingerprints [right_from:] to right (a new sibling) and keep [:left_n].
+
+        A split keeps both halves' fingerprints valid instead of rebuilding them: a
+        rebuild reads every key object (a cache miss each) and a split comes every
+        few dozen inserts of a random load. The common prefix of the whole node is
+        still common to each half (maybe not the longest, which a search does not
+        need). An internal split drops the separator's slot between the two.
+        """
+        cdef Py_ssize_t m = self.fp_n - right_from
+        if self.fp_n < 0 or m < 0 or not right._fp_alloc(m + 32):
+            self._changed()
+            right._changed()
+            return
+        memcpy(right.fp, self.fp + right_from, m * sizeof(uint64_t))
+        memcpy(right.fp_len, self.fp_len + right_from, m * sizeof(uint16_t))
+        memcpy(right.fp_vlen, self.fp_vlen + right_from, m * sizeof(uint16_t))
+        if self.fp_child != NULL:
+            memcpy(right.fp_child, self.fp_child + right_from, m * sizeof(uint32_t))
+            # The separator's child (slot right_from - 1) heads the right node.
+            right.fp_child0 = self.fp_child[right_from - 1]
+        right.fp_prefix = self.fp_prefix
+        right.fp_lcp = self.fp_lcp
+        memcpy(right.fp_pfx, self.fp_pfx, FP_PREFIX_INLINE)
+        right.fp_base = self.fp_base
+        right.fp_vlen_ok = self.fp_vlen_ok
+        right.fp_reads = 0
+        right.fp_n = m
+        self.fp_n = left_n
 
     def encode(self, uint32_t db_id):
         """The sealed 8 KiB image of this node."""
@@ -458,6 +585,9 @@ cdef class BTree:
         self.closed = False
         self.protected = False
 
+    def __dealloc__(self):
+        free(self._frames)                   # borrowed pointers: nothing to release
+
     def init_empty(self):
         """Make the root an empty leaf (a new database); it is written at the next flush."""
         cdef Node node = Node(self.root, 0)
@@ -466,11 +596,36 @@ cdef class BTree:
 
     # --- the buffer pool -------------------------------------------------------------
 
+    cdef int _frame_set(self, uint32_t block_no, Node node) except -1:
+        """Mirror pool[block_no] = node in the frame table (grown as needed)."""
+        cdef Py_ssize_t n
+        cdef PyObject **nf
+        if block_no >= self._nframes:
+            n = self._nframes * 2 if self._nframes else 4096
+            while n <= block_no:
+                n *= 2
+            nf = <PyObject **>realloc(self._frames, n * sizeof(PyObject *))
+            if nf == NULL:
+                raise MemoryError()
+            memset(nf + self._nframes, 0, (n - self._nframes) * sizeof(PyObject *))
+            self._frames = nf
+            self._nframes = n
+        self._frames[block_no] = <PyObject *>node
+        return 0
+
+    cdef inline void _frame_clear(self, uint32_t block_no):
+        if block_no < self._nframes:
+            self._frames[block_no] = NULL
+
     cdef Node _get(self, object block_no):
-        # block_no is the int object from a parent's children list (or the root):
-        # passing it through as is saves building a new int for every dict probe.
-        cdef Node node = <Node>self.pool.get(block_no)
-        if node is not None:
+        return self._get_b(<uint32_t>block_no)
+
+    cdef Node _get_b(self, uint32_t block_no):
+        # The frame table answers for every pooled node without an int object or a
+        # dict probe (each one a likely cache miss on a large pool).
+        cdef Node node
+        if block_no < self._nframes and self._frames[block_no] != NULL:
+            node = <Node>self._frames[block_no]
             node.ref = True
             return node
         node = decode_node(self.store.read_image(block_no), block_no, self.db_id,
@@ -479,7 +634,15 @@ cdef class BTree:
             self.evict()
         _untrack(node)
         self.pool[block_no] = node
+        self._frame_set(block_no, node)
         return node
+
+    cdef inline Node _child(self, Node node, Py_ssize_t i):
+        """Child i of an internal node: from its fingerprints' child numbers when
+        valid (no list item or int object to read), else from its children list."""
+        if node.fp_n >= 0:
+            return self._get_b(node.fp_child0 if i == 0 else node.fp_child[i - 1])
+        return self._get(node.children[i])
 
     def node(self, uint32_t block_no):
         """The decoded node of a block (through the pool)."""
@@ -506,12 +669,14 @@ cdef class BTree:
                 second.append(block_no)
                 continue
             del self.pool[block_no]
+            self._frame_clear(node.block_no)
         for block_no in second:
             if len(self.pool) <= target:
                 break
             node = <Node>self.pool.get(block_no)
             if node is not None and not node.dirty and not node.ref:
                 del self.pool[block_no]
+                self._frame_clear(node.block_no)
 
     cdef void _touch_dirty(self, Node node):
         # Not a place to drop search fingerprints: a value replacement keeps the keys.
@@ -526,6 +691,7 @@ cdef class BTree:
         node.ref = True
         self.dirty[node.block_no] = node
         self.pool[node.block_no] = node
+        self._frame_set(node.block_no, node)
 
     cdef Node _new_node(self, int level):
         cdef Node node = Node(self.store.allocate(), level)
@@ -537,6 +703,7 @@ cdef class BTree:
     cdef void _free_node(self, Node node):
         self._shape += 1
         self.pool.pop(node.block_no, None)
+        self._frame_clear(node.block_no)
         self.dirty.pop(node.block_no, None)
         node.dirty = False
         self.store.free(node.block_no)
@@ -566,6 +733,7 @@ cdef class BTree:
         for block_no, node in list(self.pool.items()):
             if not node.dirty:
                 del self.pool[block_no]
+                self._frame_clear(node.block_no)
 
     # --- values ----------------------------------------------------------------------
 
@@ -639,7 +807,7 @@ cdef class BTree:
         cdef Node node = self._get(self.root)
         cdef Py_ssize_t i
         while node.level > 0:
-            node = self._get(node.children[_child_index(node, key)])
+            node = self._child(node, _child_index(node, key))
         cdef int exact
         i = _node_search(node, key, False, &exact)
         if exact == 1:
@@ -660,26 +828,34 @@ cdef class BTree:
         cdef int exact
         cdef bytes stored = self._store_value(value), old = None, old_stored
         cdef bytes lo = None, hi = None
+        cdef bint hit = (node is not None and node.dirty and self._hint_shape == self._shape
+                         and self._hint_root == self.root
+                         and (self._hint_lo is None or _cmp(self._hint_lo, key) <= 0)
+                         and (self._hint_hi is None or _cmp(key, self._hint_hi) < 0))
         # No path is kept on the way down (a list and a tuple per level, for the one
         # insert in a hundred that splits): _split_up walks down again when needed.
-        if not (node is not None and node.dirty and self._hint_shape == self._shape
-                and self._hint_root == self.root
-                and (self._hint_lo is None or _cmp(self._hint_lo, key) <= 0)
-                and (self._hint_hi is None or _cmp(key, self._hint_hi) < 0)):
+        if not hit:
             node = self._get(self.root)
             while node.level > 0:
                 i = _child_index(node, key)
                 # Child i holds [keys[i], keys[i+1]); keys[0] stands for the parent's low.
-                if i > 0:
-                    lo = <bytes>node.keys[i]
-                if i + 1 < len(node.keys):
-                    hi = <bytes>node.keys[i + 1]
-                node = self._get(node.children[i])
-            self._hint = node
-            self._hint_lo = lo
-            self._hint_hi = hi
-            self._hint_root = self.root
-            self._hint_shape = self._shape
+                # The bounds are taken only while keys arrive in order: on a random
+                # load they are two cache misses per level (the separators' objects)
+                # for a hint that the next key almost never falls into.
+                if self._hint_want:
+                    if i > 0:
+                        lo = <bytes>node.keys[i]
+                    if i + 1 < len(node.keys):
+                        hi = <bytes>node.keys[i + 1]
+                node = self._child(node, i)
+            if self._hint_want:
+                self._hint = node
+                self._hint_lo = lo
+                self._hint_hi = hi
+                self._hint_root = self.root
+                self._hint_shape = self._shape
+            else:
+                self._hint = None
         # The fingerprints usually decide equality without touching the key objects
         # (on a random load the probe of keys[i] was the costliest cache miss here).
         i = _node_search(node, key, False, &exact)
@@ -688,15 +864,22 @@ cdef class BTree:
         if exact:
             old_stored = <bytes>node.vals[i]
             node.vals[i] = stored
+            if node.fp_n >= 0:
+                node.fp_vlen[i] = <uint16_t>PyBytes_GET_SIZE(stored)   # a leaf: base 0
             node.nbytes += PyBytes_GET_SIZE(stored) - PyBytes_GET_SIZE(old_stored)
             # Read the old value in full before its overflow chain goes back.
             old = self.load_value(old_stored) if want_old else old_stored
             self._free_value(old_stored)
         else:
-            node.keys.insert(i, key)
-            node.vals.insert(i, stored)
+            _list_insert(node.keys, i, key)
+            _list_insert(node.vals, i, stored)
             node.nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(stored)
-            node._fp_insert(i, key)
+            node._fp_insert(i, key, PyBytes_GET_SIZE(stored), 0)
+        # Keys arriving in order show as a hint hit, a second key in the same leaf or
+        # an entry at either end of it: then the next descent records the hint.
+        self._hint_want = (hit or node is self._last_leaf or i == 0
+                           or i >= len(node.keys) - 1)
+        self._last_leaf = node
         node.position = position
         self._touch_dirty(node)
         self.mod_count += 1
@@ -726,10 +909,10 @@ cdef class BTree:
             if path:
                 parent, i = path.pop()
                 i += 1
-                (<Node>parent).keys.insert(i, sep)
-                (<Node>parent).children.insert(i, (<Node>right).block_no)
+                _list_insert((<Node>parent).keys, i, sep)
+                _list_insert((<Node>parent).children, i, (<Node>right).block_no)
                 (<Node>parent).nbytes += ENTRY_OVERHEAD + PyBytes_GET_SIZE(sep)
-                (<Node>parent)._fp_insert(i, sep)
+                (<Node>parent)._fp_insert(i, sep, 0, (<Node>right).block_no)
                 self._touch_dirty(<Node>parent)
                 node = <Node>parent
             else:
@@ -749,17 +932,37 @@ cdef class BTree:
         When the entry that overflowed the node is its last one (keys arriving in
         order), the left node keeps SPLIT_APPEND_SHARE of the bytes instead of half,
         so that an ordered load leaves full blocks behind, not half-empty ones.
+
+        With valid fingerprints no key or value object is touched: the entry sizes
+        come from the fingerprint arrays, the list tails move as raw references and
+        the fingerprints are split, not rebuilt (on a random load a split comes every
+        few dozen inserts, and each object touched is a likely cache miss).
         """
-        cdef Py_ssize_t n = len(node.keys), i, acc = 0, sz
+        cdef Py_ssize_t n = len(node.keys), i, j, acc = 0, sz
         cdef Py_ssize_t half = (node.nbytes * SPLIT_APPEND_PERCENT // 100 if appending
                                 else node.nbytes // 2)
+        cdef Py_ssize_t base = node.fp_base
+        cdef bint fast = node.fp_n >= 0 and node.fp_n + base == n
         cdef Node right = self._new_node(node.level)
         cdef bytes sep
         self._shape += 1
+        if fast and not node.fp_vlen_ok:
+            # Once per leaf (and its halves after it): the value lengths a build
+            # left out. Internal nodes have none (fp_vlen_ok from their build).
+            for j in range(node.fp_n):
+                node.fp_vlen[j] = <uint16_t>PyBytes_GET_SIZE(<bytes>node.vals[j])
+            node.fp_vlen_ok = True
         for i in range(n):
-            sz = ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[i])
-            if node.level == 0:
-                sz += PyBytes_GET_SIZE(<bytes>node.vals[i])
+            if fast:
+                j = i - base
+                if j < 0:
+                    sz = ENTRY_OVERHEAD              # an internal node's -inf key
+                else:
+                    sz = ENTRY_OVERHEAD + node.fp_lcp + node.fp_len[j] + node.fp_vlen[j]
+            else:
+                sz = ENTRY_OVERHEAD + PyBytes_GET_SIZE(<bytes>node.keys[i])
+                if node.level == 0:
+                    sz += PyBytes_GET_SIZE(<bytes>node.vals[i])
             if acc + sz > half and i > 0:
                 break
             acc += sz
@@ -768,26 +971,29 @@ cdef class BTree:
         if i < 1:
             i = 1
         sep = <bytes>node.keys[i]
-        right.keys = node.keys[i:]
-        del node.keys[i:]
+        right.keys = _list_cut(node.keys, i)
         if node.level == 0:
-            right.vals = node.vals[i:]
-            del node.vals[i:]
+            right.vals = _list_cut(node.vals, i)
             right.nbytes = node.nbytes - acc
+            if fast:
+                node._fp_split(right, i, i)
         else:
-            right.children = node.children[i:]
-            del node.children[i:]
+            right.children = _list_cut(node.children, i)
             # The right node's first key becomes -inf; the separator moves up.
             right.keys[0] = MINUS_INF
             right.nbytes = node.nbytes - acc - PyBytes_GET_SIZE(sep)
+            if fast:
+                # Left keeps keys[1:i], right keys[i+1:]: the separator's slot goes.
+                node._fp_split(right, i - 1, i)
         node.nbytes = acc
         right.position = node.position
-        # The slices are new lists, tracked by the collector; a dirty node's next
-        # touch does not untrack them, and a random load would leave thousands of
-        # them for every collection to walk (a cache miss per key).
+        # The new lists are tracked by the collector; a dirty node's next touch does
+        # not untrack them, and a random load would leave thousands of them for every
+        # collection to walk (a cache miss per key).
         _untrack(right)
-        node._changed()
-        right._changed()
+        if not fast:
+            node._changed()
+            right._changed()
         self._touch_dirty(node)
         return sep, right
 

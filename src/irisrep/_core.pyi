@@ -109,7 +109,8 @@ class BTree:
     store: Any  # irisrep.blockstore.BlockStore (or a test double)
     db_id: int
     root: int
-    pool: dict[int, Node]
+    @property
+    def pool(self) -> dict[int, Node]: ...  # read-only: mirrored by the frame table
     dirty: dict[int, Node]
     capacity: int
     mod_count: int
