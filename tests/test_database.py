@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 
 import pytest
@@ -348,3 +349,50 @@ def test_protected_database_refuses_writes_and_changes_nothing(tmp_path):
             db.tstart()  # a TSTART record would fork a backup's journal
         assert db.tlevel == 0
         assert db.globals["myfirstglobal"][()] == "what next?"
+
+
+def test_a_freed_overflow_block_reused_in_the_same_cycle(tmp_path):
+    """Regression: an overflow block freed and handed out again (as a tree node)
+    before the next cycle kept its dead overflow image pending beside the node's
+    image; the cycle then had two images of one block and the WIJ stopped the
+    database (DurabilityError)."""
+    db = irisrep.open(tmp_path, write_daemon=False)
+    g = db.globals["t"]
+    g[1] = "x" * 20_000  # an overflow chain
+    g[1] = "small"  # frees it (its images still wait for the cycle)
+    for i in range(2000):
+        g[i, "k" * 40] = i  # splits take the freed blocks as tree nodes
+    db.flush()
+    db.close()
+    with irisrep.open(tmp_path) as db:
+        assert db.globals["t"][1] == "small" and db.globals["t"][1999, "k" * 40] == 1999
+    assert all(r.ok for r in irisrep.check_integrity(tmp_path))
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_random_large_values_with_a_small_pool(tmp_path, seed):
+    """Sets of values from empty to several overflow blocks, kills and reads, with a
+    pool far smaller than the tree (eviction and block reuse in every cycle)."""
+    rng = random.Random(seed)
+    db = irisrep.open(tmp_path, pool_blocks=256, write_daemon=False)
+    g = db.globals["fz"]
+    model = {}
+    for step in range(12_000):
+        if step % 3000 == 2999:
+            db.flush()
+        r = rng.random()
+        k = (rng.randrange(2000), rng.choice(["a", "bb" * rng.randrange(1, 30), "z"]))
+        if r < 0.75:
+            v = "x" * rng.choice([0, 1, 50, 300, 2000, 9000])
+            g[k] = v
+            model[k] = v
+        elif r < 0.8:
+            g.kill((k[0],))
+            for kk in [kk for kk in model if kk[0] == k[0]]:
+                del model[kk]
+        else:
+            assert g.get(k) == model.get(k)
+    db.close()
+    assert all(r.ok for r in irisrep.check_integrity(tmp_path))
+    with irisrep.open(tmp_path) as db:
+        assert dict(db.globals["fz"].items()) == model

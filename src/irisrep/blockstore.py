@@ -289,7 +289,13 @@ class BlockStore(StoreFile):
             self.free_count -= 1
             if entries:
                 self._trunk_dirty = True
-                return entries.pop()
+                block_no = entries.pop()
+                # Freed since the last cycle, it may still have an image waiting (an
+                # overflow block of a value since replaced): dead now. Its new owner
+                # writes it; two images of one block in a cycle would stop the
+                # database (the WIJ refuses them), and the stale one could win.
+                self.pending.pop(block_no, None)
+                return block_no
             # An empty head trunk is itself the block handed out; the next trunk
             # becomes the head.
             block_no = self.free_head
