@@ -126,6 +126,44 @@ def check_database_name(name: object) -> str:
     return canonical
 
 
+def create_database_file(
+    fs, file_path: str, db_id: int, checkpoint: int, *, direct: str = "optional"
+) -> None:
+    """An empty database file at `file_path`, durable before it has that name (made
+    under a temporary name, synced, renamed: the rename fsyncs the directory).
+    `checkpoint`: the journal position its image stands for."""
+    tmp = file_path + CREATE_SUFFIX
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    store = BlockStore(fs, tmp, create=True, direct=direct, db_id=db_id)
+    store.checkpoint = store.txn_floor = checkpoint
+    try:
+        tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
+        tree.init_empty()
+        images = tree.take_dirty() + store.take_pending() + [(0, store.header_image())]
+        store.write_images(sorted(images))
+        store.sync()
+    finally:
+        store.close()
+    crashpoints.hit("create_before_rename")
+    fs.rename(tmp, file_path)
+
+
+def write_catalog_file(fs, path: str, catalog: dict[str, dict]) -> None:
+    """databases.json whole or not at all: a temporary file made durable, then
+    renamed (the rename fsyncs the directory); a crash leaves the old or the new."""
+    tmp = path + CREATE_SUFFIX
+    data = json.dumps({"version": 1, "databases": catalog}, sort_keys=True, indent=1)
+    f = fs.open(tmp, create=True, direct="disabled")
+    try:
+        f.truncate(0)
+        f.pwrite(0, data.encode())
+        f.fsync()
+    finally:
+        f.close()
+    fs.rename(tmp, path)
+
+
 def database_id(name: str) -> int:
     """The id a new database file gets and its journal records carry: derived from
     the (canonical) name, so that the primary's `SALES` and every member's copy of it
@@ -391,21 +429,7 @@ class Database:
         DB.dat, so open never has to guess. `checkpoint`: the journal position it
         starts at (nothing before it can concern a database that did not exist).
         """
-        tmp = file_path + CREATE_SUFFIX
-        if self.fs.exists(tmp):
-            self.fs.remove(tmp)
-        store = BlockStore(self.fs, tmp, create=True, direct=direct, db_id=db_id)
-        store.checkpoint = store.txn_floor = checkpoint
-        try:
-            tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
-            tree.init_empty()
-            images = tree.take_dirty() + store.take_pending() + [(0, store.header_image())]
-            store.write_images(sorted(images))
-            store.sync()
-        finally:
-            store.close()
-        crashpoints.hit("create_before_rename")
-        self.fs.rename(tmp, file_path)  # fsyncs the directory
+        create_database_file(self.fs, file_path, db_id, checkpoint, direct=direct)
 
     # --- the instance's databases ----------------------------------------------------
 
@@ -439,16 +463,7 @@ class Database:
     def _write_catalog(self, catalog: dict[str, dict]) -> None:
         """Whole or not at all: a temporary file made durable, then renamed (the
         rename fsyncs the directory). A crash leaves the old catalog or the new."""
-        tmp = self.catalog_path + CREATE_SUFFIX
-        data = json.dumps({"version": 1, "databases": catalog}, sort_keys=True, indent=1)
-        f = self.fs.open(tmp, create=True, direct="disabled")
-        try:
-            f.truncate(0)
-            f.pwrite(0, data.encode())
-            f.fsync()
-        finally:
-            f.close()
-        self.fs.rename(tmp, self.catalog_path)
+        write_catalog_file(self.fs, self.catalog_path, catalog)
         self._catalog = catalog
 
     def _open_child(self, name: str, *, create: bool) -> Database:

@@ -720,33 +720,16 @@ def _check_manifest(sums: np.ndarray, seen: np.ndarray, last: BackupInfo, sec) -
 def _create_empty(fs, staging: str, name: str, db_id: int, checkpoint: int) -> None:
     """An empty database file (as Database creates one) whose image is at
     `checkpoint`: recovery applies every record of it from there."""
-    from . import _core
-    from .blockstore import BlockStore
-    from .constants import BUFFER_POOL_BLOCKS_MIN
-    from .database import DATABASE_FILE_SUFFIX
+    from .database import DATABASE_FILE_SUFFIX, create_database_file
 
-    final = os.path.join(staging, name + DATABASE_FILE_SUFFIX)
-    tmp = final + ".new"
-    store = BlockStore(fs, tmp, create=True, direct="optional", db_id=db_id)
-    store.checkpoint = store.txn_floor = checkpoint
-    try:
-        tree = _core.BTree(store, store.db_id, store.root, BUFFER_POOL_BLOCKS_MIN)
-        tree.init_empty()
-        images = tree.take_dirty() + store.take_pending() + [(0, store.header_image())]
-        store.write_images(sorted(images))
-        store.sync()
-    finally:
-        store.close()
-    fs.rename(tmp, final)
+    create_database_file(fs, os.path.join(staging, name + DATABASE_FILE_SUFFIX), db_id, checkpoint)
 
 
 def _write_catalog(fs, staging: str, databases: list[dict]) -> None:
     """databases.json as Database writes it: every database but DB, and DB too when
     its journaling is off (the setting the backup recorded)."""
-    import json
-
     from .constants import DATABASE_CATALOG_NAME
-    from .database import DEFAULT_DATABASE
+    from .database import DEFAULT_DATABASE, write_catalog_file
 
     entries = {
         d["name"]: {"journaling": bool(d["journaling"])}
@@ -755,16 +738,7 @@ def _write_catalog(fs, staging: str, databases: list[dict]) -> None:
     }
     if not entries:
         return
-    path = os.path.join(staging, DATABASE_CATALOG_NAME)
-    data = json.dumps({"version": 1, "databases": entries}, sort_keys=True, indent=1)
-    f = fs.open(path + ".new", create=True, direct="disabled")
-    try:
-        f.truncate(0)
-        f.pwrite(0, data.encode())
-        f.fsync()
-    finally:
-        f.close()
-    fs.rename(path + ".new", path)
+    write_catalog_file(fs, os.path.join(staging, DATABASE_CATALOG_NAME), entries)
 
 
 def _restore_journal(fs, plan: RestorePlan, staging: str, progress: Progress) -> int:
