@@ -800,11 +800,10 @@ def down(dirpath: Path, *, purge: bool = False) -> list[str]:
         dep = {"members": []}
     for m in dep["members"]:
         name = m["name"]
-        try:
+        # An agent that does not answer is stopped by its pid file below.
+        with contextlib.suppress(ConnectionError, OSError, ValueError):
             agent_mod.call(_control(dirpath, name), "shutdown")
             stopped.append(name)
-        except (ConnectionError, OSError, ValueError):
-            pass
         pid_file = dirpath / name / "agent.pid"
         if pid_file.exists():
             try:

@@ -544,10 +544,9 @@ class ClientListener:
                 back = True
                 continue
             s.busy = False
-            try:
+            # Closed by the loop meanwhile (shutdown): nothing left to rearm.
+            with contextlib.suppress(OSError, ValueError):
                 self._ep.modify(s.fd, _READ)
-            except (OSError, ValueError):  # closed by the loop meanwhile (shutdown)
-                pass
         if back:
             self._wake()
 

@@ -790,7 +790,7 @@ _MISSING = object()
 
 
 class _Halt(Exception):
-    pass
+    """Raised by the Halt command: ends the session (not an error)."""
 
 
 def _no_namespace(name: str) -> TerminalError:
@@ -1575,9 +1575,8 @@ class _History:
         self.path = path
         self.err = err
         try:
-            readline.read_history_file(str(path))
-        except FileNotFoundError:
-            pass  # no history yet: the first session here
+            with contextlib.suppress(FileNotFoundError):  # no history yet: the first session
+                readline.read_history_file(str(path))
         except OSError as exc:
             err.write(f"history not read: {path}: {exc.strerror or exc}\n")
         self.start = readline.get_current_history_length()
