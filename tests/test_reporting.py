@@ -224,6 +224,13 @@ def test_a_report_from_both_mirrors_in_the_local_database(deployment):
             ("MIRROR1",): want["MIRROR1"],
             ("MIRROR2",): want["MIRROR2"],
         }
+    with _conn(d, "R1") as r:
+        r.use_database("MIRROR2")
+        with pytest.raises(irisrep.ProtectError) as e:
+            r.globals["sale"][1] = "no"
+        # Not sent on to MIRROR1's primary (R1's own mirror): another mirror's copy.
+        assert not isinstance(e.value, irisrep.NotPrimaryError)
+        assert "another mirror" in str(e.value)
     with _conn(d, "R1") as r:  # durable in R1's local instance, read back fresh
         r.use_database("REPORT")
         assert r.globals["total"][()] == sum(want.values())

@@ -1057,7 +1057,11 @@ class ClientListener:
             return self._error(e)
 
     def _error(self, e: IrisrepError) -> tuple:
-        if type(e) is errors.ProtectError and self.host.role not in ("primary", "local"):
+        if (
+            type(e) is errors.ProtectError
+            and self.host.role not in ("primary", "local")
+            and not getattr(e, "no_redirect", False)
+        ):
             # Say who is primary now (a fenced or demoted member, a backup), so
             # a client can go there; still a <PROTECT> for the terminal.
             e = errors.NotPrimaryError(
@@ -1141,6 +1145,15 @@ class ClientListener:
                     f"database {db.name} is outside this transaction's instance: "
                     "commit or roll back before writing to it"
                 )
+            if db.protected:
+                # Another mirror's read-only copy: this member's primary is not that
+                # mirror's, so the refusal must not send the client there.
+                e = errors.ProtectError(
+                    f"<PROTECT> {_str(name, 'global name')[:64]}: a read-only copy of "
+                    "another mirror here; write on that mirror's primary"
+                )
+                e.no_redirect = True
+                raise e
         return Global(db, _str(name, "global name"))
 
     def _db(self, session: _Session):
