@@ -1163,7 +1163,9 @@ class Member:
             "qos_timeout_ms": self.config.qos_timeout_ms,
         }
         drv = self.driver
-        if drv is not None and drv.arbiter is not None:
+        if self.kind != "failover":
+            out["arbiter_link"] = "not used (async)"  # only failover members ask it
+        elif drv is not None and drv.arbiter is not None:
             out["arbiter_link"] = "connected" if drv.arbiter.connected else "lost"
         elif self.config.arbiter_address is not None:
             out["arbiter_link"] = "lost"
