@@ -340,3 +340,14 @@ def test_compiled_core_agrees_with_constants():
     with pytest.raises(ValueError):
         _core.seal_image(b"\0" * (constants.BLOCK_PAYLOAD_MAX + 1), 1, 7, constants.BT_LEAF)
     _core.seal_image(b"\0" * constants.BLOCK_PAYLOAD_MAX, 1, 7, constants.BT_LEAF)
+
+
+def test_a_cycle_has_room_past_the_dirty_hard_limit():
+    """The spare room of a WIJ cycle holds the one write that passes the writers'
+    hard limit (a longest value as UTF-8, 4 bytes a character, in an overflow chain,
+    plus its leaf's splits up a tall tree) and every database's header."""
+    from irisrep import constants as c
+
+    longest_value_blocks = -(-(4 * c.STRING_CHARS_MAX + 8) // c.BLOCK_PAYLOAD_MAX)
+    assert longest_value_blocks + 2 * 32 + c.DATABASES_MAX < c.WIJ_CYCLE_SPARE_BLOCKS
+    assert c.WIJ_CYCLE_SPARE_BLOCKS < c.WIJ_BLOCKS_MAX // 8

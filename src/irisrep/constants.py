@@ -62,6 +62,10 @@ WIJ_FILE_NAME = "irisrep.wij"
 WIJ_MAGIC = b"IRISWIJ1"
 WIJ_VERSION = 1
 WIJ_BLOCKS_MAX = 65_536  # images per cycle (512 MiB of WIJ); dirty sets stay below it
+# Room a cycle keeps beyond the writers' hard limit on dirty blocks: the one write
+# that passes the limit (a maximal value's overflow chain and its splits: under
+# 2,000 blocks) and every database's header block (DATABASES_MAX).
+WIJ_CYCLE_SPARE_BLOCKS = 4096
 WIJ_SLOT_SIZE = 4096  # two header slots: a torn header write damages only one
 WIJ_DIR_OFFSET = 2 * WIJ_SLOT_SIZE
 WIJ_ENTRY_SIZE = 16

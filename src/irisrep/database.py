@@ -70,6 +70,7 @@ from .constants import (
     LOCK_TIMEOUT_DEFAULT_S,
     TLEVEL_MAX,
     WIJ_BLOCKS_MAX,
+    WIJ_CYCLE_SPARE_BLOCKS,
     WIJ_FILE_NAME,
     WRITE_DAEMON_INTERVAL_MS,
 )
@@ -331,7 +332,7 @@ class Database:
         self.journaling = bool(journaling)
         self.dirty_limit = max(8, int(pool_blocks * DIRTY_SHARE_FLUSH))
         self.dirty_hard_limit = min(
-            max(16, int(pool_blocks * DIRTY_SHARE_HARD)), WIJ_BLOCKS_MAX - 2
+            max(16, int(pool_blocks * DIRTY_SHARE_HARD)), WIJ_BLOCKS_MAX - WIJ_CYCLE_SPARE_BLOCKS
         )
         self.write_daemon_interval_ms = write_daemon_interval_ms
         self._globals: dict[str, Global] = {}
