@@ -188,7 +188,7 @@ def test_lock_timeout_reply_then_the_loop_again(listener, db):
     a, b = connect(_addr(listener)), connect(_addr(listener))
     with a.globals["lk"].lock("y", timeout=1):
         with pytest.raises(LockTimeoutError), b.globals["lk"].lock("y", timeout=0):
-            pass
+            raise AssertionError("the lock was taken while another connection held it")
         b.globals["free"][1] = 1  # b holds nothing: served by the loop again
     a.close()
     b.close()

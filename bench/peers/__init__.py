@@ -82,11 +82,11 @@ def _wait_gone(pid: int, timeout_s: float, popen: subprocess.Popen | None) -> bo
                 return True
         else:
             try:
-                os.kill(pid, 0)
+                # PermissionError: it exists, owned by another user: still there.
+                with contextlib.suppress(PermissionError):
+                    os.kill(pid, 0)
             except ProcessLookupError:
                 return True
-            except PermissionError:
-                pass
         time.sleep(0.02)
     return False
 
