@@ -68,6 +68,19 @@ UP_TIMEOUT_S = 60.0
 DEPLOY_PORTS_LOCK_NAME = "irisrep-up-ports.lock"  # in the system's temp directory
 
 
+def _entry_fields(m: MirrorMember, initial: str, http_address: Address, mdir: Path) -> dict:
+    """What deploy.json says of one member besides its name, mirror and kind."""
+    return {
+        "initial": initial,  # inventory: + the initial primary, - the initial backup
+        "mirror_address": str(m.mirror_address),
+        "client_address": str(m.client_address),
+        "agent_address": str(m.agent_address),
+        "http_address": str(http_address),
+        "data_dir": str(mdir / "data"),
+        "config": str(mdir / "member.toml"),
+    }
+
+
 class DeployError(Exception):
     """A deployment command could not do what was asked (the message says why)."""
 
@@ -316,13 +329,9 @@ def _up(
             {
                 "name": m.name,
                 "kind": m.kind,
-                "initial": "+" if i == 0 else "-" if i == 1 else "",
-                "mirror_address": str(m.mirror_address),
-                "client_address": str(m.client_address),
-                "agent_address": str(m.agent_address),
-                "http_address": str(http_addresses[i]),
-                "data_dir": str(mdir / "data"),
-                "config": str(mdir / "member.toml"),
+                **_entry_fields(
+                    m, "+" if i == 0 else "-" if i == 1 else "", http_addresses[i], mdir
+                ),
             }
         )
     return _start(dirpath, deployment, arbiter_address, say, timeout_s, "the backup")
@@ -450,13 +459,9 @@ def _up_multi(
                 "mirror": mname,
                 "mirrors": list(cfg.mirrors_followed),
                 "kind": kind,
-                "initial": "+" if m.name == "A" else "-" if m.name == "B" else "",
-                "mirror_address": str(m.mirror_address),
-                "client_address": str(m.client_address),
-                "agent_address": str(m.agent_address),
-                "http_address": str(http[dname]),
-                "data_dir": str(mdir / "data"),
-                "config": str(mdir / "member.toml"),
+                **_entry_fields(
+                    m, "+" if m.name == "A" else "-" if m.name == "B" else "", http[dname], mdir
+                ),
             }
         )
     return _start(dirpath, deployment, arbiter_address, say, timeout_s, "every mirror's backup")
