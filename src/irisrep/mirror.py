@@ -38,6 +38,7 @@ here (the mirror core, a later issue); this module only moves and acknowledges d
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import heapq
@@ -108,7 +109,12 @@ class Ring:
     behind them reads the journal files instead."""
 
     def __init__(self, start_position: int, bytes_max: int | None = None) -> None:
-        self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
+        # Writes as two parallel lists from index `_head` on (older entries are
+        # dropped by moving `_head`, and compacted now and then): a sender finds its
+        # position by bisection, not by walking every write in the ring.
+        self._pos: list[int] = []
+        self._data: list[bytes] = []
+        self._head = 0
         self._start = self._end = start_position
         self._bytes = 0
         self._bytes_max = MIRROR_RING_BYTES_MAX if bytes_max is None else bytes_max
@@ -127,20 +133,27 @@ class Ring:
     def publish(self, position: int, data: bytes, *, notify: bool = True) -> None:
         with self._cv:
             if position != self._end:
-                if not self._chunks and position > self._end:
+                if self._head == len(self._pos) and position > self._end:
                     # Writes made before the hook was attached (a promotion's rollback
                     # records, say) are in the files only: the ring starts here.
                     self._start = self._end = position
                 else:
                     # A gap inside the ring would ship a broken stream: a bug.
                     raise AssertionError(f"journal write at {position}, ring ends at {self._end}")
-            self._chunks.append((position, data))
+            self._pos.append(position)
+            self._data.append(data)
             self._end = position + len(data)
             self._bytes += len(data)
-            while self._bytes > self._bytes_max and len(self._chunks) > 1:
-                p, d = self._chunks.popleft()
+            while self._bytes > self._bytes_max and len(self._pos) - self._head > 1:
+                d = self._data[self._head]
+                self._data[self._head] = b""
                 self._bytes -= len(d)
-                self._start = p + len(d)
+                self._start = self._pos[self._head] + len(d)
+                self._head += 1
+            if self._head >= 1024 and self._head * 2 >= len(self._pos):
+                del self._pos[: self._head]
+                del self._data[: self._head]
+                self._head = 0
             self.times.append((self._end, time.monotonic()))
             if notify:
                 self._cv.notify_all()
@@ -154,18 +167,19 @@ class Ring:
                 return None
             if from_position >= self._end:
                 return b""
+            pos, data = self._pos, self._data
+            # The write holding `from_position`: the last one starting at or before it.
+            i = max(bisect.bisect_right(pos, from_position, self._head) - 1, self._head)
             out: list[bytes] = []
             size = 0
-            for p, d in self._chunks:
-                e = p + len(d)
-                if e <= from_position:
-                    continue
+            for k in range(i, len(pos)):
+                p, d = pos[k], data[k]
                 piece = d if p >= from_position else d[from_position - p :]
                 if out and size + len(piece) > max_bytes:
                     break
                 out.append(piece)
                 size += len(piece)
-            return b"".join(out)
+            return out[0] if len(out) == 1 else b"".join(out)
 
     def wait_past(self, position: int, timeout_s: float) -> bool:
         with self._cv:

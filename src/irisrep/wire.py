@@ -534,15 +534,24 @@ def decode_journal_batch(payload) -> list[bytes]:
 # --- the codec in use ---------------------------------------------------------------------
 
 
+_CODEC = None  # resolved once: the import machinery costs microseconds per frame
+
+
 def _codec():
     """`_core` when it has the wire codec, else this module."""
+    global _CODEC
+    if _CODEC is not None:
+        return _CODEC
     try:
         from . import _core
     except ImportError:  # pragma: no cover - an unbuilt checkout
+        _CODEC = _this
         return _this
     if hasattr(_core, "parse_wire_frame") and hasattr(_core, "encode_wire_frame"):
-        return _core
-    return _this
+        _CODEC = _core
+    else:
+        _CODEC = _this
+    return _CODEC
 
 
 # --- sockets -------------------------------------------------------------------------------
@@ -551,7 +560,12 @@ def _codec():
 def _set_timeout(sock, seconds: float) -> None:
     settimeout = getattr(sock, "settimeout", None)
     if settimeout is not None:
-        settimeout(max(seconds, 0.001))
+        seconds = max(seconds, 0.001)
+        # settimeout() costs two fcntl calls even when nothing changes, and every
+        # send of the same kind sets the same timeout.
+        gettimeout = getattr(sock, "gettimeout", None)
+        if gettimeout is None or gettimeout() != seconds:
+            settimeout(seconds)
 
 
 class FrameReader:
