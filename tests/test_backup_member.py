@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
+from pathlib import Path
 
 from mirrorkit import cli, dump, ps_rows, wait_for
 
@@ -27,7 +29,8 @@ import irisrep
 from irisrep import replay
 from irisrep.backup import F_MARKER, F_MIRROR_COPY, create_backup
 from irisrep.blockstore import BlockStore
-from irisrep.constants import BACKUPS_FILE_NAME
+from irisrep.client import connect_member
+from irisrep.constants import BACKUPS_FILE_NAME, BLOCK_SIZE
 from irisrep.deploy import credentials, load
 from irisrep.fileio import RealFS
 from irisrep.journal import read_stream
@@ -89,6 +92,28 @@ def test_backup_of_a_copy_is_recorded_and_marks_nothing(tmp_path):
         assert rec[0]["journal_start"] == info.journal_start
 
 
+def test_progress_watch_relays_the_members_counts():
+    """`backup create --member M` draws its bar from M's status (`backup`): the
+    total once known, each increase of the bytes copied, nothing from a status of no
+    backup or of one that is over; at the end the bar is at the backup's size."""
+    from irisrep.backup import _ProgressWatch
+
+    seen = []
+    w = _ProgressWatch("127.0.0.1:1", "u", "p", lambda n: seen.append(("+", n)),
+                       lambda t: seen.append(("total", t)))  # fmt: skip
+    for st in (
+        None,
+        {"running": False, "done_bytes": 99, "total_bytes": 100},  # an earlier backup
+        {"running": True, "done_bytes": 0, "total_bytes": 800},
+        {"running": True, "done_bytes": 300, "total_bytes": 800},
+        {"running": True, "done_bytes": 300, "total_bytes": 800},
+        {"running": True, "done_bytes": 700, "total_bytes": 800},
+    ):
+        w._update(st)
+    w.complete(768)  # the copies held fewer blocks than the file had
+    assert seen == [("total", 800), ("+", 300), ("+", 400), ("total", 768), ("+", 68)]
+
+
 # --- a running mirror ----------------------------------------------------------------------
 
 
@@ -146,6 +171,29 @@ def committed_at(data_dir, position=None) -> dict:
     return state
 
 
+def _member_conn(d: str, name: str):
+    dep = load(Path(d))
+    address = next(m["client_address"] for m in dep["members"] if m["name"] == name)
+    user, password = credentials(Path(d))
+    return connect_member(address, user=user, password=password)
+
+
+def _cli_on_a_terminal(monkeypatch, *args) -> str:
+    """Run `irisrep ARGS` in process with stderr a (fake) terminal; what it drew there."""
+    import io
+
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from irisrep import cli as cli_mod
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_mod, "err_console", Console(file=screen, force_terminal=True))
+    result = CliRunner().invoke(cli_mod.main, list(args))
+    assert result.exit_code == 0, (result.output, screen.getvalue())
+    return screen.getvalue()
+
+
 def restored_state(path) -> dict:
     with irisrep.open(path, create=False) as db:
         return dict(dump(db))
@@ -188,6 +236,25 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypa
         )
         inc = json.loads(p.stdout)
         assert inc["kind"] == "incremental" and inc["parent_name"] == full["name"]
+        # The member counts what it copies (status' `backup`), and --member draws a bar
+        # from it on a terminal.
+        with _member_conn(d, "B") as cb:
+            st = cb.status()["backup"]
+        assert st["name"] == inc["name"] and not st["running"] and st["error"] is None
+        assert st["done_bytes"] == st["total_bytes"] == inc["block_count"] * BLOCK_SIZE
+        shown = _cli_on_a_terminal(
+            monkeypatch,
+            "backup",
+            "create",
+            "--member",
+            "B",
+            "--dir",
+            d,
+            "--out",
+            str(tmp_path / "bk2"),
+        )
+        # the bar had the member's total and ended there (not a pulse of "0/? bytes")
+        assert "backup" in shown and re.search(r"(\d+\.\d)/\1 [kMG]B", shown), shown[-300:]
         wait_for(lambda: writer.count > n + 400 or writer.error, 30, "more writes")
         writer.stop.set()
         writer.join(30)
@@ -197,7 +264,8 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypa
         assert rows["A"]["active_backup"] == "B"
         # B recorded its backups for its journal purge.
         recs = json.loads((b_data / BACKUPS_FILE_NAME).read_text())["backups"]
-        assert [r["name"] for r in recs] == [full["name"], inc["name"]]
+        third = [p.name for p in (tmp_path / "bk2").iterdir()]
+        assert [r["name"] for r in recs] == [full["name"], inc["name"], *third]
 
         # To the incremental's end position, with B's journal: exactly what A had
         # committed there.
