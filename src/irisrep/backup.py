@@ -646,13 +646,18 @@ class BackupReader:
                         data = self._dctx.decompress(data, max_output_size=raw_len)
                     except zstandard.ZstdError as exc:
                         raise self._corrupt(f"{where}: not a zstd frame ({exc})", off) from None
-                actual = _xxh3(data, seed=position) if len(data) == raw_len else None
+                if len(data) != raw_len:
+                    raise self._corrupt(
+                        f"{where}: {len(data)} bytes where the entry says {raw_len}", off
+                    )
+                actual = _xxh3(data, seed=position)
                 if actual != checksum:
                     raise self._corrupt(
-                        f"{where}: checksum mismatch (expected {checksum:#018x})",
+                        f"{where}: checksum mismatch (expected {checksum:#018x}, found "
+                        f"{actual:#018x})",
                         off,
                         expected=f"{checksum:#018x}",
-                        found=actual,
+                        found=f"{actual:#018x}",
                     )
                 yield position, data
                 pos += raw_len
