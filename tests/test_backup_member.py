@@ -443,6 +443,13 @@ def test_backups_of_a_mirror_while_four_clients_write_restore_to_any_point(tmp_p
                 out.update(c.committed)
             return out
 
+        def sync() -> int:
+            """The primary's journal end after a commit of ^sync: every record written
+            before it (an open transaction's too, which no commit of its own flushes)
+            lies before this position."""
+            watch.globals["sync"]["n"] = time.time_ns()
+            return watch.stream_position()
+
         def pause(holder: _Client) -> dict:
             holder.hold.set()
             wait_for(lambda: holder.held.is_set() or ctl.stop.is_set(), 30, "a held transaction")
@@ -451,7 +458,7 @@ def test_backups_of_a_mirror_while_four_clients_write_restore_to_any_point(tmp_p
             ctl.barrier.wait()
             ctl.pause.clear()
             try:
-                position = watch.stream_position()  # the primary's journal end
+                position = sync()
                 time.sleep(3 * JOURNAL_TIME_MARK_MS / 1000)
                 at = time.time_ns()
                 time.sleep(3 * JOURNAL_TIME_MARK_MS / 1000)
@@ -482,7 +489,7 @@ def test_backups_of_a_mirror_while_four_clients_write_restore_to_any_point(tmp_p
             c.join(30)
             assert c.error is None, c.error
         final = model()
-        end = watch.stream_position()  # writer 3's open transaction is journaled before it
+        end = sync()  # client 3's open transaction is journaled before it
         with _member_conn(d, "B") as cb:
             wait_for(lambda: cb.stream_position() >= end, 30, "B to apply everything")
         assert full["checkpoint"] < p1["position"] < inc1["checkpoint"]
