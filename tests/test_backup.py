@@ -473,10 +473,15 @@ def test_corrupt_block_refused_with_block_and_offset(tmp_path, chain):
         restore(plan_restore([full.path], tmp_path / "r"))
     assert not (tmp_path / "r").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r")]
-    # The CLI says the same, with exit status 1.
+    # The CLI says the same, with exit status 1; a dry run of the restore too (it
+    # verifies the chain before it says what would be applied).
     proc = irisrep_cli("backup", "verify", full.path)
     assert proc.returncode == 1
     assert f"block {block_no}" in proc.stderr and f"byte offset {offset}" in proc.stderr
+    proc = irisrep_cli("restore", full.path, "--target", tmp_path / "r", "--dry-run")
+    assert proc.returncode == 1 and "dry run" not in proc.stdout, proc.stdout
+    assert f"block {block_no}" in proc.stderr and f"byte offset {offset}" in proc.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_corrupt_header_and_truncation_refused(tmp_path, chain):
@@ -493,11 +498,18 @@ def test_corrupt_header_and_truncation_refused(tmp_path, chain):
 
 
 def test_corrupt_journal_chunk_refused(tmp_path, chain):
-    full, _, _ = chain
+    full, inc1, inc2 = chain
     flip(full.path, full.journal_offset + 30)
     with pytest.raises(BackupCorruptError, match="journal chunk 0") as err:
         verify_backup(full.path)
     assert err.value.offset == full.journal_offset
+    assert err.value.expected and err.value.found and err.value.found in str(err.value)
+    # The restore needs only the last backup's journal, but a dry run of the chain
+    # reads every file and refuses it, naming the file.
+    proc = irisrep_cli(
+        "restore", full.path, inc1.path, inc2.path, "--target", tmp_path / "r", "--dry-run"
+    )
+    assert proc.returncode == 1 and full.name in proc.stderr and "journal chunk 0" in proc.stderr
 
 
 def test_missing_or_misordered_incremental_refused_by_name(tmp_path, chain):
@@ -586,6 +598,9 @@ def test_cli_backup_list_verify_restore(tmp_path):
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr
     p = irisrep_cli("restore", *files, "--target", tmp_path / "r", "--dry-run")
     assert p.returncode == 0 and "dry run" in p.stdout and "frames" in p.stdout, p.stderr
+    assert "verified: 2 backup files" in p.stdout
+    p = irisrep_cli("restore", *files, "--target", tmp_path / "r", "--dry-run", "--json")
+    assert [v["ok"] for v in json.loads(p.stdout)["verified"]] == [True, True]
     assert not (tmp_path / "r").exists()
     p = irisrep_cli("restore", *files, "--target", tmp_path / "r")
     assert p.returncode == 0 and "integrity ok" in p.stdout, p.stderr
@@ -648,8 +663,9 @@ def test_list_shows_incomplete_backups(tmp_path, chain):
 
 
 def test_progress_bars_on_a_terminal_only(tmp_path, chain, monkeypatch):
-    """backup create, backup verify and restore draw a rich progress bar on stderr
-    when it is a terminal, and print nothing there otherwise."""
+    """backup create, backup verify, restore and its dry run (verifying the chain)
+    draw a rich progress bar on stderr when it is a terminal, and print nothing there
+    otherwise."""
     import io
 
     from click.testing import CliRunner
@@ -665,6 +681,7 @@ def test_progress_bars_on_a_terminal_only(tmp_path, chain, monkeypatch):
         ("verify", ["backup", "verify", full.path]),
         ("backup", ["backup", "create", str(tmp_path / "db"), "--out", str(tmp_path / "out")]),
         ("restore", ["restore", full.path, inc1.path, inc2.path, "--target", str(tmp_path / "r")]),
+        ("verify", ["restore", full.path, inc1.path, "--target", str(tmp_path / "d"), "--dry-run"]),
     ):
         screen = io.StringIO()
         monkeypatch.setattr(cli, "err_console", Console(file=screen, force_terminal=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import socket
 import struct
 import threading
@@ -505,7 +506,24 @@ def _populate(d: str, n: int) -> None:
         c.globals["y"]["a"] = "b"
 
 
-def test_check_a_mirror_while_a_writer_writes(mirror):
+def _check_on_a_terminal(monkeypatch, *args) -> str:
+    """Run `irisrep ARGS` in process with stderr a (fake) terminal; what it drew there."""
+    import io
+
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from irisrep import cli as cli_mod
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_mod, "err_console", Console(file=screen, force_terminal=True))
+    result = CliRunner().invoke(cli_mod.main, list(args))
+    assert result.exit_code == 0, (result.output, screen.getvalue())
+    assert "matched" in result.output
+    return screen.getvalue()
+
+
+def test_check_a_mirror_while_a_writer_writes(mirror, monkeypatch):
     d = mirror
     _populate(d, 12_000)  # two RANGE_HASH requests' worth at the default bound
     stop = threading.Event()
@@ -542,6 +560,9 @@ def test_check_a_mirror_while_a_writer_writes(mirror):
         doc = json.loads(p.stdout)
         assert doc["ok"] and doc["member_a"] == "A" and doc["member_b"] == "B"
         assert doc["nodes"] >= 12_000 and doc["unmatched"] == []
+        # On a terminal, a progress bar of the ranges and nodes checked, on stderr.
+        shown = _check_on_a_terminal(monkeypatch, "check", "--dir", d, "--against", "B")
+        assert "check" in shown and re.search(r"\d+ ranges checked, \d+ nodes", shown), shown
         # The bisection with small ranges, in process, while the writes go on.
         with _member_conn(d, "A") as ca, _member_conn(d, "B") as cb:
             for _ in range(2):

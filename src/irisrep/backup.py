@@ -38,7 +38,8 @@ Promises:
   database itself says a backup is being taken (`Database.backups_in_progress`).
 - A running mirror member is backed up in its own process (the client protocol's
   `backup_create`, `backup_member`); `irisrep backup create --dir D` alone picks
-  the Active backup member, as IRIS prefers, else the primary.
+  the Active backup member, as IRIS prefers, else the primary. Its progress comes
+  from the member's status while the request runs (`_ProgressWatch`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import dataclasses
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -70,6 +72,7 @@ from .constants import (
     BACKUP_MAGIC,
     BACKUP_NAME_BYTES,
     BACKUP_PARTIAL_SUFFIX,
+    BACKUP_PROGRESS_POLL_S,
     BACKUP_READ_BYTES,
     BACKUP_SECTION_BYTES,
     BACKUP_SECTION_NAME_BYTES,
@@ -643,13 +646,18 @@ class BackupReader:
                         data = self._dctx.decompress(data, max_output_size=raw_len)
                     except zstandard.ZstdError as exc:
                         raise self._corrupt(f"{where}: not a zstd frame ({exc})", off) from None
-                actual = _xxh3(data, seed=position) if len(data) == raw_len else None
+                if len(data) != raw_len:
+                    raise self._corrupt(
+                        f"{where}: {len(data)} bytes where the entry says {raw_len}", off
+                    )
+                actual = _xxh3(data, seed=position)
                 if actual != checksum:
                     raise self._corrupt(
-                        f"{where}: checksum mismatch (expected {checksum:#018x})",
+                        f"{where}: checksum mismatch (expected {checksum:#018x}, found "
+                        f"{actual:#018x})",
                         off,
                         expected=f"{checksum:#018x}",
-                        found=actual,
+                        found=f"{actual:#018x}",
                     )
                 yield position, data
                 pos += raw_len
@@ -1235,13 +1243,76 @@ def backup_member(
             progress_total=progress_total,
         )
     user, password = credentials(d)
+    address = by_name[member]["client_address"]
     out = os.path.abspath(os.fspath(out_dir))
-    # No reply timeout: the member answers when the copy is done, however long.
-    with connect_member(
-        by_name[member]["client_address"], user=user, password=password, request_timeout=None
-    ) as conn:
-        header = conn.backup_create(out, incremental)
-    return BackupInfo.from_dict(header)
+    watch = None
+    if progress is not None or progress_total is not None:
+        watch = _ProgressWatch(address, user, password, progress, progress_total)
+        watch.start()
+    try:
+        # No reply timeout: the member answers when the copy is done, however long.
+        with connect_member(address, user=user, password=password, request_timeout=None) as conn:
+            header = conn.backup_create(out, incremental)
+    finally:
+        if watch is not None:
+            watch.finish()
+    info = BackupInfo.from_dict(header)
+    if watch is not None:
+        watch.complete(info.block_count * BLOCK_SIZE)
+    return info
+
+
+class _ProgressWatch(threading.Thread):
+    """Relays the progress of a backup running in a member's process to the
+    callbacks of `backup_member`: asks the member (its status' `backup`: bytes of
+    the database files copied of the total) every BACKUP_PROGRESS_POLL_S on a
+    connection of its own. A status it cannot get only leaves the bar where it is."""
+
+    def __init__(self, address, user, password, progress, progress_total) -> None:
+        super().__init__(name="backup-progress", daemon=True)
+        self.address, self.user, self.password = address, user, password
+        self.progress, self.progress_total = progress, progress_total
+        self.done = 0
+        self.total: int | None = None
+        self.seen_running = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from .client import connect_member
+
+        try:
+            with connect_member(
+                self.address, user=self.user, password=self.password, request_timeout=5.0
+            ) as conn:
+                while not self._stop_event.wait(BACKUP_PROGRESS_POLL_S):
+                    self._update(conn.status().get("backup"))
+        except (IrisrepError, OSError):  # no bar then: the backup's own reply decides
+            return
+
+    def _update(self, st: dict | None) -> None:
+        if not st or not st.get("running"):
+            return
+        self.seen_running = True
+        total = int(st.get("total_bytes") or 0)
+        if total and total != self.total and self.progress_total is not None:
+            self.total = total
+            self.progress_total(total)
+        done = int(st.get("done_bytes") or 0)
+        if done > self.done and self.progress is not None:
+            self.progress(done - self.done)
+            self.done = done
+
+    def finish(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+    def complete(self, total: int) -> None:
+        """The backup finished: the bar at its end (the member's final count)."""
+        if self.progress_total is not None and total != self.total:
+            self.progress_total(total)
+        if self.progress is not None and total > self.done:
+            self.progress(total - self.done)
+        self.done = total
 
 
 def member_data_dir(deploy_dir: str | os.PathLike | None, member: str) -> str:

@@ -640,7 +640,11 @@ def backup_verify(file, as_json) -> None:
     default=None,
     help="Roll forward to this journal position (a frame boundary).",
 )
-@click.option("--dry-run", is_flag=True, help="Only say what would be applied.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only verify the backup files and say what would be applied (nothing written).",
+)
 @click.option(
     "--skip-integrity",
     is_flag=True,
@@ -654,7 +658,7 @@ def restore(
     """Restore BACKUPS (a full backup, then its incrementals in order) into --target,
     roll the journal forward (to the end, --until TIME or --until-position N) and
     roll back the transactions open there."""
-    from .restore import parse_time, plan_restore
+    from .restore import parse_time, plan_restore, verify_chain
     from .restore import restore as do_restore
 
     if until_time is not None and until_position is not None:
@@ -669,10 +673,22 @@ def restore(
             until_position=until_position,
         )
         if dry_run:
+            # Only what would really be applied: a damaged file is refused here too.
+            cm, total, advance = _bar("verify", as_json)
+            with cm:
+                verified = verify_chain(plan, progress=advance, progress_total=total)
             if as_json:
-                click.echo(json.dumps(plan.as_dict(), indent=2, default=str))
+                doc = plan.as_dict()
+                doc["verified"] = verified
+                click.echo(json.dumps(doc, indent=2, default=str))
             else:
-                for line in ["dry run: nothing is written", *plan.lines()]:
+                n = len(verified)
+                for line in [
+                    "dry run: nothing is written",
+                    *plan.lines(),
+                    f"  verified: {n} backup file{'s' if n != 1 else ''}, every block, "
+                    f"journal chunk and manifest checksum matches",
+                ]:
                     console.print(line, markup=False, highlight=False)
             return
         cm, total, advance = _bar("restore", as_json)

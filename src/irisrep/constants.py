@@ -105,6 +105,7 @@ JOURNAL_FILE_BYTES_MAX = 1024 * 1024 * 1024  # opening scans the last file whole
 BACKUPS_FILE_NAME = "backups.json"  # in the instance directory: the good backups taken of it
 BACKUP_RECORDS_MAX = 64  # entries kept in backups.json (the newest)
 BACKUP_OUT_DIR_CHARS_MAX = 4_096  # backup_create's out_dir (client protocol), as PATH_MAX
+BACKUP_PROGRESS_POLL_S = 0.2  # `backup create --member M` asks M how far its backup is
 MIRROR_MEMBERS_FILE_NAME = "mirror-members.json"  # a primary's last word on each member
 MIRROR_MEMBERS_SAVE_MS = 1_000  # the primary looks at its members' positions this often
 MIRROR_MEMBERS_REFRESH_S = 60.0  # and rewrites the file at least this often while any is seen

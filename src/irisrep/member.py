@@ -88,6 +88,7 @@ from .constants import (
 )
 from .database import DEFAULT_DATABASE, Database
 from .errors import (
+    BackupError,
     ConfigError,
     DatabaseNotFoundError,
     FailoverIneligibleError,
@@ -227,6 +228,9 @@ class Member:
         self._role_lock = threading.RLock()
         self.history: list[dict] = []  # role changes, newest last (irisrep history)
         self.started_at = time.time()
+        # The online backup running in this process, or the last one (status()["backup"]):
+        # what `irisrep backup create --member M` draws its progress bar from.
+        self.backup_progress: dict | None = None
         os.makedirs(config.data_dir, exist_ok=True)
         self.event = EventLog(config.data_dir, self.name)  # irisrep events
         # Copies that were read-write (mirror -> their mark): never eligible to fail over.
@@ -1122,13 +1126,44 @@ class Member:
         taken in this process while everything runs (backup.create_backup); returns
         the BackupInfo. On a backup or async the image is a mirror copy's: nothing
         is journaled, and dejournaling yields to the backup instead of stalling the
-        link (Database.apply_frames)."""
+        link (Database.apply_frames). While it runs, status()["backup"] says how many
+        bytes of the database files it has copied of how many (the bar of `irisrep
+        backup create --member M`); one backup at a time."""
         from .backup import create_backup
+        from .constants import BLOCK_SIZE
 
         db = self.database
         if db is None:
             raise IrisrepError(f"member {self.name} has no open database")
-        info = create_backup(db, out_dir, incremental=incremental)
+        state = {
+            "out_dir": out_dir,
+            "incremental": incremental,
+            "running": True,
+            "done_bytes": 0,
+            # the files' size now: the copies are of the last checkpoint, at most this
+            "total_bytes": sum(d.store.block_count for d in db._databases()) * BLOCK_SIZE,
+            "error": None,
+        }
+        with self._lock:  # one at a time (the database's window says so too)
+            if self.backup_progress is not None and self.backup_progress["running"]:
+                raise BackupError(
+                    f"member {self.name}: another backup is being taken (into "
+                    f"{self.backup_progress['out_dir']})"
+                )
+            self.backup_progress = state
+
+        def progress(n: int) -> None:
+            state["done_bytes"] += n
+
+        try:
+            info = create_backup(db, out_dir, incremental=incremental, progress=progress)
+        except BaseException as exc:
+            state["error"] = str(exc)
+            raise
+        finally:
+            state["running"] = False
+        state["total_bytes"] = info.block_count * BLOCK_SIZE  # what the copies held
+        state["name"] = info.name
         self.event(
             "backup",
             f"{info.kind} backup {info.name} as {self.role}: journal "
@@ -1201,6 +1236,8 @@ class Member:
             out["ineligible_copies"] = sorted(self.ineligible)
         if db is not None and not db.closed:
             out["databases"] = self.databases_status()
+        if self.backup_progress is not None:
+            out["backup"] = dict(self.backup_progress)
         return out
 
 

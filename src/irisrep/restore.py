@@ -9,7 +9,8 @@ other databases.
 
 Owns `irisrep restore BACKUP... --target DIR [--journal DIR] [--until TIME |
 --until-position N] [--dry-run]`: which backups and which journal frames make the
-restored instance, and building it. It has no replay of its own: the restored
+restored instance, and building it (a dry run verifies every file of the chain and
+builds nothing: `verify_chain`). It has no replay of its own: the restored
 instance gets a journal holding exactly the source stream's frames from the
 backup's journal start to the target position, at the same positions, and is then
 opened like any instance, so recovery on open (`Database._recover_journal`) rolls it
@@ -56,7 +57,7 @@ from .constants import (
 )
 from .errors import BackupChainError, BackupError, CorruptError, IrisrepError
 
-__all__ = ["RestorePlan", "plan_restore", "restore", "parse_time"]
+__all__ = ["RestorePlan", "plan_restore", "restore", "parse_time", "verify_chain"]
 
 _STAGING_SUFFIX = ".restoring"
 _READ_CHUNK_BYTES = 4 * 1024 * 1024  # journal bytes read from a directory per call
@@ -569,6 +570,24 @@ def _built_by(t, fpos: int, until: int, last: BackupInfo, last_mark, mark_ns: in
 
 
 # --- doing it ----------------------------------------------------------------------------
+
+
+def verify_chain(
+    plan: RestorePlan,
+    *,
+    progress: Progress = None,
+    progress_total: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Read and check every file of the plan's chain (backup.verify_backup: every
+    block entry, journal chunk and frame, manifest), writing nothing: what `irisrep
+    restore --dry-run` does before it says what would be applied, so that it never
+    promises a restore that the first damaged block would stop. A fault raises
+    BackupCorruptError naming the file, the block and its byte offset."""
+    from .backup import verify_backup
+
+    if progress_total is not None:
+        progress_total(sum(b.file_bytes for b in plan.backups))
+    return [verify_backup(b.path, progress=progress) for b in plan.backups]
 
 
 def restore(
