@@ -332,3 +332,23 @@ def test_mirror_over_tls(tmp_path):
     finally:
         b.close()
         a.close()
+
+
+def test_primary_reports_what_each_copy_has_applied(trio):
+    """At ack level `durable` no ack carries the applied position: the primary learns
+    it from the copies' heartbeats, and its peer list (status, `irisrep ps`) says so
+    instead of "applied 0, N bytes behind"."""
+    a = trio[0]
+    g = a.database.globals["k"]
+    for i in range(50):
+        g[i] = i
+    end = a.database.journal.end_position
+    wait_applied(trio[1:], end)
+
+    def caught_up() -> bool:
+        peers = {p["member"]: p for p in a.replicator.peers()}
+        return len(peers) == 2 and all(
+            p["applied"] >= end and p["dejournaling"] == "Caught up" for p in peers.values()
+        )
+
+    wait_for(caught_up, what="every copy reported as having applied the whole journal")

@@ -791,6 +791,9 @@ class Replicator:
             links = list(self._links.values())
         for link in links:
             st = link.state
+            # What its database has applied: acknowledged at ack level `applied`,
+            # else told by its heartbeats (an ack says only received or durable).
+            applied = max(st.applied, st.applied_seen)
             acked = (
                 self._acked(st)
                 if st.kind == "failover"
@@ -815,7 +818,7 @@ class Replicator:
                     "sent": st.sent,
                     "received": st.received,
                     "durable": st.durable,
-                    "applied": st.applied,
+                    "applied": applied,
                     "lag_bytes": behind,
                     "lag_s": round(self.ring.seconds_behind(acked), 3),
                     # For the journal purge (purge.member_positions): positions are
@@ -825,8 +828,8 @@ class Replicator:
                     "applied_seen": st.applied_seen,
                     "last_heard_ago_s": round(max(0.0, time.monotonic() - st.last_heard), 3),
                     "dejournaling": "Caught up"
-                    if st.applied >= end
-                    else f"{max(0, end - st.applied)} bytes behind",
+                    if applied >= end
+                    else f"{max(0, end - applied)} bytes behind",
                 }
             )
         return out
