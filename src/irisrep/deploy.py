@@ -57,6 +57,7 @@ from .config import (
     load_config,
 )
 from .constants import REPORT_DATABASE_NAME
+from .errors import DeployError
 
 DEPLOY_FILE = "deploy.json"
 KEY_FILE = "mirror.key"
@@ -79,10 +80,6 @@ def _entry_fields(m: MirrorMember, initial: str, http_address: Address, mdir: Pa
         "data_dir": str(mdir / "data"),
         "config": str(mdir / "member.toml"),
     }
-
-
-class DeployError(Exception):
-    """A deployment command could not do what was asked (the message says why)."""
 
 
 def deploy_dir(path: str | os.PathLike | None = None) -> Path:

@@ -233,6 +233,12 @@ class ClosedError(IrisrepError):
     """Use of a database or global after `close()`."""
 
 
+class DeployError(IrisrepError):
+    """A deployment command (`irisrep up`, `ps`, `stop`, ...) could not do what was
+    asked: the message says why (no deployment here, an unknown member, an agent
+    that does not answer)."""
+
+
 __all__ = [
     "IrisrepError",
     "UndefinedError",
@@ -260,5 +266,6 @@ __all__ = [
     "JournalPurgeError",
     "ConfigError",
     "ClosedError",
+    "DeployError",
     "DatabaseNotFoundError",
 ]
