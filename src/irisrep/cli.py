@@ -881,7 +881,7 @@ def ps(dir_, as_json, table, watch) -> None:
 
     d = deploy_dir(dir_)
     if as_json or not (console.is_terminal or table or watch):
-        click.echo(json.dumps(_deploy_call(deploy_ps, d), indent=2, default=str))
+        click.echo(json.dumps(_ps_json(_deploy_call(deploy_ps, d)), indent=2, default=str))
         return
     if not watch:
         console.print(_ps_view(_deploy_call(deploy_ps, d)))
@@ -897,6 +897,14 @@ def ps(dir_, as_json, table, watch) -> None:
                 live.update(_ps_view(_deploy_call(deploy_ps, d)))
     except KeyboardInterrupt:
         pass
+
+
+def _ps_json(rows: list[dict]) -> dict:
+    """`ps --json`: the header's verdict (failover_safe, why), then the rows."""
+    from .deploy import failover_safety
+
+    safe, why = failover_safety(rows)
+    return {"failover_safe": safe, "why": why, "members": rows}
 
 
 def _ps_view(rows: list[dict]):
@@ -927,7 +935,7 @@ def _ps_view(rows: list[dict]):
     for col in cols:
         t.add_column({"role": "mirror role"}.get(col, col.replace("_", " ")))
     for r in rows:
-        t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+        t.add_row(*("-" if r[c] is None else str(r[c]) for c in cols))  # never a blank cell
         # An async that follows several mirrors: one sub-row per mirror.
         followed = r.get("mirrors") or []
         if len(followed) > 1:

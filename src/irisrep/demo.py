@@ -84,7 +84,7 @@ class Walkthrough:
         deadline = time.monotonic() + timeout_s
         while True:
             p = self.run("ps", "--json", quiet=True)
-            rows = {r["member"]: r for r in json.loads(p.stdout)}
+            rows = {r["member"]: r for r in json.loads(p.stdout)["members"]}
             roles = {m: r["role"] for m, r in rows.items()}
             primary = next((r for r in rows.values() if r["role"] == "primary"), {})
             if roles == want and primary.get("active_backup"):
