@@ -274,3 +274,47 @@ def test_two_ups_at_once_get_their_own_ports(tmp_path):
     finally:
         for n in ("x", "y"):
             down(tmp_path / n)
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave 127.0.0.1:PORT in TIME_WAIT, as a member's port is for a minute after
+    `irisrep down`: the listening side closes its connection first."""
+    import socket
+
+    with socket.socket() as lst:
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", port))
+        lst.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = lst.accept()
+        conn.close()  # the server side's active close: TIME_WAIT is on PORT
+        client.recv(1)  # its FIN
+        client.close()
+    found = subprocess.run(["ss", "-tan", "state", "time-wait"], capture_output=True, text=True)
+    assert f"127.0.0.1:{port} " in found.stdout, found.stdout
+
+
+def test_up_again_at_the_same_base_port_right_after_down(tmp_path):
+    """`irisrep down` then `irisrep up --base-port P` at once: ports in TIME_WAIT are
+    free to the members (their listeners set SO_REUSEADDR), so `up` takes them; a
+    port with a listener on it is still refused."""
+    import socket
+
+    from mirrorkit import free_ports
+
+    base = free_ports(1)[0]
+    if base + 9 > 65000:
+        pytest.skip("no room for a range above the free port found")
+    _time_wait_on(base)
+    d = str(tmp_path / "m")
+    try:
+        p = run("up", "--dir", d, "--base-port", str(base), "--qos-ms", "1000", check=False)
+        assert p.returncode == 0, p.stderr
+        assert ps(d)["A"]["address"] == f"127.0.0.1:{base + 1}"
+    finally:
+        run("down", "--dir", d, check=False)
+    with socket.create_server(("127.0.0.1", base + 20)) as busy:
+        assert busy
+        p = run("up", "--dir", d, "--base-port", str(base + 20), check=False)
+        assert p.returncode == 1 and "are in use" in p.stderr, p.stderr
+        assert str(base + 20) in p.stderr.partition("]")[0], p.stderr
