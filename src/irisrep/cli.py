@@ -41,10 +41,11 @@ def _progress(what: str, unit: str):
         BarColumn(),
         amount,
         TimeRemainingColumn(),
+        TextColumn("{task.fields[state]}"),
         console=err_console,
         transient=True,
     ) as bar:
-        yield bar, bar.add_task(what, total=None)
+        yield bar, bar.add_task(what, total=None, state="")
 
 
 @main.command()
@@ -1080,7 +1081,10 @@ def _wait_caught_up(d, member: str) -> None:
             done, lag, why = _deploy_call(caught_up, d, member)
             if done:
                 break
-            if lag is not None:
+            if bar is not None:
+                bar.update(task, state=why)  # e.g. "Waiting, lag unknown (not connected)"
+            if lag:
+                # Bytes caught up out of the most it was behind (unknown until connected).
                 first_lag = lag if first_lag is None else max(first_lag, lag)
                 if bar is not None:
                     bar.update(task, completed=first_lag - lag, total=first_lag)

@@ -738,6 +738,8 @@ def caught_up(dirpath: Path, member: str) -> tuple[bool, int | None, str]:
     r = rows[member]
     if r["role"] == "primary":
         return True, 0, "it is the primary"
+    if r.get("error"):
+        return False, None, "not answering yet (starting)"
     lag = r.get("lag_bytes")
     if r["role"] == "backup":
         # The primary names its Active backup by its config name (`B`, not `MIRROR1/B`).
