@@ -318,3 +318,34 @@ def test_up_again_at_the_same_base_port_right_after_down(tmp_path):
         p = run("up", "--dir", d, "--base-port", str(base + 20), check=False)
         assert p.returncode == 1 and "are in use" in p.stderr, p.stderr
         assert str(base + 20) in p.stderr.partition("]")[0], p.stderr
+
+
+def test_history_rows_per_epoch_with_the_undone_tail():
+    """`irisrep history`'s rows (deploy.epochs) from the members' history entries:
+    one per epoch with the old and new primary, the reason and the position, and a
+    tail a former primary undid on rejoining listed in the epoch it was undone in."""
+    from irisrep.deploy import epochs
+
+    rows = [
+        {"time": 1.0, "event": "role", "member": "A", "from": "backup", "to": "primary",
+         "epoch": 1, "reason": "first primary", "journal_end": 0},
+        {"time": 2.0, "event": "role", "member": "A", "from": "primary", "to": "backup",
+         "epoch": 1},
+        {"time": 3.0, "event": "role", "member": "B", "from": "backup", "to": "primary",
+         "epoch": 2, "reason": "the arbiter granted the takeover", "journal_end": 300},
+        {"time": 4.0, "event": "tail undone", "member": "A", "epoch": 2, "from": 300,
+         "to": 420, "records": 3},
+        {"time": 5.0, "event": "role", "member": "B", "from": "primary", "to": "primary",
+         "epoch": 3, "reason": "restarted", "journal_end": 500},
+    ]  # fmt: skip
+    got = epochs(rows)
+    assert [(e["epoch"], e["old_primary"], e["new_primary"], e["journal_end"]) for e in got] == [
+        (1, None, "A", 0),
+        (2, "A", "B", 300),
+        (3, "B (restarted)", "B", 500),
+    ]
+    assert got[1]["reason"] == "the arbiter granted the takeover"
+    assert [(u["member"], u["from"], u["to"], u["records"]) for u in got[1]["undone"]] == [
+        ("A", 300, 420, 3)
+    ]
+    assert got[0]["undone"] == [] and got[2]["undone"] == []
