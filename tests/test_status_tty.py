@@ -6,7 +6,8 @@ real local mirror (`irisrep up`) or a real instance directory.
 JSON (the same verdict, then the rows) when piped; `--watch` redraws as the mirror
 changes and ends on Ctrl-C; every column is there and no lag cell is blank. The
 rich progress bars of catch-up (`start --wait`), the integrity walk and journal
-verify are drawn on a terminal, and never when the output is piped.
+verify, backup and restore are drawn on a terminal, and never when the output is
+piped.
 """
 
 from __future__ import annotations
@@ -179,3 +180,22 @@ def test_progress_bars_on_a_terminal_and_not_when_piped(instance, args, label, s
     )
     assert p.returncode == 0 and summary in p.stdout
     assert p.stderr == ""  # piped: no bar
+
+
+def test_backup_and_restore_bars_on_a_terminal(instance, tmp_path):
+    out_dir = tmp_path / "backups"
+    status, out = finish(spawn("backup", "create", instance, "--out", str(out_dir)))
+    assert status == 0, out
+    assert "backup" in out and BAR in out, out
+    (full,) = sorted(out_dir.glob("*.irbk"))
+    status, out = finish(spawn("restore", str(full), "--target", str(tmp_path / "r")))
+    assert status == 0, out
+    assert "restore" in out and BAR in out, out
+    assert "Traceback" not in out
+    p = subprocess.run(
+        [sys.executable, "-m", "irisrep", "integrity", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
