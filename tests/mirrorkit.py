@@ -198,7 +198,8 @@ def ps_rows(d: str, prefix: tuple = ()) -> dict:
     import json
 
     return {
-        r["member"]: r for r in json.loads(cli("ps", "--dir", d, "--json", prefix=prefix).stdout)
+        r["member"]: r
+        for r in json.loads(cli("ps", "--dir", d, "--json", prefix=prefix).stdout)["members"]
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -256,7 +257,69 @@ def test_demo_the_mirror_walkthrough(tmp_path):
         "demo passed",
         "B refuses with <PROTECT>",
         "A refuses with <PROTECT>",
+        # `irisrep ps` after the restart: the roles swapped, in a new epoch.
+        "failover safe: A is Active behind B (epoch 2)",
+        "planned handover",  # the history's second epoch
     ):
         assert text in out, text
+    # Each command's output in the order it printed it (up: its steps, then the result).
+    assert out.index("started the arbiter") < out.index("mirror MIRROR is up")
+    titles = re.findall(r"^(\d+)\. ", proc.stdout, re.M)
+    assert titles == [str(i) for i in range(1, 9)], titles  # 7 steps and the teardown
     leftovers = subprocess.run(["pgrep", "-f", "irisrep-demo-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+def _pids_alive(d: Path) -> list[int]:
+    """The agents and members of deployment `d` still running (by their pid files
+    and by their command lines naming `d`)."""
+    found = subprocess.run(["pgrep", "-f", str(d)], capture_output=True, text=True)
+    return [int(x) for x in found.stdout.split()]
+
+
+def test_demo_ctrl_c_tears_everything_down(tmp_path):
+    """Ctrl-C in the middle of `irisrep demo` on a terminal: it says at which step,
+    exits 130, and nothing it started is left running; its directory is removed."""
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, TERM="xterm", NO_COLOR="1", COLUMNS="200")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, env.get("PYTHONPATH")]))
+    child = pexpect.spawn(
+        sys.executable, ["-m", "irisrep", "demo"], env=env, encoding="utf-8", timeout=120
+    )
+    try:
+        child.expect(r"mirror MIRROR is up in (\S+):")
+        d = Path(child.match.group(1))
+        assert _pids_alive(d)
+        child.expect(r"3(?:\x1b\[[0-9;]*m)*\. On the backup B")  # the step's title (bold)
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)  # without the styles
+        child.close()
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    assert child.exitstatus == 130, out
+    assert "interrupted at step 3: tearing down" in out and "stopped: A, B, arbiter" in out
+    assert "Traceback" not in out
+    assert _pids_alive(d) == [] and not d.exists()
+
+
+def test_demo_names_the_step_that_differs_and_leaves_a_running_mirror_alone(tmp_path):
+    """A step that does not go as the walkthrough says stops the demo with its number
+    and exit status 1. Here step 1 finds a mirror already running in --dir: it is not
+    the demo's, so it is neither used nor torn down."""
+    d = tmp_path / "m"
+    up = run("up", "--dir", str(d), "--qos-ms", "1000", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        proc = run("demo", "--dir", str(d), cwd=tmp_path)
+        no_traceback(proc)
+        assert proc.returncode == 1
+        assert "demo failed at step 1: a mirror already runs in" in flat(proc.stderr)
+        assert "Tear down" not in proc.stdout
+        rows = json.loads(run("ps", "--dir", str(d), "--json", cwd=tmp_path).stdout)
+        assert rows["failover_safe"] and {r["member"] for r in rows["members"]} == {"A", "B"}
+        assert all(r["process"].startswith("running") for r in rows["members"])
+    finally:
+        run("down", "--dir", str(d), cwd=tmp_path)
+    assert _pids_alive(d) == []

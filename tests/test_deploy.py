@@ -274,3 +274,78 @@ def test_two_ups_at_once_get_their_own_ports(tmp_path):
     finally:
         for n in ("x", "y"):
             down(tmp_path / n)
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave 127.0.0.1:PORT in TIME_WAIT, as a member's port is for a minute after
+    `irisrep down`: the listening side closes its connection first."""
+    import socket
+
+    with socket.socket() as lst:
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", port))
+        lst.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = lst.accept()
+        conn.close()  # the server side's active close: TIME_WAIT is on PORT
+        client.recv(1)  # its FIN
+        client.close()
+    found = subprocess.run(["ss", "-tan", "state", "time-wait"], capture_output=True, text=True)
+    assert f"127.0.0.1:{port} " in found.stdout, found.stdout
+
+
+def test_up_again_at_the_same_base_port_right_after_down(tmp_path):
+    """`irisrep down` then `irisrep up --base-port P` at once: ports in TIME_WAIT are
+    free to the members (their listeners set SO_REUSEADDR), so `up` takes them; a
+    port with a listener on it is still refused."""
+    import socket
+
+    from mirrorkit import free_ports
+
+    base = free_ports(1)[0]
+    if base + 9 > 65000:
+        pytest.skip("no room for a range above the free port found")
+    _time_wait_on(base)
+    d = str(tmp_path / "m")
+    try:
+        p = run("up", "--dir", d, "--base-port", str(base), "--qos-ms", "1000", check=False)
+        assert p.returncode == 0, p.stderr
+        assert ps(d)["A"]["address"] == f"127.0.0.1:{base + 1}"
+    finally:
+        run("down", "--dir", d, check=False)
+    with socket.create_server(("127.0.0.1", base + 20)) as busy:
+        assert busy
+        p = run("up", "--dir", d, "--base-port", str(base + 20), check=False)
+        assert p.returncode == 1 and "are in use" in p.stderr, p.stderr
+        assert str(base + 20) in p.stderr.partition("]")[0], p.stderr
+
+
+def test_history_rows_per_epoch_with_the_undone_tail():
+    """`irisrep history`'s rows (deploy.epochs) from the members' history entries:
+    one per epoch with the old and new primary, the reason and the position, and a
+    tail a former primary undid on rejoining listed in the epoch it was undone in."""
+    from irisrep.deploy import epochs
+
+    rows = [
+        {"time": 1.0, "event": "role", "member": "A", "from": "backup", "to": "primary",
+         "epoch": 1, "reason": "first primary", "journal_end": 0},
+        {"time": 2.0, "event": "role", "member": "A", "from": "primary", "to": "backup",
+         "epoch": 1},
+        {"time": 3.0, "event": "role", "member": "B", "from": "backup", "to": "primary",
+         "epoch": 2, "reason": "the arbiter granted the takeover", "journal_end": 300},
+        {"time": 4.0, "event": "tail undone", "member": "A", "epoch": 2, "from": 300,
+         "to": 420, "records": 3},
+        {"time": 5.0, "event": "role", "member": "B", "from": "primary", "to": "primary",
+         "epoch": 3, "reason": "restarted", "journal_end": 500},
+    ]  # fmt: skip
+    got = epochs(rows)
+    assert [(e["epoch"], e["old_primary"], e["new_primary"], e["journal_end"]) for e in got] == [
+        (1, None, "A", 0),
+        (2, "A", "B", 300),
+        (3, "B (restarted)", "B", 500),
+    ]
+    assert got[1]["reason"] == "the arbiter granted the takeover"
+    assert [(u["member"], u["from"], u["to"], u["records"]) for u in got[1]["undone"]] == [
+        ("A", 300, 420, 3)
+    ]
+    assert got[0]["undone"] == [] and got[2]["undone"] == []

@@ -54,6 +54,44 @@ def sample(m: dict, family: str, name: str | None = None, **labels) -> float:
     return m[family][(name or family, tuple(sorted(labels.items())))]
 
 
+# Every metric issue 7 names, by family (as the Prometheus text parser names it) and
+# type: role, epoch, journal positions written / received / applied, lag in bytes and
+# seconds, the commit and ack latency histograms, failovers, WIJ recoveries,
+# transactions by outcome.
+ISSUE_METRICS = {
+    "irisrep_role": "gauge",
+    "irisrep_epoch": "gauge",
+    "irisrep_journal_written_bytes": "gauge",
+    "irisrep_journal_received_bytes": "gauge",
+    "irisrep_journal_applied_bytes": "gauge",
+    "irisrep_lag_bytes": "gauge",
+    "irisrep_lag_seconds": "gauge",
+    "irisrep_commit_latency_seconds": "histogram",
+    "irisrep_ack_latency_seconds": "histogram",
+    "irisrep_failovers": "counter",
+    "irisrep_wij_recoveries": "counter",
+    "irisrep_transactions": "counter",
+}
+
+
+def assert_issue_metrics(address: str) -> None:
+    """/metrics, parsed by prometheus_client's text parser, has every metric of the
+    issue with its type and a value (a histogram: its buckets, count and sum)."""
+    code, body = http(address, "/metrics")
+    assert code == 200
+    fams = {f.name: f for f in text_string_to_metric_families(body)}
+    for name, kind in ISSUE_METRICS.items():
+        assert name in fams, name
+        assert fams[name].type == kind, (name, fams[name].type)
+        assert fams[name].samples, name
+    for name in ("irisrep_commit_latency_seconds", "irisrep_ack_latency_seconds"):
+        kinds = {s.name.removeprefix(name) for s in fams[name].samples}
+        assert {"_bucket", "_count", "_sum"} <= kinds, (name, kinds)
+        assert any(s.labels.get("le") == "+Inf" for s in fams[name].samples), name
+    outcomes = {s.labels.get("outcome") for s in fams["irisrep_transactions"].samples}
+    assert {"commit", "rollback"} <= outcomes
+
+
 # --- the rules, on status snapshots --------------------------------------------------------
 
 PRIMARY = {"running": True, "role": "primary", "status": "Primary", "fenced_by": None}
@@ -340,7 +378,11 @@ def test_endpoints_through_a_failover(tmp_path):
         )
         fb = metrics(b)
         assert sample(fb, "irisrep_role", role="backup") == 1
-        assert sample(fb, "irisrep_lag_bytes") == 0
+        assert sample(fb, "irisrep_lag_bytes") == 0 and sample(fb, "irisrep_lag_seconds") == 0
+        assert sample(fb, "irisrep_journal_received_bytes") >= written
+        assert sample(fa, "irisrep_journal_received_bytes") == written  # the source: its end
+        for addr in (a, b, c1):
+            assert_issue_metrics(addr)
 
         # A's process dies: B takes over (through A's agent) in epoch 2.
         cli("kill", "--dir", d, "A")
@@ -360,6 +402,7 @@ def test_endpoints_through_a_failover(tmp_path):
         )
         assert sample(fb, "irisrep_epoch") == 2
         assert sample(fb, "irisrep_role", role="primary") == 1
+        assert_issue_metrics(b)
         wait_for(lambda: http(c1, "/replica?lag=0")[0] == 200, 30, "C1 following B")
 
         # A restarts: it rejoins as B's backup, never as primary.
@@ -371,6 +414,7 @@ def test_endpoints_through_a_failover(tmp_path):
         assert http(b, "/mirror_status") == (200, "SUCCESS")
         fa = metrics(a)
         assert sample(fa, "irisrep_epoch") == 2 and sample(fa, "irisrep_role", role="backup") == 1
+        assert_issue_metrics(a)
     finally:
         cli("down", "--dir", d, check=False)
 

@@ -41,10 +41,11 @@ def _progress(what: str, unit: str):
         BarColumn(),
         amount,
         TimeRemainingColumn(),
+        TextColumn("{task.fields[state]}"),
         console=err_console,
         transient=True,
     ) as bar:
-        yield bar, bar.add_task(what, total=None)
+        yield bar, bar.add_task(what, total=None, state="")
 
 
 @main.command()
@@ -897,7 +898,7 @@ def ps(dir_, as_json, table, watch) -> None:
 
     d = deploy_dir(dir_)
     if as_json or not (console.is_terminal or table or watch):
-        click.echo(json.dumps(_deploy_call(deploy_ps, d), indent=2, default=str))
+        click.echo(json.dumps(_ps_json(_deploy_call(deploy_ps, d)), indent=2, default=str))
         return
     if not watch:
         console.print(_ps_view(_deploy_call(deploy_ps, d)))
@@ -913,6 +914,14 @@ def ps(dir_, as_json, table, watch) -> None:
                 live.update(_ps_view(_deploy_call(deploy_ps, d)))
     except KeyboardInterrupt:
         pass
+
+
+def _ps_json(rows: list[dict]) -> dict:
+    """`ps --json`: the header's verdict (failover_safe, why), then the rows."""
+    from .deploy import failover_safety
+
+    safe, why = failover_safety(rows)
+    return {"failover_safe": safe, "why": why, "members": rows}
 
 
 def _ps_view(rows: list[dict]):
@@ -943,7 +952,7 @@ def _ps_view(rows: list[dict]):
     for col in cols:
         t.add_column({"role": "mirror role"}.get(col, col.replace("_", " ")))
     for r in rows:
-        t.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+        t.add_row(*("-" if r[c] is None else str(r[c]) for c in cols))  # never a blank cell
         # An async that follows several mirrors: one sub-row per mirror.
         followed = r.get("mirrors") or []
         if len(followed) > 1:
@@ -1088,7 +1097,10 @@ def _wait_caught_up(d, member: str) -> None:
             done, lag, why = _deploy_call(caught_up, d, member)
             if done:
                 break
-            if lag is not None:
+            if bar is not None:
+                bar.update(task, state=why)  # e.g. "Waiting, lag unknown (not connected)"
+            if lag:
+                # Bytes caught up out of the most it was behind (unknown until connected).
                 first_lag = lag if first_lag is None else max(first_lag, lag)
                 if bar is not None:
                     bar.update(task, completed=first_lag - lag, total=first_lag)

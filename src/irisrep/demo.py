@@ -18,6 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from .deploy import DEPLOY_FILE, agents
 
 
 class DemoFailed(Exception):
@@ -44,21 +47,24 @@ class Walkthrough:
         self, *args: str, expect_rc: int = 0, quiet: bool = False
     ) -> subprocess.CompletedProcess:
         shown = " ".join(shlex.quote(a) for a in ("irisrep", *args))
+        # stderr into stdout: the output shown in the order the command printed it
+        # (`up` narrates on stderr, then prints its result on stdout).
         p = subprocess.run(
             [sys.executable, "-m", "irisrep", *args, "--dir", self.dir],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=180,
             env=dict(os.environ, COLUMNS="160"),  # tables whole, not cut to 80 columns
         )
         if not quiet:
             self.console.print(f"   [dim]$[/] {shown}", highlight=False)
-            for line in (p.stdout + p.stderr).rstrip().splitlines():
+            for line in p.stdout.rstrip().splitlines():
                 self.console.print(f"     {line}", markup=False, highlight=False)
         if p.returncode != expect_rc:
             raise DemoFailed(
                 f"`{shown}` exited with {p.returncode}, expected {expect_rc}: "
-                f"{(p.stdout + p.stderr).strip()[-500:]}"
+                f"{p.stdout.strip()[-500:]}"
             )
         return p
 
@@ -84,7 +90,7 @@ class Walkthrough:
         deadline = time.monotonic() + timeout_s
         while True:
             p = self.run("ps", "--json", quiet=True)
-            rows = {r["member"]: r for r in json.loads(p.stdout)}
+            rows = {r["member"]: r for r in json.loads(p.stdout)["members"]}
             roles = {m: r["role"] for m, r in rows.items()}
             primary = next((r for r in rows.values() if r["role"] == "primary"), {})
             if roles == want and primary.get("active_backup"):
@@ -97,6 +103,13 @@ class Walkthrough:
 
     def run_all(self) -> None:
         self.step("Deploy a mirror: two failover members (A, B) and an arbiter, on 127.0.0.1")
+        if (Path(self.dir) / DEPLOY_FILE).exists() and any(
+            a.get("agent_running") for a in agents(Path(self.dir))
+        ):
+            # Not ours to tear down: leave it running.
+            raise DemoFailed(
+                f"a mirror already runs in {self.dir}: give the demo a directory of its own"
+            )
         self.up = True
         self.run("up", "--qos-ms", "1000")
         self.run("inventory")
@@ -106,7 +119,7 @@ class Walkthrough:
         self.check("B holds it", self.read("B", "congratulations"), "congratulations")
         self.step("On the backup B: Set ^myfirstglobal (the backup is read-only)")
         p = self.run("session", "B", "-c", 'Set ^myfirstglobal="from the backup"', expect_rc=1)
-        self.check("B refuses with <PROTECT>", "<PROTECT>" in p.stderr, True)
+        self.check("B refuses with <PROTECT>", "<PROTECT>" in p.stdout, True)
         self.step("Stop and restart the primary A: it hands over to B and comes back as backup")
         self.run("stop", "A", "--restart")
         roles = self.roles({"A": "backup", "B": "primary"})
@@ -119,7 +132,7 @@ class Walkthrough:
         p = self.run(
             "session", "A", "-c", 'Set ^myfirstglobal="another irisrep demo!"', expect_rc=1
         )
-        self.check("A refuses with <PROTECT>", "<PROTECT>" in p.stderr, True)
+        self.check("A refuses with <PROTECT>", "<PROTECT>" in p.stdout, True)
         self.run("history")
         self.console.print("\n[bold green]demo passed[/]: the mirror walkthrough, step by step")
 

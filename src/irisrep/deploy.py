@@ -98,8 +98,12 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _port_free(port: int, hosts=("127.0.0.1",)) -> bool:
+    """Whether the members could listen on PORT: bound as they bind (SO_REUSEADDR, as
+    socket.create_server and the HTTP server do), so a port left in TIME_WAIT by the
+    last `irisrep down` is free and one with a listener on it is not."""
     for host in set(hosts):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
@@ -731,6 +735,8 @@ def caught_up(dirpath: Path, member: str) -> tuple[bool, int | None, str]:
     r = rows[member]
     if r["role"] == "primary":
         return True, 0, "it is the primary"
+    if r.get("error"):
+        return False, None, "not answering yet (starting)"
     lag = r.get("lag_bytes")
     if r["role"] == "backup":
         # The primary names its Active backup by its config name (`B`, not `MIRROR1/B`).

@@ -256,6 +256,10 @@ class _MemberCollector:
             "irisrep_journal_written_bytes",
             "Journal stream position written here (a primary's end; a copy's received)",
         )
+        received = GaugeMetricFamily(
+            "irisrep_journal_received_bytes",
+            "Journal stream position received from the primary (a copy; a primary: its end)",
+        )
         durable = GaugeMetricFamily(
             "irisrep_journal_durable_bytes", "Journal stream position fdatasynced here"
         )
@@ -279,6 +283,7 @@ class _MemberCollector:
         )
         if v["running"]:
             written.add_metric([], v.get("journal_end", 0))
+            received.add_metric([], v.get("received", v.get("journal_end", 0)))
             durable.add_metric([], v.get("journal_durable", 0))
             applied.add_metric([], v.get("applied", 0))
             lag_bytes.add_metric([], v.get("lag_bytes", 0))
@@ -286,7 +291,7 @@ class _MemberCollector:
             for p in v.get("peers", ()):
                 peer_lag.add_metric([p["member"], p["kind"]], p["lag_bytes"])
                 peer_active.add_metric([p["member"]], 1.0 if p["active"] else 0.0)
-        yield from (written, durable, applied, lag_bytes, lag_s, peer_lag, peer_active)
+        yield from (written, received, durable, applied, lag_bytes, lag_s, peer_lag, peer_active)
         db = m.database
         txns = CounterMetricFamily(
             "irisrep_transactions",
