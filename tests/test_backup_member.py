@@ -492,8 +492,11 @@ def test_backups_of_a_mirror_while_four_clients_write_restore_to_any_point(tmp_p
         end = sync()  # client 3's open transaction is journaled before it
         with _member_conn(d, "B") as cb:
             wait_for(lambda: cb.stream_position() >= end, 30, "B to apply everything")
-        assert full["checkpoint"] < p1["position"] < inc1["checkpoint"]
-        assert inc1["checkpoint"] < p2["position"] < inc2["checkpoint"]
+        # A chain restores to any point at or after its last backup's checkpoint. A
+        # backup's checkpoint is the copy's last WIJ cycle (at most the write daemon's
+        # interval old), so a backup taken after a pause may still stand before it.
+        assert full["checkpoint"] <= p1["position"] < p2["position"]
+        assert inc1["checkpoint"] <= p2["position"]
         assert p1["model"] != p2["model"] != final
 
         def restored(name, files, *until) -> tuple[dict, dict]:

@@ -544,7 +544,10 @@ class ClientListener:
                 back = True
                 continue
             s.busy = False
-            # Closed by the loop meanwhile (shutdown): nothing left to rearm.
+            # Closed by the loop meanwhile (shutdown): nothing left to rearm. If the
+            # loop closed it and a new connection got the same fd number in between,
+            # this arms that one for reading: harmless, since a connection is served
+            # only while it is not busy, and bytes read while busy are only buffered.
             with contextlib.suppress(OSError, ValueError):
                 self._ep.modify(s.fd, _READ)
         if back:
