@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -215,3 +216,13 @@ def wait_ps(d: str, pred, what: str, timeout_s: float = 30, prefix: tuple = ()) 
             return rows
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}: {json.dumps(rows, indent=1)}")
+
+
+@contextlib.contextmanager
+def deployed(d: str, *up_args: str):
+    """`irisrep up --dir D UP_ARGS` for the block; `irisrep down` when it ends."""
+    cli("up", "--dir", d, *up_args)
+    try:
+        yield d
+    finally:
+        cli("down", "--dir", d, check=False)

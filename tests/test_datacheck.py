@@ -20,7 +20,7 @@ import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mirrorkit import cli
+from mirrorkit import cli, deployed
 
 import irisrep
 from irisrep import _core, datacheck
@@ -477,9 +477,8 @@ def test_random_range_requests_never_hit_a_bug(served, caplog):
 @pytest.fixture
 def mirror(tmp_path):
     d = str(tmp_path / "m")
-    cli("up", "--dir", d, "--qos-ms", "2000", "--no-arbiter")
-    yield d
-    cli("down", "--dir", d, check=False)
+    with deployed(d, "--qos-ms", "2000", "--no-arbiter"):
+        yield d
 
 
 def _conn(d: str):

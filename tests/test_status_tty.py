@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import pytest
-from mirrorkit import cli, wait_ps
+from mirrorkit import cli, deployed, wait_ps
 
 import irisrep
 
@@ -77,9 +77,8 @@ def plain(text: str) -> str:
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tty") / "m")
-    cli("up", "--dir", d, "--qos-ms", "1000")
-    yield d
-    cli("down", "--dir", d, check=False)
+    with deployed(d, "--qos-ms", "1000"):
+        yield d
 
 
 def test_ps_on_a_terminal_is_a_table_with_every_column(mirror):

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mirrorkit import cli
+from mirrorkit import cli, deployed
 
 import irisrep
 from irisrep.constants import TERMINAL_HISTORY_FILE_NAME
@@ -39,9 +39,8 @@ CTRL_A, CTRL_C, BACKSPACE = "\x01", "\x03", "\x7f"
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("pty") / "m")
-    cli("up", "--dir", d, "--qos-ms", "2000")
-    yield d
-    cli("down", "--dir", d, check=False)
+    with deployed(d, "--qos-ms", "2000"):
+        yield d
 
 
 class Term:
