@@ -224,6 +224,26 @@ def test_identical_databases_match(pair):
     assert check(empty_a, empty_b).ok
 
 
+def test_differences_in_leaves_that_touch_are_one_range(pair):
+    a, b = pair
+    _fill(a)
+    _fill(b)
+    for i in (100, 101, 102):  # three neighbours: three one-node leaves that touch
+        b.globals["x"][i] = "planted"
+    b.globals["x"][2000] = "planted"  # far away: a range of its own
+    r = check(a, b, leaf_nodes=1, rechecks=0)
+    assert [sorted(_core.decode_key(d.key)[1][0] for d in m.differences) for m in r.unmatched] == [
+        [100, 101, 102],
+        [2000],
+    ]
+    first = r.unmatched[0]
+    assert first.lo <= _key("x", 100) and _key("x", 102) < first.hi <= _key("x", 103)
+    assert (first.count_a, first.count_b) == (3, 3)
+    lines = r.lines()
+    assert "UNMATCHED: 2 ranges differ" in lines[0]
+    assert sum(line.startswith("  unmatched [") for line in lines) == 2
+
+
 @pytest.mark.parametrize(
     "leaf_nodes, range_nodes", [(1, DATACHECK_RANGE_NODES_MAX), (4, 50), (32, 7), (512, 1000)]
 )
@@ -252,7 +272,8 @@ def test_bisection_finds_every_difference(pair, leaf_nodes, range_nodes):
         ("%first", ()): ("only_a", _core.encode_value(1), None),
     }
     for m in r.unmatched:
-        assert max(m.count_a, m.count_b) <= max(leaf_nodes, 1)
+        # A range is one leaf, or leaves that touch (merged), each with a difference.
+        assert max(m.count_a, m.count_b) <= max(leaf_nodes, 1) * len(m.differences)
         assert m.confirmed  # nothing changed between the hashes
         for d in m.differences:
             assert m.lo <= d.key and (m.hi is None or d.key < m.hi)

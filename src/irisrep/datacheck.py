@@ -770,18 +770,28 @@ def check(
     unmatched.extend(suspects)
     unmatched.sort(key=lambda s: s.lo)
     for s in unmatched:
-        report.unmatched.append(
-            Mismatch(
-                s.lo,
-                s.hi,
-                s.ha.count,
-                s.hb.count,
-                s.ha.position,
-                s.hb.position,
-                s.confirmed,
-                checker.differences(s.lo, s.hi),
-            )
+        m = Mismatch(
+            s.lo,
+            s.hi,
+            s.ha.count,
+            s.hb.count,
+            s.ha.position,
+            s.hb.position,
+            s.confirmed,
+            checker.differences(s.lo, s.hi),
         )
+        last = report.unmatched[-1] if report.unmatched else None
+        if last is not None and last.hi == m.lo:
+            # Leaf ranges that touch are one difference to the reader: one range.
+            last.hi = m.hi
+            last.count_a += m.count_a
+            last.count_b += m.count_b
+            last.position_a = max(last.position_a, m.position_a)
+            last.position_b = max(last.position_b, m.position_b)
+            last.confirmed = last.confirmed and m.confirmed
+            last.differences.extend(m.differences)
+        else:
+            report.unmatched.append(m)
     report.seconds = time.monotonic() - t0
     return report
 
