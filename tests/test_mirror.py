@@ -124,6 +124,11 @@ def test_writes_on_copies_raise_protect_and_change_nothing(trio, who):
     for attempt in attempts:
         with pytest.raises(irisrep.ProtectError, match="PROTECT"):
             attempt()
+    # The message names the whole reference, as IRIS does.
+    with pytest.raises(irisrep.ProtectError, match=r"<PROTECT> ZKILL \^x\(1\):"):
+        g.zkill((1,))
+    with pytest.raises(irisrep.ProtectError, match=r'<PROTECT> KILL \^x\(1,"a"\):'):
+        g.kill((1, "a"))
     assert m.database.tlevel == 0
     assert dump(m.database) == before
     assert m.database.journal.end_position == end_before

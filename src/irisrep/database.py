@@ -1648,14 +1648,16 @@ class Global(_core.GlobalCore):
 
     def kill(self, subs: Any = ()) -> None:
         """KILL: the node and its descendants; journaled with the killed subtree."""
-        key = _encode_key(self._prefix, _subs(subs))
-        self._kill(key, key + _ALL_BELOW)
+        subs = _subs(subs)
+        key = _encode_key(self._prefix, subs)
+        self._kill(key, key + _ALL_BELOW, subs)
 
-    def _kill(self, lo: bytes, hi: bytes) -> None:
+    def _kill(self, lo: bytes, hi: bytes, subs: tuple) -> None:
         db = self._db
         with self._lock:
             db._check_open()
-            db._check_writable(f"KILL ^{self.name}")
+            if db.tree.protected:  # the message names the whole reference
+                db._check_writable(f"KILL {_core.format_reference(self.name, subs)}")
             if not db.journaling and not db._txn.level:
                 self._tree.kill_range(lo, hi)  # not journaled: no before-image to read
                 db._after_write()
@@ -1675,11 +1677,13 @@ class Global(_core.GlobalCore):
 
     def zkill(self, subs: Any) -> None:
         """ZKILL: the node's own value only; descendants stay."""
-        key = _encode_key(self._prefix, _subs(subs))
+        subs = _subs(subs)
+        key = _encode_key(self._prefix, subs)
         db = self._db
         with self._lock:
             db._check_open()
-            db._check_writable(f"ZKILL ^{self.name}")
+            if db.tree.protected:  # the message names the whole reference
+                db._check_writable(f"ZKILL {_core.format_reference(self.name, subs)}")
             stored = self._tree.get(key)
             if stored is None:
                 return
