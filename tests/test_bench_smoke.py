@@ -27,6 +27,7 @@ CASES = {
     + ["--configs=alone,durable+async"],
     "bench_failover.py": ["--runs=1", "--floor-n=20", "--warmup-s=0.1", "--after-s=0.05"],
     "bench_backup.py": ["--mb", "2", "--repeat", "1"],
+    "profile_commit_hops.py": ["--commits", "20", "--floor-n", "20"],
 }
 
 
