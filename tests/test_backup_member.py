@@ -230,18 +230,8 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypa
         assert full["source"] == str(b_data) and full["kind"] == "full"
         n = writer.count
         wait_for(lambda: writer.count > n + 200 or writer.error, 30, "more writes")
-        p = cli(
-            "backup",
-            "create",
-            "--member",
-            "B",
-            "--dir",
-            d,
-            "--out",
-            str(out),
-            "--incremental",
-            "--json",
-        )
+        of_b = ("backup", "create", "--member", "B", "--dir", d, "--out")
+        p = cli(*of_b, str(out), "--incremental", "--json")
         inc = json.loads(p.stdout)
         assert inc["kind"] == "incremental" and inc["parent_name"] == full["name"]
         # The member counts what it copies (status' `backup`), and --member draws a bar
@@ -250,17 +240,7 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypa
             st = cb.status()["backup"]
         assert st["name"] == inc["name"] and not st["running"] and st["error"] is None
         assert st["done_bytes"] == st["total_bytes"] == inc["block_count"] * BLOCK_SIZE
-        shown = _cli_on_a_terminal(
-            monkeypatch,
-            "backup",
-            "create",
-            "--member",
-            "B",
-            "--dir",
-            d,
-            "--out",
-            str(tmp_path / "bk2"),
-        )
+        shown = _cli_on_a_terminal(monkeypatch, *of_b, str(tmp_path / "bk2"))
         # the bar had the member's total and ended there (not a pulse of "0/? bytes")
         assert "backup" in shown and re.search(r"(\d+\.\d)/\1 [kMG]B", shown), shown[-300:]
         wait_for(lambda: writer.count > n + 400 or writer.error, 30, "more writes")

@@ -24,6 +24,7 @@ from test_reporting import (
     _copy_equals,
     _follow,
     _mirror,
+    _r1_reachable,
     _r1_status,
     _wait,
     _write,
@@ -214,6 +215,8 @@ def deployment(tmp_path_factory):
     d = tmp_path_factory.mktemp("reprw") / "m"
     up(d, mirrors=2, reporting=1, timeout_s=90)
     try:
+        # `up` waits for each mirror's Active backup, not for the reporting async.
+        _wait(lambda: _r1_reachable(d), timeout_s=60, what="R1 to take clients")
         yield d
     finally:
         down(d)
