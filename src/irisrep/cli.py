@@ -815,7 +815,8 @@ def up(
     mirrors,
     reporting,
 ) -> None:
-    """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup.
+    """Start a local mirror (A primary, B backup, asyncs) and wait for an Active backup
+    and for every member to answer.
     With --mirrors N and/or --reporting R: N mirrors and R reporting asyncs following
     all of them (docs/mirroring.md, "Reporting asyncs")."""
     from .deploy import deploy_dir

@@ -481,7 +481,11 @@ def _start(dirpath: Path, deployment: dict, arbiter_address, say, timeout_s: flo
             _spawn_agent(dirpath, m["name"])
             say(f"started {m['name']} ({m['kind']}) at {m['client_address']}")
         say(f"waiting for {what} to become Active ...")
+        t0 = time.monotonic()
         wait_active(dirpath, timeout_s)
+        # The asyncs (DR and reporting) take clients a moment after the failover
+        # pair: `up` returns when every member answers, so the next command works.
+        wait_answering(dirpath, max(1.0, timeout_s - (time.monotonic() - t0)))
     except BaseException:
         down(dirpath)
         raise
@@ -603,6 +607,23 @@ def wait_active(dirpath: Path, timeout_s: float = UP_TIMEOUT_S) -> dict:
             return next(iter(ready.values()))
         time.sleep(0.1)
     raise DeployError(f"no Active backup within {timeout_s:.0f} s: {last}")
+
+
+def wait_answering(dirpath: Path, timeout_s: float = UP_TIMEOUT_S) -> None:
+    """Wait until every member of the deployment answers on its client address."""
+    deadline = time.monotonic() + timeout_s
+    dep = load(dirpath)
+    while True:
+        silent = [
+            f"{m['name']} ({st['error']})"
+            for m, st in zip(dep["members"], member_statuses(dirpath), strict=True)
+            if st.get("error")
+        ]
+        if not silent:
+            return
+        if time.monotonic() > deadline:
+            raise DeployError(f"not answering within {timeout_s:.0f} s: {'; '.join(silent)}")
+        time.sleep(0.1)
 
 
 # --- status -------------------------------------------------------------------------------
