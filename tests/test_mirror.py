@@ -9,6 +9,7 @@ tests/test_mirror_procs.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -357,3 +358,35 @@ def test_primary_reports_what_each_copy_has_applied(trio):
         )
 
     wait_for(caught_up, what="every copy reported as having applied the whole journal")
+
+
+def test_ring_takes_from_any_frame_boundary_as_a_model_says():
+    """The ring against a model of the stream: from every boundary still held it
+    returns the bytes that follow (whole writes, at least one, at most max_bytes
+    beyond the first), None once that boundary dropped out, b"" at the end, across
+    many drops of the oldest writes (and the compactions they trigger)."""
+    rng = random.Random(5)
+    ring = mirror_mod.Ring(1000, bytes_max=300)
+    writes: list[tuple[int, bytes]] = []
+    pos = 1000
+    for i in range(5000):
+        data = bytes([i % 251]) * rng.randint(1, 40)
+        ring.publish(pos, data)
+        writes.append((pos, data))
+        pos += len(data)
+        assert ring.end == pos and ring.start <= pos - len(data)
+        for k in {rng.randrange(len(writes)), len(writes) - 1, max(0, len(writes) - 20)}:
+            at = writes[k][0]
+            cap = rng.choice([1, 50, 1 << 20])
+            got = ring.take(at, cap)
+            if at < ring.start:
+                assert got is None
+                continue
+            want = b"".join(d for p, d in writes[k:])
+            first = len(writes[k][1])
+            assert want.startswith(got) and first <= len(got) <= max(cap, first)
+            ends = set(itertools.accumulate(len(d) for _p, d in writes[k:]))
+            assert len(got) in ends  # whole writes
+        assert ring.take(pos, 10) == b""
+    with pytest.raises(AssertionError):
+        ring.publish(pos + 1, b"x")  # a gap inside the ring is a bug
