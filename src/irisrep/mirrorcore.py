@@ -816,7 +816,18 @@ class MirrorCore:
             self.backup_failing_at = None
             out.append(DropBackup(reason=f"no contact with {self.peer} for the QoS timeout"))
             out.append(Announce())
-        want_trouble = failing and not self.peer_up and not self.arbiter_up and not safe_alone
+        # In Trouble: the backup and the arbiter lost while arbiter-controlled, so the
+        # backup may have been granted the takeover. The arbiter coming back does not
+        # end it: only its report (the same epoch, agent-controlled confirmed: then
+        # safe alone; a newer epoch: fenced) or the backup's return does. Leaving on
+        # the reconnect alone would let commits return alone in the instant before
+        # that report says the backup took over (acknowledged, then undone).
+        want_trouble = (
+            failing
+            and not self.peer_up
+            and not safe_alone
+            and (self.trouble or not self.arbiter_up)
+        )
         if want_trouble and not self.trouble:
             self.trouble = True
             out.append(Log("lost the backup and the arbiter while arbiter-controlled"))
