@@ -157,3 +157,46 @@ def test_connect_follows_the_primary_across_a_switchover(tmp_path):
     finally:
         b.close()
         a.close()
+
+
+@pytest.mark.parametrize("how", ["fenced", "planned"])
+def test_a_commit_logged_as_primary_never_returns_unacknowledged_after_demotion(tmp_path, how):
+    """A commit applied and logged while this member was primary, but made durable
+    only after it stopped being primary (the client listener defers commits to its
+    syncer threads: `capture_commits`), must not return as committed unless the
+    backup acknowledged it: its record is in the tail the new primary never had.
+    Fenced: it raises. Planned (the backup acknowledged the whole journal first, as
+    a switchover does): a commit the backup did acknowledge returns."""
+    import time
+
+    from irisrep.commit import capture_commits
+    from irisrep.errors import DurabilityError
+
+    cfgs = mirror_configs(tmp_path)
+    ms = [_start(c) for c in cfgs]
+    try:
+        a = ms[0]
+        wait_for(lambda: _active(a, "B"), what="B Active")
+        g = a.database.globals["late"]
+        g["before"] = 1  # an ordinary commit: acknowledged, returns
+        box: list = []
+        capture_commits(box)
+        try:
+            g["deferred"] = 2  # applied and logged; its sync waits in `box`
+        finally:
+            capture_commits(None)
+        [(committer, ticket)] = box
+        if how == "fenced":
+            a.demote_fenced(epoch=a.epoch + 1)  # A learns of a newer epoch
+            with pytest.raises(DurabilityError, match="fenced by epoch"):
+                committer.sync_many(ticket, [time.perf_counter()])
+        else:
+            # Shipped and acknowledged before the demotion, as a switchover makes sure.
+            a.database.committer.write_out()
+            end = a.database.journal.end_position
+            wait_for(lambda: a.replicator.acked_end >= end, what="B to acknowledge it")
+            a.demote(reason="test")
+            committer.sync_many(ticket, [time.perf_counter()])  # acknowledged: returns
+    finally:
+        for m in reversed(ms):
+            m.close()

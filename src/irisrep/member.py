@@ -872,7 +872,9 @@ class Member:
             db = self.database
             db.set_protect(True)
             rep, self.replicator = self.replicator, None
-            db.committer.replicator = None
+            # The closed replicator stays the committer's: a commit logged while this
+            # member was primary and synced only now (a deferred one) returns only if
+            # the backup acknowledged it, else raises; never "durable here" alone.
             if rep is not None:
                 rep.close()
             db.become_copy()
@@ -891,7 +893,10 @@ class Member:
             db = self.database
             db.set_protect(True)
             rep, self.replicator = self.replicator, None
-            db.committer.replicator = None
+            # The fenced replicator stays the committer's: a commit logged while this
+            # member was primary and synced only now (a deferred one, on a syncer) raises
+            # instead of returning durable here alone. Its records are the tail the new
+            # primary's catch-up cuts; acknowledging one would lose it.
             if rep is not None:
                 rep.fenced_by = max(epoch, self.epoch + 1)
                 rep.close()

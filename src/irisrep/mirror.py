@@ -432,6 +432,9 @@ class Replicator:
         # backup becomes Active only once it holds that too (else a takeover on the
         # arbiter's word could lose a commit acknowledged alone).
         self.alone_position = 0
+        # The highest position the Active backup (any, so far) acknowledged: a commit up
+        # to it is on the mirror even once this replicator closed (a planned demote).
+        self.acked_end = 0
         journal.on_written = self._publish
 
     # --- events and links ---------------------------------------------------------------
@@ -686,6 +689,8 @@ class Replicator:
                 # Wake exactly the commits this ack covers (no herd: the others
                 # keep sleeping until their own position is acknowledged).
                 acked = self._acked(st)
+                if acked > self.acked_end:
+                    self.acked_end = acked
                 heap = self._waiters
                 while heap and heap[0][0] <= acked:
                     heapq.heappop(heap)[2].release()
@@ -741,7 +746,7 @@ class Replicator:
                 f"acknowledged by the mirror"
             )
         link = self.active
-        if link is not None and self._acked(link.state) >= position:
+        if position <= self.acked_end or (link is not None and self._acked(link.state) >= position):
             self.stats["acked"] += 1
             return True
         qos_s = self.qos_timeout_ms / 1000.0
