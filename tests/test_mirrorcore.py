@@ -260,6 +260,7 @@ class SimMirror:
         self.link_up: dict[tuple[str, str], bool] = {}
         self.inbox: dict[str, list] = {"A": [], "B": []}
         self.agent_pending: dict[str, int] = {}
+        self.starts = 0  # each start of a member draws a new incarnation (here: a count)
         self.journal = {"A": 0, "B": 0}
         # invariants
         self.epoch_owner: dict[int, str] = {}
@@ -324,8 +325,13 @@ class SimMirror:
                 journal_end=self.journal[m],
                 arbiter_controlled=d.arbiter_controlled,
                 tail_served=d.tail_served,
+                incarnation=self._next_incarnation(),
             ),
         )
+
+    def _next_incarnation(self) -> int:
+        self.starts += 1
+        return self.starts
 
     def crash(self, m: str) -> None:
         if self.proc[m] == "down":

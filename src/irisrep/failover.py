@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import secrets
 import threading
 import time
 
@@ -47,7 +48,7 @@ def resumed_core(name: str, peer: str, qos_ms: int, role: str, epoch: int) -> mc
     """A core for a member whose role changed outside the core (a switchover, an
     operator's promotion): it starts from that role and epoch without a new epoch."""
     core = mc.MirrorCore(name, peer, qos_ms=qos_ms)
-    core.handle(mc.Started(role="backup", epoch=epoch))
+    core.handle(mc.Started(role="backup", epoch=epoch, incarnation=secrets.randbits(62) + 1))
     if role == "primary":
         core.role = "primary"
         core.epoch = core.known_epoch = epoch

@@ -62,6 +62,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -393,6 +394,7 @@ class Member:
                 journal_end=end,
                 arbiter_controlled=self.arbiter_controlled,
                 tail_served=self.tail_served,
+                incarnation=secrets.randbits(62) + 1,
             )
         )
         for a in actions:

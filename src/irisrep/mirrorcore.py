@@ -69,6 +69,9 @@ class Started(Event):
     journal_end: int = 0
     arbiter_controlled: bool = False
     tail_served: bool = False
+    # Different at every start of the member (the process draws it): a promise the
+    # partner gave names the incarnation it was given to (`PeerStatus.promise_to`).
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,10 @@ class PeerStatus(Event):
     """The partner's status (a heartbeat on the mirror link). From a primary,
     `active` says whether the receiver is its Active backup and `mode`/`mode_seq`
     the failover mode it set; from a backup they echo what it last applied.
-    `promise`: the sender will not become primary at any epoch <= promise."""
+    `promise`: the sender will not become primary at any epoch <= promise, a promise
+    given to the receiver's incarnation `promise_to` (one given before the receiver
+    restarted, and so possibly before the sender took over through the receiver's
+    agent, counts for nothing); `incarnation`: the sender's, drawn at its start."""
 
     role: str
     epoch: int
@@ -97,6 +103,8 @@ class PeerStatus(Event):
     was_primary: bool = False
     promise: int = 0
     name: str = ""
+    incarnation: int = 0
+    promise_to: int = 0
 
 
 @dataclass(frozen=True)
@@ -422,6 +430,8 @@ class MirrorCore:
         self.epoch = 0  # this member's epoch (persisted)
         self.known_epoch = 0  # the highest epoch it has heard of
         self.promise = 0  # it will not become primary at an epoch <= promise
+        self.promise_to = 0  # ... a promise given to this incarnation of the partner
+        self.incarnation = 0  # this start's (Started), named by the partner's promises
         self.journal_end = 0
         self.was_primary = False
         # links
@@ -469,6 +479,8 @@ class MirrorCore:
             was_primary=self.was_primary,
             promise=self.promise,
             name=self.name,
+            incarnation=self.incarnation,
+            promise_to=self.promise_to,
         )
 
     def handle(self, event: Event) -> list[Action]:
@@ -553,6 +565,7 @@ class MirrorCore:
         self.epoch = self.known_epoch = ev.epoch
         self.journal_end = ev.journal_end
         self.tail_served = ev.tail_served
+        self.incarnation = ev.incarnation
         self.primary_lost_at = self.now
         self.next_ask_at = self.now
         if ev.role != "primary":
@@ -868,14 +881,19 @@ class MirrorCore:
         theirs = self._rank(ps.epoch, ps.was_primary, ps.journal_end, ps.name or self.peer)
         if mine > theirs:
             target = self._next_epoch()
-            if ps.promise >= target and self.takeover is None:
+            # Only a promise given to this incarnation: one given before our restart
+            # (still in flight, or repeated by a partner that has since taken over
+            # through our agent at a higher epoch) would make two primaries at once.
+            fresh = ps.promise_to == self.incarnation
+            if ps.promise >= target and fresh and self.takeover is None:
                 self._promote(f"{self.peer} promised not to take epoch {target}", out)
             return
         # The partner's next epoch, as it computes it (from what it tells us).
         target = max(ps.epoch, ps.promise, self.epoch, self.known_epoch) + 1
-        if theirs > mine and self.promise < target:
-            self.promise = target
-            out.append(Log(f"{self.peer} ranks higher: promise not to take epoch {target}"))
+        if theirs > mine and (self.promise < target or self.promise_to != ps.incarnation):
+            self.promise = max(self.promise, target)
+            self.promise_to = ps.incarnation
+            out.append(Log(f"{self.peer} ranks higher: promise not to take epoch {self.promise}"))
             if self.takeover is not None:
                 # It may take over on our promise: a takeover begun before must not
                 # finish after it (only its agent's word can start a new one).
