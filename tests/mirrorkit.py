@@ -226,3 +226,29 @@ def deployed(d: str, *up_args: str):
         yield d
     finally:
         cli("down", "--dir", d, check=False)
+
+
+class TxnModel:
+    """A writer's model of what it committed: `committed` (every returned commit) and,
+    inside a transaction, `work` (what the open one would leave). `txn` is what
+    brackets the transactions: a database or a client connection (tstart/tcommit/
+    trollback)."""
+
+    committed: dict
+    work: dict | None
+    txn: object
+
+    def view(self) -> dict:
+        return self.work if self.work is not None else self.committed
+
+    def begin(self) -> None:
+        self.txn.tstart()
+        self.work = dict(self.committed)
+
+    def end(self, commit: bool) -> None:
+        if commit:
+            self.txn.tcommit()
+            self.committed = self.work
+        else:
+            self.txn.trollback()
+        self.work = None

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mirrorkit import TxnModel
 
 import irisrep
 from irisrep import integrity
@@ -97,7 +98,7 @@ def flip(path, offset: int) -> None:
 # --- four writers and their model ----------------------------------------------------------
 
 
-class Writer(threading.Thread):
+class Writer(TxnModel, threading.Thread):
     """One client: its own subtree ^bk(tid, ...), a model of what it committed.
 
     One operation per step, so a transaction spans several steps and the main thread
@@ -112,6 +113,7 @@ class Writer(threading.Thread):
         self.rng = random.Random(seed)
         self.ctl = ctl
         self.committed: dict = {}  # what every returned commit left
+        self.txn = self.db  # brackets the transactions (TxnModel)
         self.work: dict | None = None  # the open transaction's view, or None
         self.txn_steps = 0
         self.hold = threading.Event()
@@ -121,9 +123,6 @@ class Writer(threading.Thread):
         self.leave_open = False  # at stop: end with a transaction open (never committed)
         self.error: BaseException | None = None
         self.ops = 0
-
-    def view(self) -> dict:
-        return self.work if self.work is not None else self.committed
 
     def run(self) -> None:
         try:
@@ -163,18 +162,6 @@ class Writer(threading.Thread):
     def zkill(self, subs) -> None:
         self.g.zkill(subs)
         self.view().pop(subs, None)
-
-    def begin(self) -> None:
-        self.db.tstart()
-        self.work = dict(self.committed)
-
-    def end(self, commit: bool) -> None:
-        if commit:
-            self.db.tcommit()
-            self.committed = self.work
-        else:
-            self.db.trollback()
-        self.work = None
 
     def step(self) -> None:
         r = self.rng

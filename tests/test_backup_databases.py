@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mirrorkit import TxnModel
 
 import irisrep
 from irisrep import integrity
@@ -66,7 +67,7 @@ def flip(path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x5A]))
 
 
-class Writer(threading.Thread):
+class Writer(TxnModel, threading.Thread):
     """One client writing ^bk(tid, ...) in DB and SALES; its model is keyed by
     (database, subs). A transaction may write both databases (the instance's
     transaction covers them)."""
@@ -79,13 +80,11 @@ class Writer(threading.Thread):
         self.rng = random.Random(seed)
         self.ctl = ctl
         self.committed: dict = {}
+        self.txn = self.root  # brackets the transactions (TxnModel)
         self.work: dict | None = None
         self.txn_steps = 0
         self.error: BaseException | None = None
         self.ops = 0
-
-    def view(self) -> dict:
-        return self.work if self.work is not None else self.committed
 
     def run(self) -> None:
         try:
@@ -111,18 +110,6 @@ class Writer(threading.Thread):
         v = self.view()
         for k in [k for k in v if k[0] == name and k[1][: len(subs)] == subs]:
             del v[k]
-
-    def begin(self) -> None:
-        self.root.tstart()
-        self.work = dict(self.committed)
-
-    def end(self, commit: bool) -> None:
-        if commit:
-            self.root.tcommit()
-            self.committed = self.work
-        else:
-            self.root.trollback()
-        self.work = None
 
     def step(self) -> None:
         r = self.rng

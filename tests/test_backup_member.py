@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirrorkit import cli, dump, ps_rows, wait_for
+from mirrorkit import TxnModel, cli, dump, ps_rows, wait_for
 
 import irisrep
 from irisrep import replay
@@ -285,7 +285,7 @@ def test_backup_of_the_running_backup_member_restores_exactly(tmp_path, monkeypa
 # --- four clients on a running mirror, restored to the end and to points in the middle ------
 
 
-class _Client(threading.Thread):
+class _Client(TxnModel, threading.Thread):
     """One client on its own connection to the mirror: its own subtree ^c(tid, ...),
     one operation per step (SET, nested SET, KILL, ZKILL; transactions over several
     steps, some rolled back), and a model of what its returned commits left. The
@@ -299,27 +299,13 @@ class _Client(threading.Thread):
         self.tid, self.ctl = tid, ctl
         self.rng = random.Random(7000 + tid)
         self.committed: dict = {}
+        self.txn = self.conn  # brackets the transactions (TxnModel)
         self.work: dict | None = None
         self.steps = self.ops = 0
         self.hold = threading.Event()
         self.held = threading.Event()
         self.leave_open = False
         self.error: BaseException | None = None
-
-    def view(self) -> dict:
-        return self.work if self.work is not None else self.committed
-
-    def begin(self) -> None:
-        self.conn.tstart()
-        self.work = dict(self.committed)
-
-    def end(self, commit: bool) -> None:
-        if commit:
-            self.conn.tcommit()
-            self.committed = self.work
-        else:
-            self.conn.trollback()
-        self.work = None
 
     def run(self) -> None:
         try:
