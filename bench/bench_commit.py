@@ -111,6 +111,39 @@ while True:
 """
 
 
+# The backup's half of the minimal mirrored commit (mirrored_commit_floor): receive 64
+# bytes, overwrite one block of its own preallocated file and fdatasync it, answer.
+SYNC_ECHO_SCRIPT = r"""
+import os, socket, sys
+from irisrep.fileio import RealFS
+f = RealFS().open(os.path.join(sys.argv[1], "floor_echo.dat"), create=True, direct="optional")
+size = 4 << 20
+f.pwrite(0, bytes(size))
+f.fdatasync()
+block = b"e" * int(sys.argv[2])
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buf = bytearray(64)
+view = memoryview(buf)
+i = 0
+while True:
+    got = 0
+    while got < 64:
+        n = c.recv_into(view[got:])
+        if n == 0:
+            sys.exit(0)
+        got += n
+    f.pwrite((i * len(block)) % size, block)
+    f.fdatasync()
+    i += 1
+    c.sendall(buf)
+"""
+
+
 # --- child processes --------------------------------------------------------------------
 
 
@@ -235,6 +268,55 @@ def rtt_floor(children: Children, n: int) -> list[int]:
         finally:
             s.close()
     finally:
+        children.stop(p)
+
+
+def mirrored_commit_floor(children: Children, d: str, n: int) -> list[int]:
+    """The least a mirrored `durable` commit can cost on this machine; ns each.
+
+    One thread on each side and nothing else: send 64 bytes to another process,
+    overwrite + fdatasync one block here while that process does the same on its own
+    file and answers, then read the answer. Those are the system calls and the two
+    wake-ups every such commit needs (ship, both journals durable, ack), with both
+    files on the one disk the members share here. No engine, no framing, no
+    checksums, no hand-off between threads."""
+    p = children.start(
+        "sync-echo",
+        [sys.executable, "-c", SYNC_ECHO_SCRIPT, d, str(BLOCK)],
+        None,
+        stdout=subprocess.PIPE,
+    )
+    f = RealFS().open(os.path.join(d, "floor_primary.dat"), create=True, direct="optional")
+    try:
+        size = 4 << 20
+        f.pwrite(0, bytes(size))
+        f.fdatasync()
+        block = b"p" * BLOCK
+        port = int(p.stdout.readline())
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            msg = b"m" * 64
+            view = memoryview(bytearray(64))
+            out = []
+            for i in range(n + 50):
+                t0 = time.perf_counter_ns()
+                s.sendall(msg)
+                f.pwrite((i * BLOCK) % size, block)
+                f.fdatasync()
+                got = 0
+                while got < 64:
+                    k = s.recv_into(view[got:])
+                    if k == 0:
+                        raise ConnectionError("the sync-echo process closed the connection")
+                    got += k
+                if i >= 50:  # warm-up
+                    out.append(time.perf_counter_ns() - t0)
+            return out
+        finally:
+            s.close()
+    finally:
+        f.close()
         children.stop(p)
 
 
@@ -663,6 +745,14 @@ def report(res: dict) -> None:
                 f"{fl['fdatasync_concurrent']['p50_us']:.0f} us; durable p50 / (rtt + that) "
                 f"= {g['latency_ratio_same_disk']:.2f}x, for information)"
             )
+        if g.get("latency_ratio_minimal") is not None:
+            mfl = res["floors"]["mirrored_commit"]
+            print(
+                f"  (the minimal mirrored commit here, one thread a side doing only its "
+                f"system calls: p50 {mfl['p50_us']:.0f} us = "
+                f"{g['minimal_over_rtt_plus_fdatasync']:.2f}x rtt + fdatasync; durable p50 / "
+                f"that = {g['latency_ratio_minimal']:.2f}x, for information)"
+            )
     for name, r in res["configs"].items():
         s16 = r.get("scale_16_over_1")
         if s16:
@@ -759,6 +849,7 @@ def main(argv=None) -> int:
         fs_b, _ = fdatasync_floor(str(scratch), args.floor_n - half)
         rtt_b = rtt_floor(children, args.floor_n - half)
         fs_c = concurrent_fdatasync_floor(str(scratch), args.floor_n)
+        mc_floor = mirrored_commit_floor(children, str(scratch), args.floor_n)
         res["member_command"] = mode
         fl = res["floors"] = {
             "fdatasync": percentiles_us(fs_a + fs_b),
@@ -770,6 +861,7 @@ def main(argv=None) -> int:
         fl["rtt_plus_concurrent_fdatasync_p50_us"] = (
             fl["fdatasync_concurrent"]["p50_us"] + fl["rtt"]["p50_us"]
         )
+        fl["mirrored_commit"] = percentiles_us(mc_floor)
         for r in res["configs"].values():
             tp = {row["clients"]: row["commits_s"] for row in r.get("throughput", [])}
             r["scale_16_over_1"] = tp[16] / tp[1] if 16 in tp and 1 in tp and tp[1] else None
@@ -781,6 +873,12 @@ def main(argv=None) -> int:
             dur["latency"]["p50_us"] / fl["rtt_plus_concurrent_fdatasync_p50_us"]
             if "latency" in dur
             else None
+        )
+        res["goals"]["latency_ratio_minimal"] = (
+            dur["latency"]["p50_us"] / fl["mirrored_commit"]["p50_us"] if "latency" in dur else None
+        )
+        res["goals"]["minimal_over_rtt_plus_fdatasync"] = (
+            fl["mirrored_commit"]["p50_us"] / fl["rtt_plus_fdatasync_p50_us"]
         )
         res["goals"]["scale_16"] = {k: r.get("scale_16_over_1") for k, r in res["configs"].items()}
     except KeyboardInterrupt:

@@ -18,8 +18,8 @@ through a `sitecustomize` module on its PYTHONPATH, written to the scratch
 directory); the wrappers cost a few microseconds per commit, so the total is a
 little above bench_commit.py's p50. B's stamps are matched to the primary's by the
 journal position of the frame. Printed: p50 and p90 per step, and the floors of the
-same run (fdatasync of one 8 KiB block, the loopback round trip), as bench_commit.py
-measures them.
+same run (fdatasync of one 8 KiB block, the loopback round trip, the minimal mirrored
+commit), as bench_commit.py measures them.
 
     python bench/profile_commit_hops.py [--commits 3000] [--json FILE] [--dir PARENT]
 
@@ -59,6 +59,14 @@ if "serve" in sys.argv and os.environ.get("IRISREP_HOPS_OUT"):
             cur["first"] = pc()  # the frame's first byte was readable and read
         return out
     W.FrameReader._fill = _fill
+    want = W.FrameReader._want  # the buffered reader's (the mirror links use it)
+    def _want(self, n, deadline, *, at_boundary):
+        empty = self._hi == self._lo
+        out = want(self, n, deadline, at_boundary=at_boundary)
+        if at_boundary and empty:
+            cur["first"] = pc()  # the frame's first bytes were readable and read
+        return out
+    W.FrameReader._want = _want
     read = W.FrameReader.read_frame
     def read_frame(self, **kw):
         f = read(self, **kw)
@@ -164,6 +172,7 @@ def main(argv=None) -> int:
     try:
         fd_ns, direct = bc.fdatasync_floor(str(scratch), args.floor_n)
         rtt_ns = bc.rtt_floor(children, args.floor_n)
+        minimal_ns = bc.mirrored_commit_floor(children, str(scratch), args.floor_n)
         # Before the start: the journal keeps the replicator's hook as a bound method.
         instrument(stamps)
         mirror.start()
@@ -211,7 +220,15 @@ def main(argv=None) -> int:
         f"floors: fdatasync 8 KiB (O_DIRECT={direct}) p50 {fd:.0f} us, loopback rtt p50 "
         f"{rtt:.0f} us, sum {fd + rtt:.0f} us"
     )
-    out = {"floors": {"fdatasync_p50_us": fd, "rtt_p50_us": rtt}, "steps": {}}
+    minimal = np.median(minimal_ns) / 1000
+    print(
+        f"        the minimal mirrored commit (one thread a side, its system calls only, "
+        f"bench_commit.mirrored_commit_floor) p50 {minimal:.0f} us"
+    )
+    out = {
+        "floors": {"fdatasync_p50_us": fd, "rtt_p50_us": rtt, "mirrored_commit_p50_us": minimal},
+        "steps": {},
+    }
     print(f"  {'step':48s} {'p50 us':>8s} {'p90 us':>8s}")
     for label, a, b in STEPS:
         xs = np.array([r[b] - r[a] for r in matched if a in r and b in r]) / 1000
@@ -219,7 +236,10 @@ def main(argv=None) -> int:
         out["steps"][label] = {"p50_us": p50, "p90_us": p90}
         print(f"  {label:48s} {p50:8.1f} {p90:8.1f}")
     total = out["steps"]["total"]["p50_us"]
-    print(f"total p50 / (rtt + fdatasync) p50 = {total / (fd + rtt):.2f}x")
+    print(
+        f"total p50 / (rtt + fdatasync) p50 = {total / (fd + rtt):.2f}x; "
+        f"/ the minimal mirrored commit = {total / minimal:.2f}x"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

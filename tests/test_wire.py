@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from irisrep import _core, wire
+from irisrep.constants import WIRE_READ_BUFFER_BYTES
 from irisrep.errors import IrisrepError
 from irisrep.journalcodec import SET, Record, encode_frame, encode_records
 from irisrep.wire import (
@@ -297,7 +298,8 @@ def test_payload_codecs():
 # --- the frame reader ---------------------------------------------------------------------
 
 
-def test_reader_round_trip_over_socketpair(codec):
+@pytest.mark.parametrize("buffered", [False, True], ids=["exact", "buffered"])
+def test_reader_round_trip_over_socketpair(codec, buffered):
     a, b = pair()
     with a, b:
         sent = [
@@ -308,7 +310,7 @@ def test_reader_round_trip_over_socketpair(codec):
         ]
         for ftype, epoch, payload, compress in sent:
             wire.send_frame(a, ftype, epoch, payload, compress=compress, codec=codec)
-        r = FrameReader(b, codec=codec)
+        r = FrameReader(b, codec=codec, buffered=buffered)
         for ftype, epoch, payload, _ in sent:
             f = r.read_frame()
             assert (f.type, f.epoch, f.payload) == (ftype, epoch, payload)
@@ -318,7 +320,8 @@ def test_reader_round_trip_over_socketpair(codec):
         assert ei.value.reason == "closed"
 
 
-def test_reader_truncated_and_garbage():
+@pytest.mark.parametrize("buffered", [False, True], ids=["exact", "buffered"])
+def test_reader_truncated_and_garbage(buffered):
     frame = wire.encode_wire_frame(ACK, 1, wire.encode_ack(1, 1))
     for cut in (1, 31, 32, 40):
         a, b = pair()
@@ -326,34 +329,38 @@ def test_reader_truncated_and_garbage():
             a.sendall(frame[:cut])
             a.shutdown(socket.SHUT_WR)
             with pytest.raises(WireError) as ei:
-                FrameReader(b).read_frame()
+                FrameReader(b, buffered=buffered).read_frame()
             assert ei.value.reason == "truncated"
     a, b = pair()
     with a, b:
         a.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 8)
         with pytest.raises(WireError) as ei:
-            FrameReader(b).read_frame()
+            FrameReader(b, buffered=buffered).read_frame()
         assert ei.value.reason == "magic"
 
 
-def test_reader_refuses_huge_length_before_allocating():
-    """A header declaring 2^32-1 bytes: refused with nothing more read or allocated."""
+@pytest.mark.parametrize("buffered", [False, True], ids=["exact", "buffered"])
+def test_reader_refuses_huge_length_before_allocating(buffered):
+    """A header declaring 2^32-1 bytes: refused with nothing more read or allocated
+    (buffered: no more than its fixed read-ahead)."""
     a, b = pair()
     with a, b:
         a.sendall(raw_frame(JOURNAL, b"", length=2**32 - 1) + b"more")
         tracemalloc.start()
         try:
             with pytest.raises(WireError) as ei:
-                FrameReader(b).read_frame()
+                FrameReader(b, buffered=buffered).read_frame()
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert ei.value.reason == "length"
         assert peak < 256 * 1024
-        assert b.recv(16) == b"more"  # the reader took only the header
+        if not buffered:
+            assert b.recv(16) == b"more"  # the reader took only the header
 
 
-def test_reader_cuts_off_a_slow_sender():
+@pytest.mark.parametrize("buffered", [False, True], ids=["exact", "buffered"])
+def test_reader_cuts_off_a_slow_sender(buffered):
     """1 byte per 100 ms: cut off at the frame deadline, not when the frame completes."""
     frame = wire.encode_wire_frame(ACK, 1, wire.encode_ack(1, 1))
     a, b = pair()
@@ -373,7 +380,7 @@ def test_reader_cuts_off_a_slow_sender():
     try:
         start = time.monotonic()
         with pytest.raises(WireError) as ei:
-            FrameReader(b, frame_timeout_ms=500).read_frame()
+            FrameReader(b, frame_timeout_ms=500, buffered=buffered).read_frame()
         took = time.monotonic() - start
         assert ei.value.reason == "timeout"
         assert 0.45 <= took < 1.5, took
@@ -384,10 +391,11 @@ def test_reader_cuts_off_a_slow_sender():
         b.close()
 
 
-def test_reader_idle_timeout_then_frame_deadline():
+@pytest.mark.parametrize("buffered", [False, True], ids=["exact", "buffered"])
+def test_reader_idle_timeout_then_frame_deadline(buffered):
     a, b = pair()
     with a, b:
-        r = FrameReader(b, frame_timeout_ms=300)
+        r = FrameReader(b, frame_timeout_ms=300, buffered=buffered)
         start = time.monotonic()
         with pytest.raises(WireError) as ei:
             r.read_frame(idle_timeout_ms=200)
@@ -396,6 +404,61 @@ def test_reader_idle_timeout_then_frame_deadline():
         # An idle wait longer than the frame timeout is fine when the frame is quick.
         threading.Timer(0.5, a.sendall, [wire.encode_wire_frame(HEARTBEAT, 0, b"\0" * 8)]).start()
         assert r.read_frame(idle_timeout_ms=3000).type == HEARTBEAT
+
+
+def test_buffered_reader_serves_a_burst_trickles_and_one_big_frame(codec):
+    """Many frames in one write come out one by one, in order, from one read-ahead; a
+    frame split across reads at every kind of boundary is whole; a frame larger than
+    the read-ahead grows the buffer to exactly that frame, which shrinks back after."""
+    small = [codec.encode_wire_frame(ACK, 3, wire.encode_ack(i, 1), None) for i in range(200)]
+    big_payload = wire.encode_journal_batch(journal_frames(40, 4000))  # > 64 KiB
+    assert len(big_payload) > WIRE_READ_BUFFER_BYTES
+    big = codec.encode_wire_frame(JOURNAL, 3, big_payload, False)  # raw: > 64 KiB
+    a, b = pair()
+    with a, b:
+        r = FrameReader(b, codec=codec, buffered=True)
+        a.sendall(b"".join(small))
+        got = [wire.decode_ack(r.read_frame().payload)[0] for _ in range(200)]
+        assert got == list(range(200))
+        assert r.buffered_bytes() == 0
+        # Split: inside the header, at its end, inside the payload, then the rest.
+        stream = small[0] + big + small[1]
+        cuts = [5, len(small[0]) + 32, len(small[0]) + 70_000, len(stream)]
+
+        def send_in_pieces():
+            prev = 0
+            for c in cuts:
+                a.sendall(stream[prev:c])
+                prev = c
+                time.sleep(0.05)
+
+        t = threading.Thread(target=send_in_pieces, daemon=True)
+        t.start()
+        assert wire.decode_ack(r.read_frame().payload)[0] == 0
+        f = r.read_frame()
+        assert (f.type, f.payload) == (JOURNAL, big_payload)
+        assert wire.decode_ack(r.read_frame().payload)[0] == 1
+        t.join(5)
+        assert len(r._buf) == WIRE_READ_BUFFER_BYTES  # shrunk after the big frame
+        a.close()
+        with pytest.raises(WireError) as ei:
+            r.read_frame()
+        assert ei.value.reason == "closed"
+
+
+def test_buffered_reader_bad_frame_after_good_ones():
+    """Good frames before a corrupt one are served; the corrupt one raises its reason."""
+    good = wire.encode_wire_frame(HEARTBEAT, 1, wire.encode_u64(5))
+    bad = bytearray(wire.encode_wire_frame(HEARTBEAT, 1, wire.encode_u64(6)))
+    bad[-1] ^= 0xFF
+    a, b = pair()
+    with a, b:
+        a.sendall(good + good + bytes(bad))
+        r = FrameReader(b, buffered=True)
+        assert [wire.decode_u64(r.read_frame().payload) for _ in range(2)] == [5, 5]
+        with pytest.raises(WireError) as ei:
+            r.read_frame()
+        assert ei.value.reason == "checksum"
 
 
 # --- the handshake over TCP ---------------------------------------------------------------

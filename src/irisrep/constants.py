@@ -156,6 +156,9 @@ WIRE_KEY_BYTES_MIN = 16  # the mirror key
 WIRE_REJECT_BYTES_MAX = 256
 WIRE_STATUS_BYTES_MAX = 64 * 1024
 WIRE_JOURNAL_PAYLOAD_BYTES_MIN = 4 + JOURNAL_FRAME_HEADER_BYTES  # count + one frame header
+# A mirror link's read-ahead (wire.FrameReader(buffered=True)): one recv takes a burst
+# of frames; it grows past this only to hold one frame whose header was checked.
+WIRE_READ_BUFFER_BYTES = 64 * 1024
 WIRE_FRAME_TIMEOUT_MS = 10_000  # one frame, first byte to last, however it trickles
 WIRE_HANDSHAKE_TIMEOUT_MS = 5_000  # accept to WELCOME
 WIRE_SEND_TIMEOUT_MS = 10_000  # one send_frame

@@ -265,7 +265,8 @@ class _PeerLink:
             wire.send_frame(self.sock, ftype, self.rep.epoch, payload)
 
     def _read_loop(self) -> None:
-        reader = wire.FrameReader(self.sock)
+        # Buffered: this link owns the socket until it closes.
+        reader = wire.FrameReader(self.sock, buffered=True)
         idle_ms = silence_ms(self.rep.qos_timeout_ms)
         try:
             while not self.state.closed:
@@ -1096,7 +1097,8 @@ class CopyLink:
         self._send(sock, wire.HEARTBEAT, wire.encode_u64(self.db.applied_position))
 
     def _stream(self, sock, name: str, unflushed: list) -> None:
-        reader = wire.FrameReader(sock)
+        # Buffered: the stream owns the socket until the session ends.
+        reader = wire.FrameReader(sock, buffered=True)
         idle_ms = silence_ms(self.qos_timeout_ms)
         while not self.closed:
             f = reader.read_frame(idle_timeout_ms=idle_ms)
@@ -1120,7 +1122,9 @@ class CopyLink:
                 unflushed.append((start, data))
                 if self.ack_code == wire.ACK_RECEIVED:
                     self._send(sock, wire.ACK, wire.encode_ack(end, wire.ACK_RECEIVED))
-                if sum(len(d) for _s, d in unflushed) < MIRROR_BATCH_BYTES_MAX and _readable(sock):
+                if sum(len(d) for _s, d in unflushed) < MIRROR_BATCH_BYTES_MAX and (
+                    reader.buffered_bytes() or _readable(sock)
+                ):
                     # More is waiting: one fdatasync for all of it. Whatever frame comes
                     # next, the batches are synced before it is handled (never left).
                     continue

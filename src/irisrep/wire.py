@@ -60,6 +60,7 @@ from .constants import (
     WIRE_MAGIC,
     WIRE_NAME_BYTES_MAX,
     WIRE_NONCE_BYTES,
+    WIRE_READ_BUFFER_BYTES,
     WIRE_REJECT_BYTES_MAX,
     WIRE_SEND_TIMEOUT_MS,
     WIRE_STATUS_BYTES_MAX,
@@ -574,10 +575,29 @@ class FrameReader:
     Each frame must arrive whole within `frame_timeout_ms` of its first byte (of the
     call, without idle_timeout_ms); the header is checked before the payload buffer is
     allocated, and that buffer is exactly header + validated length. The reader sets
-    the socket's timeout itself."""
+    the socket's timeout itself.
 
-    def __init__(self, sock, *, frame_timeout_ms: int = WIRE_FRAME_TIMEOUT_MS, codec=None):
+    `buffered=True` (a stream that owns its socket for the rest of its life: the
+    mirror's links) reads whatever is waiting, up to WIRE_READ_BUFFER_BYTES, in one
+    recv and serves the following frames from it: one poll and one recv for a burst of
+    frames instead of three of each per frame. Its buffer grows only to hold one
+    frame whose header was checked (header + validated length) and shrinks back when
+    that frame is consumed. Not for a socket handed on after a frame (a handshake's):
+    bytes read ahead would be lost to the next reader."""
+
+    def __init__(
+        self,
+        sock,
+        *,
+        frame_timeout_ms: int = WIRE_FRAME_TIMEOUT_MS,
+        codec=None,
+        buffered: bool = False,
+    ):
         self._sock = sock
+        self._buffered = buffered
+        self._buf = bytearray(0)  # buffered: bytes [_lo, _hi) read, not yet served
+        self._lo = 0
+        self._hi = 0
         self._frame_timeout = frame_timeout_ms / 1000.0
         self._codec = codec if codec is not None else _codec()
         # Wait for bytes with poll() and our own deadline, never with the socket's
@@ -633,6 +653,8 @@ class FrameReader:
         """The next frame. idle_timeout_ms: how long to wait for its first byte (then
         the frame timeout runs from that byte); deadline: a time.monotonic() value that
         no part of the frame may pass (a handshake's)."""
+        if self._buffered:
+            return self._read_buffered(idle_timeout_ms, deadline)
         now = time.monotonic()
         frame_deadline = now + self._frame_timeout
         if deadline is not None:
@@ -656,6 +678,83 @@ class FrameReader:
         self._fill(memoryview(buf), WIRE_FRAME_HEADER_BYTES, frame_deadline, at_boundary=False)
         frame, _end = self._codec.parse_wire_frame(buf)
         return frame
+
+    # --- buffered ---------------------------------------------------------------------
+
+    def buffered_bytes(self) -> int:
+        """Bytes read from the socket and not yet served as frames."""
+        return self._hi - self._lo
+
+    def _read_buffered(self, idle_timeout_ms: int | None, deadline: float | None) -> WireFrame:
+        now = time.monotonic()
+        frame_deadline = now + self._frame_timeout
+        if deadline is not None:
+            frame_deadline = min(frame_deadline, deadline)
+        if self._hi == self._lo and idle_timeout_ms is not None:
+            first = now + idle_timeout_ms / 1000.0
+            if deadline is not None:
+                first = min(first, deadline)
+            self._want(1, first, at_boundary=True)
+            # The frame's own timeout runs from its first byte.
+            frame_deadline = time.monotonic() + self._frame_timeout
+            if deadline is not None:
+                frame_deadline = min(frame_deadline, deadline)
+        self._want(WIRE_FRAME_HEADER_BYTES, frame_deadline, at_boundary=True)
+        lo = self._lo
+        with memoryview(self._buf) as mv:
+            _ftype, _flags, _epoch, length = self._codec.parse_wire_header(
+                mv[lo : lo + WIRE_FRAME_HEADER_BYTES]
+            )
+        # `length` is checked against the maximum: only now may the buffer grow to it.
+        total = WIRE_FRAME_HEADER_BYTES + length
+        self._want(total, frame_deadline, at_boundary=False)
+        lo = self._lo
+        with memoryview(self._buf) as mv:
+            # The payload is copied out (parse_wire_frame returns its own bytes), so
+            # the buffer can be reused at once.
+            frame, _end = self._codec.parse_wire_frame(mv[lo : lo + total])
+        self._lo = lo + total
+        if self._lo == self._hi:
+            self._lo = self._hi = 0
+            if len(self._buf) > WIRE_READ_BUFFER_BYTES:
+                self._buf = bytearray(WIRE_READ_BUFFER_BYTES)  # after one big frame
+        return frame
+
+    def _want(self, n: int, deadline: float, *, at_boundary: bool) -> None:
+        """Until at least `n` unserved bytes are buffered (n: at most one checked
+        frame), reading whatever else is waiting with them."""
+        while self._hi - self._lo < n:
+            if len(self._buf) - self._lo < n or self._hi == len(self._buf):
+                # Move the unserved bytes to the front; grow only to hold `n`.
+                rest = self._buf[self._lo : self._hi]
+                size = max(WIRE_READ_BUFFER_BYTES, n)
+                if len(self._buf) != size:
+                    self._buf = bytearray(size)
+                self._buf[: len(rest)] = rest
+                self._lo, self._hi = 0, len(rest)
+            remaining = deadline - time.monotonic()
+            got = self._hi - self._lo
+            if remaining <= 0:
+                raise _err("timeout", f"{got} of {n} bytes before the deadline")
+            if self._poll is not None:
+                if not self._readable(remaining):
+                    continue  # the deadline check above decides
+            else:
+                _set_timeout(self._sock, remaining)
+            try:
+                with memoryview(self._buf) as mv:
+                    k = self._sock.recv_into(mv[self._hi :])
+            except TimeoutError:
+                raise _err("timeout", f"{got} of {n} bytes before the deadline") from None
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (ConnectionResetError, ConnectionAbortedError):
+                k = 0  # an abrupt close is a close
+            if k == 0:
+                if at_boundary and got == 0:
+                    raise _err("closed", "the peer closed the connection")
+                raise _err("truncated", f"connection closed after {got} of {n} bytes")
+            self._hi += k
 
 
 def send_frame(
