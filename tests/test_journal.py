@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import struct
 import threading
 import time
@@ -827,3 +828,76 @@ def test_append_frames_copies_another_journal_byte_for_byte():
     reopened = Journal(fs, "/b/journal", precreate=False)
     assert reopened.end_position == end and reopened.tail_reason == "zero"
     reopened.close()
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_interrupted_waiter_is_never_handed_the_leadership(monkeypatch):
+    """The main thread commits behind a leader whose fdatasync is held and is
+    interrupted by a signal while it waits; it would be the next leader. The two
+    committers behind it return once the fdatasync goes on, and its record (logged
+    before the interruption) is written by their group."""
+    from irisrep import simdisk
+
+    gate = threading.Event()
+    orig = simdisk.SimFile.fdatasync
+
+    def held(self):
+        assert gate.wait(10), "the test never let the fdatasync finish"
+        orig(self)
+
+    monkeypatch.setattr(simdisk.SimFile, "fdatasync", held)
+    fs = SimFS(23)
+    gate.set()
+    j = open_j(fs, file_bytes=1024 * 1024)
+    j.commit([rec(0)])  # the file exists and is synced
+    gate.clear()
+    done: list[int] = []
+
+    def commit(i: int) -> None:
+        j.commit([rec(i)])
+        done.append(i)
+
+    leader = threading.Thread(target=commit, args=(1,))
+    leader.start()
+    deadline = time.monotonic() + 10
+    while not (j._leading and not j._queue):  # it leads, its batch taken
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    others: list[threading.Thread] = []
+
+    def start_others_then_interrupt() -> None:
+        while len(j._queue) < 1:  # the main thread queued first
+            time.sleep(0.001)
+        for i in (3, 4):
+            others.append(threading.Thread(target=commit, args=(i,)))
+            others[-1].start()
+        while len(j._queue) < 3:
+            time.sleep(0.001)
+        time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    def interrupt(_signum, _frame):
+        raise _Interrupted()
+
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    helper = threading.Thread(target=start_others_then_interrupt)
+    helper.start()
+    try:
+        with pytest.raises(_Interrupted):
+            j.commit([rec(2)])
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        helper.join(10)
+    gate.set()
+    leader.join(10)
+    for th in others:
+        th.join(10)
+    assert not leader.is_alive() and not any(th.is_alive() for th in others), (
+        "a committer waits for the interrupted one to lead"
+    )
+    assert sorted(done) == [1, 3, 4]
+    j.close()
+    assert sorted(r.key for r in records(fs)) == [rec(i).key for i in range(5)]

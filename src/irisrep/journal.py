@@ -731,7 +731,7 @@ class _Req:
     from creation and released once by whoever finishes it (done, error) or hands it
     the leadership, so that each group wakes exactly the threads it concerns."""
 
-    __slots__ = ("parts", "records", "nbytes", "end", "done", "error", "wake")
+    __slots__ = ("parts", "records", "nbytes", "end", "done", "error", "wake", "lead", "gone")
 
     def __init__(self, parts: list[_Part], end: int | None = None) -> None:
         self.parts = parts
@@ -742,6 +742,8 @@ class _Req:
         self.error: BaseException | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
+        self.lead = False  # handed the leadership (under _cv, before `wake` is released)
+        self.gone = False  # its waiter was interrupted: never hand it the leadership
 
 
 class _Frame:
@@ -1148,7 +1150,11 @@ class Journal:
             self._leading = True
         while True:
             if not lead:
-                req.wake.acquire()
+                try:
+                    req.wake.acquire()
+                except BaseException:
+                    self._leave(req)
+                    raise
                 if req.error is not None:
                     raise DurabilityError(
                         f"{self.dirpath}: the journal could not make this commit "
@@ -1161,6 +1167,30 @@ class Journal:
             if req.done:
                 return
             lead = True
+
+    def _next_leader_locked(self, me: _Req) -> _Req | None:
+        """With _cv held, a leader done with its own request: the first waiter still
+        waiting leads next (marked; its wake is released by the caller), or nobody
+        leads (`_leading` False) when none is. A waiter interrupted in its wait
+        (`gone`) is passed over: its records stay queued for the next group."""
+        for r in self._queue:
+            if r is not me and not r.gone:
+                r.lead = True
+                return r
+        self._leading = False
+        return None
+
+    def _leave(self, req: _Req) -> None:
+        """The waiter of `req` was interrupted (a signal in the main thread): it must
+        not hold up anyone. If the leadership was handed to it, it passes it on."""
+        with self._cv:
+            req.gone = True
+            nxt = None
+            if req.lead and not req.done and req.error is None:
+                req.lead = False
+                nxt = self._next_leader_locked(req)
+        if nxt is not None:
+            nxt.wake.release()
 
     def _lead(self, me: _Req) -> None:
         """One group: take the waiting requests (bounded), frame them, one write of
@@ -1204,10 +1234,9 @@ class Journal:
                         keep.append(r)
                 self._queue = keep
                 if me.done:
-                    if keep:
-                        wake.append(keep[0])  # the next leader (leading stays True)
-                    else:
-                        self._leading = False
+                    nxt = self._next_leader_locked(me)
+                    if nxt is not None:
+                        wake.append(nxt)  # the next leader (leading stays True)
             for r in wake:
                 if r is not me:
                     r.wake.release()
