@@ -10,11 +10,11 @@ held so that committers pile up behind a leader, as under load.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 
 import pytest
+from interruptkit import Interrupted, interrupting_main
 
 from irisrep import simdisk
 from irisrep.commit import Committer
@@ -43,10 +43,6 @@ class CountingReplicator:
 
     def wait(self, position: int) -> None:
         self.waits.append(position)
-
-
-class _Interrupted(BaseException):
-    pass
 
 
 @pytest.fixture
@@ -110,26 +106,6 @@ def test_sixteen_committers_each_wake_once_durable(committer, mirrored):
         assert 0 < len(rep.waits) < T * N
 
 
-def _interrupt_main_once_waiting(c: Committer, waiters: int) -> threading.Thread:
-    """A helper thread: once `waiters` committers sleep behind the leader, a signal
-    (SIGUSR1, whose handler raises _Interrupted) to the main thread."""
-
-    def run() -> None:
-        deadline = time.monotonic() + 10
-        while len(c._waiters) < waiters and time.monotonic() < deadline:
-            time.sleep(0.001)
-        time.sleep(0.01)  # the main thread is asleep in its wait by now
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-
-    th = threading.Thread(target=run)
-    th.start()
-    return th
-
-
-def _raise_interrupted(_signum, _frame):
-    raise _Interrupted()
-
-
 @pytest.mark.parametrize("where", ["in-the-group", "next-leader"])
 def test_interrupted_committer_never_stalls_the_others(committer, where):
     """The main thread waits behind a leader whose fdatasync is held, and a signal
@@ -176,15 +152,15 @@ def test_interrupted_committer_never_stalls_the_others(committer, where):
         for t in (1, 2, 3):
             others.append(threading.Thread(target=commit, args=(t, False)))
             others[-1].start()
-    old = signal.signal(signal.SIGUSR1, _raise_interrupted)
-    helper = _interrupt_main_once_waiting(c, 4)
-    go.set()
-    try:
-        with pytest.raises(_Interrupted):
-            c.sync(mine)
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-        helper.join(10)
+
+    def behind_the_leader() -> None:  # the main thread and three more wait
+        deadline = time.monotonic() + 10
+        while len(c._waiters) < 4 and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    with interrupting_main(behind_the_leader), pytest.raises(Interrupted):
+        go.set()
+        c.sync(mine)
     gate.set()
     leader.join(10)
     for th in others:

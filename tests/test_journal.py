@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import struct
 import threading
 import time
 
 import pytest
 import xxhash
+from interruptkit import Interrupted, interrupting_main
 
 from irisrep import crashpoints
 from irisrep.constants import JOURNAL_HEADER_BYTES
@@ -830,10 +830,6 @@ def test_append_frames_copies_another_journal_byte_for_byte():
     reopened.close()
 
 
-class _Interrupted(BaseException):
-    pass
-
-
 def test_interrupted_waiter_is_never_handed_the_leadership(monkeypatch):
     """The main thread commits behind a leader whose fdatasync is held and is
     interrupted by a signal while it waits; it would be the next leader. The two
@@ -868,7 +864,7 @@ def test_interrupted_waiter_is_never_handed_the_leadership(monkeypatch):
         time.sleep(0.001)
     others: list[threading.Thread] = []
 
-    def start_others_then_interrupt() -> None:
+    def queue_others_behind_main() -> None:
         while len(j._queue) < 1:  # the main thread queued first
             time.sleep(0.001)
         for i in (3, 4):
@@ -876,21 +872,9 @@ def test_interrupted_waiter_is_never_handed_the_leadership(monkeypatch):
             others[-1].start()
         while len(j._queue) < 3:
             time.sleep(0.001)
-        time.sleep(0.01)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
-    def interrupt(_signum, _frame):
-        raise _Interrupted()
-
-    old = signal.signal(signal.SIGUSR1, interrupt)
-    helper = threading.Thread(target=start_others_then_interrupt)
-    helper.start()
-    try:
-        with pytest.raises(_Interrupted):
-            j.commit([rec(2)])
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-        helper.join(10)
+    with interrupting_main(queue_others_behind_main), pytest.raises(Interrupted):
+        j.commit([rec(2)])
     gate.set()
     leader.join(10)
     for th in others:
