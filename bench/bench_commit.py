@@ -241,26 +241,29 @@ def concurrent_fdatasync_floor(d: str, n: int) -> list[int]:
     return out
 
 
-def rtt_floor(children: Children, n: int) -> list[int]:
-    """Round trip of 64 bytes over 127.0.0.1 to another process; ns each."""
-    p = children.start("echo", [sys.executable, "-c", ECHO_SCRIPT], None, stdout=subprocess.PIPE)
+def _timed_round_trips(children: Children, name: str, argv: list[str], n: int, meanwhile=None):
+    """Start the answering process `argv` (it prints its port, then answers every 64
+    bytes with 64 bytes), then n round trips to it after 50 of warm-up; ns each.
+    `meanwhile(i)` runs between the send and the read of the answer."""
+    p = children.start(name, argv, None, stdout=subprocess.PIPE)
     try:
         port = int(p.stdout.readline())
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             msg = b"p" * 64
-            buf = bytearray(64)
-            view = memoryview(buf)
+            view = memoryview(bytearray(64))
             out = []
             for i in range(n + 50):
                 t0 = time.perf_counter_ns()
                 s.sendall(msg)
+                if meanwhile is not None:
+                    meanwhile(i)
                 got = 0
                 while got < 64:
                     k = s.recv_into(view[got:])
                     if k == 0:
-                        raise ConnectionError("the echo process closed the connection")
+                        raise ConnectionError(f"the {name} process closed the connection")
                     got += k
                 if i >= 50:  # warm-up
                     out.append(time.perf_counter_ns() - t0)
@@ -269,6 +272,11 @@ def rtt_floor(children: Children, n: int) -> list[int]:
             s.close()
     finally:
         children.stop(p)
+
+
+def rtt_floor(children: Children, n: int) -> list[int]:
+    """Round trip of 64 bytes over 127.0.0.1 to another process; ns each."""
+    return _timed_round_trips(children, "echo", [sys.executable, "-c", ECHO_SCRIPT], n)
 
 
 def mirrored_commit_floor(children: Children, d: str, n: int) -> list[int]:
@@ -280,44 +288,21 @@ def mirrored_commit_floor(children: Children, d: str, n: int) -> list[int]:
     wake-ups every such commit needs (ship, both journals durable, ack), with both
     files on the one disk the members share here. No engine, no framing, no
     checksums, no hand-off between threads."""
-    p = children.start(
-        "sync-echo",
-        [sys.executable, "-c", SYNC_ECHO_SCRIPT, d, str(BLOCK)],
-        None,
-        stdout=subprocess.PIPE,
-    )
     f = RealFS().open(os.path.join(d, "floor_primary.dat"), create=True, direct="optional")
     try:
         size = 4 << 20
         f.pwrite(0, bytes(size))
         f.fdatasync()
         block = b"p" * BLOCK
-        port = int(p.stdout.readline())
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        try:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            msg = b"m" * 64
-            view = memoryview(bytearray(64))
-            out = []
-            for i in range(n + 50):
-                t0 = time.perf_counter_ns()
-                s.sendall(msg)
-                f.pwrite((i * BLOCK) % size, block)
-                f.fdatasync()
-                got = 0
-                while got < 64:
-                    k = s.recv_into(view[got:])
-                    if k == 0:
-                        raise ConnectionError("the sync-echo process closed the connection")
-                    got += k
-                if i >= 50:  # warm-up
-                    out.append(time.perf_counter_ns() - t0)
-            return out
-        finally:
-            s.close()
+
+        def write_and_sync(i: int) -> None:
+            f.pwrite((i * BLOCK) % size, block)
+            f.fdatasync()
+
+        argv = [sys.executable, "-c", SYNC_ECHO_SCRIPT, d, str(BLOCK)]
+        return _timed_round_trips(children, "sync-echo", argv, n, write_and_sync)
     finally:
         f.close()
-        children.stop(p)
 
 
 # --- the mirror ---------------------------------------------------------------------------

@@ -625,27 +625,35 @@ class FrameReader:
 
     def _fill(self, view: memoryview, got: int, deadline: float, at_boundary: bool) -> None:
         while got < len(view):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _err("timeout", f"{got} of {len(view)} bytes before the deadline")
-            if self._poll is not None:
-                if not self._readable(remaining):
-                    continue  # the deadline check above decides
-            else:
-                _set_timeout(self._sock, remaining)
-            try:
-                n = self._sock.recv_into(view[got:])
-            except TimeoutError:
-                raise _err("timeout", f"{got} of {len(view)} bytes before the deadline") from None
-            except (BlockingIOError, InterruptedError):
-                continue
-            except (ConnectionResetError, ConnectionAbortedError):
-                n = 0  # an abrupt close is a close
-            if n == 0:
-                if at_boundary and got == 0:
-                    raise _err("closed", "the peer closed the connection")
-                raise _err("truncated", f"connection closed after {got} of {len(view)} bytes")
-            got += n
+            got += self._recv_step(view[got:], got, len(view), deadline, at_boundary)
+
+    def _recv_step(
+        self, view: memoryview, got: int, want: int, deadline: float, at_boundary: bool
+    ) -> int:
+        """One wait for bytes (until `deadline`) and one recv into `view`: how many
+        came (0: none yet, call again). `got` of `want` say where the frame stands,
+        for the error: "timeout", "closed" (at a frame boundary) or "truncated"."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _err("timeout", f"{got} of {want} bytes before the deadline")
+        if self._poll is not None:
+            if not self._readable(remaining):
+                return 0  # the deadline check above decides
+        else:
+            _set_timeout(self._sock, remaining)
+        try:
+            n = self._sock.recv_into(view)
+        except TimeoutError:
+            raise _err("timeout", f"{got} of {want} bytes before the deadline") from None
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except (ConnectionResetError, ConnectionAbortedError):
+            n = 0  # an abrupt close is a close
+        if n == 0:
+            if at_boundary and got == 0:
+                raise _err("closed", "the peer closed the connection")
+            raise _err("truncated", f"connection closed after {got} of {want} bytes")
+        return n
 
     def read_frame(
         self, *, idle_timeout_ms: int | None = None, deadline: float | None = None
@@ -732,29 +740,10 @@ class FrameReader:
                     self._buf = bytearray(size)
                 self._buf[: len(rest)] = rest
                 self._lo, self._hi = 0, len(rest)
-            remaining = deadline - time.monotonic()
-            got = self._hi - self._lo
-            if remaining <= 0:
-                raise _err("timeout", f"{got} of {n} bytes before the deadline")
-            if self._poll is not None:
-                if not self._readable(remaining):
-                    continue  # the deadline check above decides
-            else:
-                _set_timeout(self._sock, remaining)
-            try:
-                with memoryview(self._buf) as mv:
-                    k = self._sock.recv_into(mv[self._hi :])
-            except TimeoutError:
-                raise _err("timeout", f"{got} of {n} bytes before the deadline") from None
-            except (BlockingIOError, InterruptedError):
-                continue
-            except (ConnectionResetError, ConnectionAbortedError):
-                k = 0  # an abrupt close is a close
-            if k == 0:
-                if at_boundary and got == 0:
-                    raise _err("closed", "the peer closed the connection")
-                raise _err("truncated", f"connection closed after {got} of {n} bytes")
-            self._hi += k
+            with memoryview(self._buf) as mv:
+                self._hi += self._recv_step(
+                    mv[self._hi :], self._hi - self._lo, n, deadline, at_boundary
+                )
 
 
 def send_frame(
