@@ -176,8 +176,8 @@ class Committer(CommitLog):
         its own lock in a heap by ticket: one wake-up per commit, never a herd (16
         re-sleeping threads per group cost more CPU than the commits themselves).
 
-        The covered waiters are woken as a chain (`_release_chain`): the leader wakes
-        the first, and each wakes the next as it runs. Woken all at once, all but one
+        The covered waiters are woken as a chain (`_release_chain_locked`): the leader
+        wakes the first, and each wakes the next as it runs. Woken all at once, all but one
         find the GIL taken and sleep again on it; a chain brings them to the GIL one
         after the other (16 clients: 3.3 instead of 4.0 context switches per commit,
         30% less time waiting for a CPU). A waiter interrupted in its wait (a signal
