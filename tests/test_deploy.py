@@ -294,17 +294,36 @@ def _time_wait_on(port: int) -> None:
     assert f"127.0.0.1:{port} " in found.stdout, found.stdout
 
 
+def _free_port_range(n: int) -> int:
+    """A base port with `n` free ports from it, below the ephemeral range: a port the
+    kernel picks for a connection (the TIME_WAIT's own client, another test's) never
+    lands among them, as it could next to a port bound to 0."""
+    import random
+    import socket
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_lo = int(f.read().split()[0])
+    lo = 10_000 if ephemeral_lo > 10_000 + 2 * n else 1_024
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(lo, ephemeral_lo - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    pytest.skip(f"no {n} free ports in a row below {ephemeral_lo}")
+
+
 def test_up_again_at_the_same_base_port_right_after_down(tmp_path):
     """`irisrep down` then `irisrep up --base-port P` at once: ports in TIME_WAIT are
     free to the members (their listeners set SO_REUSEADDR), so `up` takes them; a
     port with a listener on it is still refused."""
     import socket
 
-    from mirrorkit import free_ports
-
-    base = free_ports(1)[0]
-    if base + 9 > 65000:
-        pytest.skip("no room for a range above the free port found")
+    base = _free_port_range(30)
     _time_wait_on(base)
     d = str(tmp_path / "m")
     try:
