@@ -52,14 +52,7 @@ if "serve" in sys.argv and os.environ.get("IRISREP_HOPS_OUT"):
     from irisrep import journal as J, mirror as M, wire as W
     pc = time.perf_counter_ns
     rows, cur = [], {}
-    fill = W.FrameReader._fill
-    def _fill(self, view, got, deadline, at_boundary):
-        out = fill(self, view, got, deadline, at_boundary)
-        if at_boundary and got == 0:
-            cur["first"] = pc()  # the frame's first byte was readable and read
-        return out
-    W.FrameReader._fill = _fill
-    want = W.FrameReader._want  # the buffered reader's (the mirror links use it)
+    want = W.FrameReader._want
     def _want(self, n, deadline, *, at_boundary):
         empty = self._hi == self._lo
         out = want(self, n, deadline, at_boundary=at_boundary)

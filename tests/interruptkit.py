@@ -7,6 +7,9 @@ thread runs `steps()` (wait until the main thread sleeps where it should, start
 other threads, ...), then sends SIGUSR1 to the main thread, whose handler raises
 `Interrupted` (a BaseException, as KeyboardInterrupt is). The old handler is put
 back and the helper joined on the way out.
+
+`all_returned(threads)`: join each (10 s at most); whether none is still running
+(the others' check: nobody waits for ever on the interrupted one).
 """
 
 from __future__ import annotations
@@ -45,3 +48,9 @@ def interrupting_main(steps: Callable[[], None]) -> Iterator[None]:
     finally:
         helper.join(10)
         signal.signal(signal.SIGUSR1, old)
+
+
+def all_returned(threads: list[threading.Thread], timeout_s: float = 10.0) -> bool:
+    for th in threads:
+        th.join(timeout_s)
+    return not any(th.is_alive() for th in threads)

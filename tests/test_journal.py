@@ -17,7 +17,7 @@ import time
 
 import pytest
 import xxhash
-from interruptkit import Interrupted, interrupting_main
+from interruptkit import Interrupted, all_returned, interrupting_main
 
 from irisrep import crashpoints
 from irisrep.constants import JOURNAL_HEADER_BYTES
@@ -876,12 +876,7 @@ def test_interrupted_waiter_is_never_handed_the_leadership(monkeypatch):
     with interrupting_main(queue_others_behind_main), pytest.raises(Interrupted):
         j.commit([rec(2)])
     gate.set()
-    leader.join(10)
-    for th in others:
-        th.join(10)
-    assert not leader.is_alive() and not any(th.is_alive() for th in others), (
-        "a committer waits for the interrupted one to lead"
-    )
+    assert all_returned([leader, *others]), "a committer waits for the interrupted one to lead"
     assert sorted(done) == [1, 3, 4]
     j.close()
     assert sorted(r.key for r in records(fs)) == [rec(i).key for i in range(5)]

@@ -575,7 +575,8 @@ class FrameReader:
     Each frame must arrive whole within `frame_timeout_ms` of its first byte (of the
     call, without idle_timeout_ms); the header is checked before the payload buffer is
     allocated, and that buffer is exactly header + validated length. The reader sets
-    the socket's timeout itself.
+    the socket's timeout itself. By default it reads exactly what the frame needs:
+    one byte (when waiting idle), the header, then the payload.
 
     `buffered=True` (a stream that owns its socket for the rest of its life: the
     mirror's links) reads whatever is waiting, up to WIRE_READ_BUFFER_BYTES, in one
@@ -623,10 +624,6 @@ class FrameReader:
         except InterruptedError:
             return False
 
-    def _fill(self, view: memoryview, got: int, deadline: float, at_boundary: bool) -> None:
-        while got < len(view):
-            got += self._recv_step(view[got:], got, len(view), deadline, at_boundary)
-
     def _recv_step(
         self, view: memoryview, got: int, want: int, deadline: float, at_boundary: bool
     ) -> int:
@@ -655,58 +652,24 @@ class FrameReader:
             raise _err("truncated", f"connection closed after {got} of {want} bytes")
         return n
 
+    def _frame_deadline(self, deadline: float | None) -> float:
+        """The frame timeout from now, cut by the caller's `deadline`."""
+        d = time.monotonic() + self._frame_timeout
+        return d if deadline is None else min(d, deadline)
+
     def read_frame(
         self, *, idle_timeout_ms: int | None = None, deadline: float | None = None
     ) -> WireFrame:
         """The next frame. idle_timeout_ms: how long to wait for its first byte (then
         the frame timeout runs from that byte); deadline: a time.monotonic() value that
         no part of the frame may pass (a handshake's)."""
-        if self._buffered:
-            return self._read_buffered(idle_timeout_ms, deadline)
-        now = time.monotonic()
-        frame_deadline = now + self._frame_timeout
-        if deadline is not None:
-            frame_deadline = min(frame_deadline, deadline)
-        header = bytearray(WIRE_FRAME_HEADER_BYTES)
-        view = memoryview(header)
-        if idle_timeout_ms is not None:
-            first = now + idle_timeout_ms / 1000.0
-            if deadline is not None:
-                first = min(first, deadline)
-            self._fill(view[:1], 0, first, at_boundary=True)
-            frame_deadline = time.monotonic() + self._frame_timeout
-            if deadline is not None:
-                frame_deadline = min(frame_deadline, deadline)
-            self._fill(view, 1, frame_deadline, at_boundary=False)
-        else:
-            self._fill(view, 0, frame_deadline, at_boundary=True)
-        _ftype, _flags, _epoch, length = self._codec.parse_wire_header(header)
-        buf = bytearray(WIRE_FRAME_HEADER_BYTES + length)
-        buf[:WIRE_FRAME_HEADER_BYTES] = header
-        self._fill(memoryview(buf), WIRE_FRAME_HEADER_BYTES, frame_deadline, at_boundary=False)
-        frame, _end = self._codec.parse_wire_frame(buf)
-        return frame
-
-    # --- buffered ---------------------------------------------------------------------
-
-    def buffered_bytes(self) -> int:
-        """Bytes read from the socket and not yet served as frames."""
-        return self._hi - self._lo
-
-    def _read_buffered(self, idle_timeout_ms: int | None, deadline: float | None) -> WireFrame:
-        now = time.monotonic()
-        frame_deadline = now + self._frame_timeout
-        if deadline is not None:
-            frame_deadline = min(frame_deadline, deadline)
+        frame_deadline = self._frame_deadline(deadline)
         if self._hi == self._lo and idle_timeout_ms is not None:
-            first = now + idle_timeout_ms / 1000.0
+            first = time.monotonic() + idle_timeout_ms / 1000.0
             if deadline is not None:
                 first = min(first, deadline)
             self._want(1, first, at_boundary=True)
-            # The frame's own timeout runs from its first byte.
-            frame_deadline = time.monotonic() + self._frame_timeout
-            if deadline is not None:
-                frame_deadline = min(frame_deadline, deadline)
+            frame_deadline = self._frame_deadline(deadline)  # from its first byte
         self._want(WIRE_FRAME_HEADER_BYTES, frame_deadline, at_boundary=True)
         lo = self._lo
         with memoryview(self._buf) as mv:
@@ -724,25 +687,32 @@ class FrameReader:
         self._lo = lo + total
         if self._lo == self._hi:
             self._lo = self._hi = 0
-            if len(self._buf) > WIRE_READ_BUFFER_BYTES:
-                self._buf = bytearray(WIRE_READ_BUFFER_BYTES)  # after one big frame
+            keep = WIRE_READ_BUFFER_BYTES if self._buffered else 0
+            if len(self._buf) > keep:
+                self._buf = bytearray(keep)  # after a big frame (exact: after any)
         return frame
 
+    def buffered_bytes(self) -> int:
+        """Bytes read from the socket and not yet served as frames."""
+        return self._hi - self._lo
+
     def _want(self, n: int, deadline: float, *, at_boundary: bool) -> None:
-        """Until at least `n` unserved bytes are buffered (n: at most one checked
-        frame), reading whatever else is waiting with them."""
+        """Until at least `n` unserved bytes are in the buffer (n: one byte, a header,
+        or one frame whose header was checked). Buffered: reading whatever else is
+        waiting with them; exact: never a byte more than `n`."""
         while self._hi - self._lo < n:
-            if len(self._buf) - self._lo < n or self._hi == len(self._buf):
+            if len(self._buf) - self._lo < n:
                 # Move the unserved bytes to the front; grow only to hold `n`.
                 rest = self._buf[self._lo : self._hi]
-                size = max(WIRE_READ_BUFFER_BYTES, n)
+                size = max(WIRE_READ_BUFFER_BYTES, n) if self._buffered else n
                 if len(self._buf) != size:
                     self._buf = bytearray(size)
                 self._buf[: len(rest)] = rest
                 self._lo, self._hi = 0, len(rest)
+            stop = len(self._buf) if self._buffered else self._lo + n
             with memoryview(self._buf) as mv:
                 self._hi += self._recv_step(
-                    mv[self._hi :], self._hi - self._lo, n, deadline, at_boundary
+                    mv[self._hi : stop], self._hi - self._lo, n, deadline, at_boundary
                 )
 
 
